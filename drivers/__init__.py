@@ -1,0 +1,1 @@
+"""Real instruments (pyvisa, pyserial) and the substrate rigs composed from them."""

@@ -1,0 +1,173 @@
+"""The `hil` command line: run, resume, report, list, config check / schema."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hil.build import build_run
+from hil.config import is_station_document, json_schema, resolve_experiment, resolve_station
+from hil.core import ConfigError, HilError
+from hil.registry import Kind, available
+from hil.runner import RunOutcome, RunStatus, resume_run, start_run
+from hil.yamlfile import load_yaml
+
+app = typer.Typer(
+    help="Train physical learning machines with the hardware in the loop.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Validate configuration files and print their schema.")
+app.add_typer(config_app, name="config")
+
+stdout = Console()
+stderr = Console(stderr=True)
+_state = {"debug": False}
+
+EXIT_CODES = {
+    RunStatus.COMPLETED: 0,
+    RunStatus.FAILED: 1,
+    RunStatus.PAUSED: 3,
+    RunStatus.ABORTED: 4,
+}
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Known errors become one clear message and a non-zero exit; tracebacks only with --debug."""
+    try:
+        yield
+    except HilError as exc:
+        if _state["debug"]:
+            raise
+        stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+) -> None:
+    _state["debug"] = debug
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.DEBUG if debug else logging.WARNING)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+def _finish(outcome: RunOutcome) -> None:
+    colour = {"completed": "green", "paused": "yellow"}.get(outcome.status.value, "red")
+    stderr.print(
+        f"[{colour}]{outcome.status.value}[/]: {outcome.reason}\nrun directory: {outcome.path}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if outcome.status is RunStatus.COMPLETED:
+        from hil.report import write_report
+
+        report = write_report(outcome.path)
+        stderr.print(f"report: {report / 'summary.md'}", highlight=False, soft_wrap=True)
+    else:
+        stderr.print(f"continue with: hil resume {outcome.path}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_CODES[outcome.status])
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
+    out: Annotated[Path, typer.Option("--out", help="Parent folder for run directories.")] = Path(
+        "runs"
+    ),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Run an experiment; Ctrl-C pauses at the next step (twice aborts), the device is made safe."""
+    with _errors():
+        _finish(start_run(config, out, console=None if quiet else stderr))
+
+
+@app.command()
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory to continue.")],
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Continue a paused, aborted, failed or killed run from its last checkpoint."""
+    with _errors():
+        _finish(resume_run(run_dir, console=None if quiet else stderr))
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> None:
+    """Write report/training.png and report/summary.md for a run."""
+    from hil.report import write_report
+
+    with _errors():
+        out = write_report(run_dir)
+        stdout.print(f"report written to {out}", highlight=False, soft_wrap=True)
+
+
+@app.command("list")
+def list_components(
+    kind: Annotated[
+        Kind | None, typer.Argument(help="Only this kind of component.", case_sensitive=False)
+    ] = None,
+) -> None:
+    """Show the devices, estimators, optimizers, tasks and procedures available."""
+    table = Table("kind", "type", "class", "from")
+    for k in [kind] if kind else list(Kind):
+        for entry in available(k):
+            table.add_row(k.value, entry.name, entry.target, entry.source)
+    stdout.print(table)
+
+
+@config_app.command("check")
+def config_check(
+    files: Annotated[list[Path], typer.Argument(help="Experiment or station YAML files.")],
+) -> None:
+    """Validate files completely: syntax, keys, types, and each component's own settings."""
+    failed = 0
+    for path in files:
+        try:
+            doc = load_yaml(path)
+            if is_station_document(doc):
+                station = resolve_station(doc, doc.data)
+                stdout.print(f"ok: {path} (station {station.config.name!r})", highlight=False)
+            else:
+                experiment = resolve_experiment(doc)
+                build_run(experiment, entropy=0).guard.close()  # device, limits, start values
+                stdout.print(
+                    f"ok: {path} (experiment {experiment.config.name!r} on station "
+                    f"{experiment.station.config.name!r})",
+                    highlight=False,
+                )
+        except HilError as exc:
+            if _state["debug"]:
+                raise
+            failed += 1
+            stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(2)
+
+
+@config_app.command("schema")
+def config_schema(
+    kind: Annotated[str, typer.Argument(help="experiment or station")] = "experiment",
+) -> None:
+    """Print the JSON schema of experiment or station files (for editors)."""
+    with _errors():
+        sys.stdout.write(json.dumps(json_schema(kind), indent=2) + "\n")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,62 @@
+"""Core interfaces: channels, device specs and capabilities, clocks, errors.
+
+This layer imports nothing from the rest of the project; drivers, protocols and simulators meet
+here.
+"""
+
+from hil.core.capabilities import (
+    Demodulating,
+    Device,
+    DeviceBase,
+    ProgrammableState,
+    Stateful,
+    Streaming,
+)
+from hil.core.channels import Channel, DeviceSpec, Role
+from hil.core.clock import Clock, VirtualClock, WallClock
+from hil.core.errors import (
+    CapabilityError,
+    ConfigError,
+    DeviceSaturated,
+    HilError,
+    InstrumentDisconnected,
+    InstrumentError,
+    InstrumentProtocolError,
+    InstrumentTimeout,
+    RegistryError,
+    RunError,
+    SafetyViolation,
+)
+from hil.core.procedure import Procedure
+from hil.core.types import FloatArray, JSONDict, SeedLike, seed_sequence
+
+__all__ = [
+    "CapabilityError",
+    "Channel",
+    "Clock",
+    "ConfigError",
+    "Demodulating",
+    "Device",
+    "DeviceBase",
+    "DeviceSaturated",
+    "DeviceSpec",
+    "FloatArray",
+    "HilError",
+    "InstrumentDisconnected",
+    "InstrumentError",
+    "InstrumentProtocolError",
+    "InstrumentTimeout",
+    "JSONDict",
+    "Procedure",
+    "ProgrammableState",
+    "RegistryError",
+    "Role",
+    "RunError",
+    "SafetyViolation",
+    "SeedLike",
+    "Stateful",
+    "Streaming",
+    "VirtualClock",
+    "WallClock",
+    "seed_sequence",
+]

@@ -1,0 +1,119 @@
+"""Device capabilities as small runtime-checkable protocols.
+
+Protocols check what they need with `isinstance(device, Streaming)` and so on; a device implements
+only what its hardware can do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
+
+from hil.core.channels import DeviceSpec
+from hil.core.clock import Clock
+from hil.core.types import FloatArray, JSONDict
+
+
+@runtime_checkable
+class Device(Protocol):
+    """What every device does: set the controls, measure plateaus, go safe."""
+
+    @property
+    def spec(self) -> DeviceSpec: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    def set_controls(self, values: FloatArray) -> None:
+        """Set the control channels (in spec order) to DC values."""
+        ...
+
+    def measure(self, inputs: FloatArray) -> FloatArray:
+        """One DC plateau per row of `inputs` (n_cases × n_inputs), after settling.
+
+        Returns n_cases × n_outputs.
+        """
+        ...
+
+    def safe_state(self) -> None:
+        """Bring every output of the device to its safe state (zero volts)."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+@runtime_checkable
+class Streaming(Protocol):
+    """Synchronised sampled waveforms in, sampled outputs out (DAQ card, AWG + digitiser)."""
+
+    def stream(self, waveform: FloatArray, channels: Sequence[str]) -> FloatArray:
+        """Play `waveform` (n_samples × len(channels)) at `spec.sample_rate`.
+
+        Returns the outputs sampled at the same instants, n_samples × n_outputs.
+        """
+        ...
+
+
+@runtime_checkable
+class ProgrammableState(Protocol):
+    """Non-volatile weights that change only through (noisy, bounded) pulses."""
+
+    def apply_pulses(self, pulses: FloatArray) -> None:
+        """Apply signed pulse counts, one per weight."""
+        ...
+
+    def read_state(self) -> FloatArray:
+        """Read the weights back."""
+        ...
+
+
+@runtime_checkable
+class Demodulating(Protocol):
+    """A hardware lock-in: X/Y per reference frequency."""
+
+    def demodulate(self, frequencies: Sequence[float], duration: float) -> FloatArray:
+        """In-phase and quadrature amplitudes, len(frequencies) × 2."""
+        ...
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """A device or component whose full state can go into a checkpoint and come back."""
+
+    def state_dict(self) -> JSONDict: ...
+
+    def load_state_dict(self, state: JSONDict) -> None: ...
+
+
+class DeviceBase:
+    """Context-manager behaviour shared by devices: leaving the block makes the device safe."""
+
+    def safe_state(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release resources; devices with connections override this."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            self.safe_state()
+        finally:
+            self.close()

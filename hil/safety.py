@@ -1,0 +1,595 @@
+"""Experiment limits: a guard in front of every device that checks whole requests before sending.
+
+The guard never clamps. A request that would put any value outside a configured limit raises
+`SafetyViolation` and nothing at all reaches the device. DC control changes on slew-limited
+channels are ramped in small steps; every exit of a `with` block ramps the controls to zero and
+puts the device in its safe state. `sigterm_raises()` turns SIGTERM into an exception so that the
+same cleanup runs when the process is asked to stop.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import FrameType
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from hil.core.capabilities import Device, DeviceBase, Stateful, Streaming
+from hil.core.channels import Channel, DeviceSpec, Role
+from hil.core.clock import Clock
+from hil.core.errors import CapabilityError, ConfigError, SafetyViolation
+from hil.core.types import FloatArray, JSONDict
+
+__all__ = [
+    "ChannelLimit",
+    "SafetyGuard",
+    "SafetyLimits",
+    "StreamingSafetyGuard",
+    "Terminated",
+    "sigterm_raises",
+]
+
+log = logging.getLogger(__name__)
+
+_DRIVEN = (Role.INPUT, Role.CONTROL)
+_SPEC = "device spec"
+_CEILING = "limits.max_abs_voltage"
+
+
+class ChannelLimit(BaseModel):
+    """Experiment limits for one channel; None means "no limit beyond the device's own"."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min: float | None = Field(default=None, allow_inf_nan=False)
+    max: float | None = Field(default=None, allow_inf_nan=False)
+    max_slew: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, description="maximum rate of change, unit/s"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ChannelLimit:
+        if self.min is not None and self.max is not None and not self.min < self.max:
+            raise ValueError(f"min {self.min} must be below max {self.max}")
+        return self
+
+
+class SafetyLimits(BaseModel):
+    """The `limits:` section of a station file: what this experiment may do to the device."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_abs_voltage: float = Field(
+        gt=0, allow_inf_nan=False, description="global |V| ceiling on every input/control channel"
+    )
+    channels: dict[str, ChannelLimit] = Field(default_factory=dict)
+    ramp_interval: float = Field(
+        default=1e-3, gt=0, allow_inf_nan=False, description="s between DC ramp steps"
+    )
+    zero_tolerance: float = Field(
+        default=0.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="largest |first/last sample| of a stream that still counts as zero",
+    )
+
+
+class Terminated(BaseException):
+    """Raised in the main thread when SIGTERM arrives, so `with` blocks and `finally` run."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        self.signum = signum
+        super().__init__(f"terminated by signal {signal.Signals(signum).name}")
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While inside, SIGTERM raises `Terminated` in the main thread (once; later ones are logged).
+
+    Outside the main thread signal handlers cannot be installed, so this does nothing there.
+    The previous handler is restored on exit.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = False
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        nonlocal raised
+        if raised:
+            # A second SIGTERM must not interrupt the cleanup the first one started.
+            log.warning("SIGTERM received again while stopping; still making the device safe")
+            return
+        raised = True
+        log.warning("SIGTERM received; stopping and making the device safe")
+        raise Terminated(signum)
+
+    previous: Callable[[int, FrameType | None], Any] | int | None = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+@dataclass(frozen=True)
+class _Effective:
+    """One channel's effective limits and where each binding bound came from (for messages)."""
+
+    channel: Channel
+    lo_source: str
+    hi_source: str
+    slew_source: str
+
+    @property
+    def name(self) -> str:
+        return self.channel.name
+
+
+def _fmt_range(lo: float, hi: float) -> str:
+    return f"[{lo:g}, {hi:g}]"
+
+
+def _tighter(
+    current: float, source: str, candidate: float | None, cand_source: str, *, upper: bool
+) -> tuple[float, str]:
+    """The tighter of two bounds, with the source of the one that wins."""
+    if candidate is None:
+        return current, source
+    if (candidate < current) if upper else (candidate > current):
+        return candidate, cand_source
+    return current, source
+
+
+def _effective_channels(spec: DeviceSpec, limits: SafetyLimits) -> tuple[_Effective, ...]:
+    """Intersect the device spec, the per-channel limits and the global ceiling, channel by channel.
+
+    Raises ConfigError for a limit on an unknown channel, an empty range, or a driven channel
+    whose range excludes 0 V (the safe state every exit ramps to).
+    """
+    names = [c.name for c in spec.channels]
+    unknown = sorted(set(limits.channels) - set(names))
+    if unknown:
+        key = unknown[0]
+        raise ConfigError(
+            f"limits.channels.{key}: device {spec.name!r} has no channel {key!r}; "
+            f"its channels are {names}"
+        )
+    result = []
+    for chan in spec.channels:
+        key = f"limits.channels.{chan.name}"
+        limit = limits.channels.get(chan.name, ChannelLimit())
+        lo, lo_src = _tighter(chan.min, _SPEC, limit.min, key, upper=False)
+        hi, hi_src = _tighter(chan.max, _SPEC, limit.max, key, upper=True)
+        slew, slew_src = _tighter(chan.max_slew, _SPEC, limit.max_slew, key, upper=True)
+        driven = chan.role in _DRIVEN
+        if driven:
+            lo, lo_src = _tighter(lo, lo_src, -limits.max_abs_voltage, _CEILING, upper=False)
+            hi, hi_src = _tighter(hi, hi_src, limits.max_abs_voltage, _CEILING, upper=True)
+        if not lo < hi:
+            ceiling = f", {_CEILING} ±{limits.max_abs_voltage:g}" if driven else ""
+            limit_lo = -math.inf if limit.min is None else limit.min
+            limit_hi = math.inf if limit.max is None else limit.max
+            raise ConfigError(
+                f"{key}: the effective range of channel {chan.name!r} is empty: device range "
+                f"{_fmt_range(chan.min, chan.max)}, limit {_fmt_range(limit_lo, limit_hi)}"
+                f"{ceiling}"
+            )
+        if driven and not lo <= 0.0 <= hi:
+            raise ConfigError(
+                f"{key}: the effective range {_fmt_range(lo, hi)} of {chan.role} channel "
+                f"{chan.name!r} excludes 0 {chan.unit}, the safe state every exit ramps to"
+            )
+        effective = Channel.model_validate(
+            {**chan.model_dump(), "min": lo, "max": hi, "max_slew": slew}
+        )
+        result.append(_Effective(effective, lo_src, hi_src, slew_src))
+    return tuple(result)
+
+
+def _as_array(values: Any, name: str) -> FloatArray:
+    """A fresh float64 copy: what is checked is exactly what is sent, whatever the caller does."""
+    try:
+        return np.array(values, dtype=np.float64, copy=True)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: cannot convert to a float array ({exc})") from exc
+
+
+class SafetyGuard(DeviceBase):
+    """Wraps any Device and enforces `SafetyLimits` on every request, whole, before sending.
+
+    `SafetyGuard(device, limits)` returns a `StreamingSafetyGuard` when the device streams, so
+    `isinstance(guard, Streaming)` tells the truth about the hardware behind the guard.
+    """
+
+    def __new__(cls, device: Device, limits: SafetyLimits) -> SafetyGuard:
+        if cls is SafetyGuard and isinstance(device, Streaming):
+            return super().__new__(StreamingSafetyGuard)
+        return super().__new__(cls)
+
+    def __init__(self, device: Device, limits: SafetyLimits) -> None:
+        self._device = device
+        self._limits = limits
+        self._channels = _effective_channels(device.spec, limits)
+        spec = device.spec
+        self._spec = spec.model_copy(update={"channels": tuple(e.channel for e in self._channels)})
+        self._by_name = {e.name: e for e in self._channels}
+        self._controls = tuple(e for e in self._channels if e.channel.role is Role.CONTROL)
+        self._inputs = tuple(e for e in self._channels if e.channel.role is Role.INPUT)
+        self._last_controls: FloatArray = np.zeros(len(self._controls))
+        self._last_inputs: FloatArray = np.zeros(len(self._inputs))
+        self._last_control_time: float | None = None
+        log.debug("safety guard on %r: %s", spec.name, self._describe())
+
+    if not TYPE_CHECKING:
+        # Hidden from type checkers so that typos on a guard are still caught statically.
+        def __getattr__(self, name: str) -> NoReturn:
+            if name == "stream":
+                raise CapabilityError(
+                    f"device {type(self._device).__name__} does not stream; "
+                    "check isinstance(device, Streaming) before calling stream()"
+                )
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    # -- Device protocol ---------------------------------------------------------------------
+
+    @property
+    def spec(self) -> DeviceSpec:
+        """The device spec with the effective ranges and slew limits (what is really allowed)."""
+        return self._spec
+
+    @property
+    def clock(self) -> Clock:
+        return self._device.clock
+
+    @property
+    def device(self) -> Device:
+        """The wrapped device (bypassing it bypasses every experiment limit)."""
+        return self._device
+
+    @property
+    def limits(self) -> SafetyLimits:
+        return self._limits
+
+    def set_controls(self, values: FloatArray) -> None:
+        """Check the whole request, then ramp the controls there on slew-limited channels."""
+        arr = _as_array(values, "set_controls")
+        n = len(self._controls)
+        if arr.shape != (n,):
+            raise ValueError(
+                f"set_controls: expected shape ({n},) (one value per control channel "
+                f"{[e.name for e in self._controls]}), got {arr.shape}"
+            )
+        self._check_values(arr[np.newaxis, :], self._controls, "set_controls", row_word=None)
+        self._ramp_controls(arr)
+
+    def measure(self, inputs: FloatArray) -> FloatArray:
+        """Check every plateau (range and the slew between plateaus), then measure."""
+        arr = _as_array(inputs, "measure")
+        n = len(self._inputs)
+        if arr.ndim != 2 or arr.shape[1] != n or arr.shape[0] < 1:
+            raise ValueError(
+                f"measure: expected shape (n_cases >= 1, {n}) (one column per input "
+                f"channel {[e.name for e in self._inputs]}), got {arr.shape}"
+            )
+        self._check_values(arr, self._inputs, "measure", row_word="row")
+        self._check_plateau_slew(arr)
+        last_row = arr[-1].copy()
+        try:
+            return self._device.measure(arr)
+        finally:
+            # The device was asked to go through every row; assume it ended on the last one.
+            self._last_inputs = last_row
+
+    def safe_state(self) -> None:
+        """Ramp the controls to zero, then put the device in its safe state. Idempotent."""
+        try:
+            if np.any(self._last_controls != 0.0):
+                log.info("ramping controls to zero before the safe state")
+                self._ramp_controls(np.zeros(len(self._controls)))
+        except Exception:
+            log.exception("ramping controls to zero failed; forcing the device's safe state")
+        finally:
+            self._device.safe_state()
+            self._last_controls = np.zeros(len(self._controls))
+            self._last_inputs = np.zeros(len(self._inputs))
+            self._last_control_time = self._device.clock.now()
+
+    def close(self) -> None:
+        self._device.close()
+
+    # -- Stateful ----------------------------------------------------------------------------
+
+    def state_dict(self) -> JSONDict:
+        """The guard's tracked levels, plus the wrapped device's state when it has one."""
+        state: JSONDict = {
+            "last_controls": self._last_controls.tolist(),
+            "last_inputs": self._last_inputs.tolist(),
+        }
+        if isinstance(self._device, Stateful):
+            state["device"] = self._device.state_dict()
+        return state
+
+    def load_state_dict(self, state: JSONDict) -> None:
+        """Restore what `state_dict` returned (checked against the effective limits).
+
+        The saved levels are taken over only with a Stateful device, whose state comes back too.
+        """
+        expected = {"last_controls", "last_inputs"}
+        if isinstance(self._device, Stateful):
+            expected.add("device")
+        if set(state) != expected:
+            raise ValueError(f"guard state: expected keys {sorted(expected)}, got {sorted(state)}")
+        controls = _as_array(state["last_controls"], "guard state last_controls")
+        inputs = _as_array(state["last_inputs"], "guard state last_inputs")
+        if controls.shape != self._last_controls.shape or inputs.shape != self._last_inputs.shape:
+            raise ValueError(
+                f"guard state: expected {len(self._controls)} controls and {len(self._inputs)} "
+                f"inputs, got shapes {controls.shape} and {inputs.shape}"
+            )
+        self._check_values(controls[np.newaxis, :], self._controls, "guard state", row_word=None)
+        self._check_values(inputs[np.newaxis, :], self._inputs, "guard state", row_word=None)
+        if isinstance(self._device, Stateful):
+            self._device.load_state_dict(state["device"])
+            self._last_controls = controls
+            self._last_inputs = inputs
+            self._last_control_time = None
+        else:
+            # Hardware is not restored by a checkpoint: it really is where this guard has driven it
+            # (zero after the previous run's safe state), so ramps must start from there.
+            log.info(
+                "device is not Stateful; keeping the guard's tracked levels, not the saved ones"
+            )
+
+    # -- checks --------------------------------------------------------------------------------
+
+    def _describe(self) -> str:
+        return ", ".join(
+            f"{e.name} {_fmt_range(e.channel.min, e.channel.max)} slew {e.channel.max_slew:g}"
+            for e in self._channels
+        )
+
+    def _refuse(self, violation: SafetyViolation) -> NoReturn:
+        log.warning("refused: %s", violation)
+        raise violation
+
+    def _check_values(
+        self,
+        arr: FloatArray,
+        channels: Sequence[_Effective],
+        what: str,
+        *,
+        row_word: str | None,
+    ) -> None:
+        """Every value finite and inside its channel's effective range (arr: rows × channels)."""
+        if arr.size == 0:
+            return
+        lo = np.array([e.channel.min for e in channels])
+        hi = np.array([e.channel.max for e in channels])
+
+        def where(row: int) -> str:
+            return f"{what} {row_word} {row}" if row_word else what
+
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            row, col = (int(i) for i in np.argwhere(bad)[0])
+            self._refuse(
+                SafetyViolation(
+                    channels[col].name,
+                    float(arr[row, col]),
+                    f"finite values (in {where(row)})",
+                    "a NaN or inf usually means the optimizer or the objective diverged; "
+                    "nothing was sent",
+                )
+            )
+        bad = (arr < lo) | (arr > hi)
+        if bad.any():
+            row, col = (int(i) for i in np.argwhere(bad)[0])
+            eff = channels[col]
+            value = float(arr[row, col])
+            source = eff.hi_source if value > eff.channel.max else eff.lo_source
+            if source == _SPEC:
+                hint = "the device cannot take this value; keep the request inside the range"
+            elif source == _CEILING:
+                hint = f"raise {_CEILING} in the station file or keep the request inside the range"
+            else:
+                hint = f"widen {source} in the station file or keep the optimizer inside the range"
+            self._refuse(
+                SafetyViolation(
+                    eff.name,
+                    value,
+                    f"range {_fmt_range(eff.channel.min, eff.channel.max)} {eff.channel.unit} "
+                    f"(from {source}, in {where(row)})",
+                    hint + "; nothing was sent",
+                )
+            )
+
+    def _slew_hint(self, eff: _Effective, remedy: str) -> str:
+        if eff.slew_source == _SPEC:
+            return f"{remedy} (the device's own max_slew); nothing was sent"
+        return f"{remedy}, or raise {eff.slew_source}.max_slew; nothing was sent"
+
+    def _check_plateau_slew(self, arr: FloatArray) -> None:
+        """|Δ| / ramp_time between consecutive plateaus (from the last levels) within max_slew."""
+        slew = np.array([e.channel.max_slew for e in self._inputs])
+        limited = np.isfinite(slew)
+        if not limited.any():
+            return
+        levels = np.vstack([self._last_inputs[np.newaxis, :], arr])
+        jumps = np.abs(np.diff(levels, axis=0))
+        ramp_time = self._spec.ramp_time
+        # With ramp_time 0 the device jumps instantly: any nonzero jump is an infinite rate.
+        rate = jumps / ramp_time if ramp_time > 0 else np.where(jumps == 0.0, 0.0, math.inf)
+        bad = limited[np.newaxis, :] & (rate > slew[np.newaxis, :])
+        if bad.any():
+            row, col = (int(i) for i in np.argwhere(bad)[0])
+            eff = self._inputs[col]
+            unit = eff.channel.unit
+            self._refuse(
+                SafetyViolation(
+                    eff.name,
+                    float(rate[row, col]),
+                    f"max_slew {eff.channel.max_slew:g} {unit}/s (plateau jump "
+                    f"{levels[row, col]:g} -> {levels[row + 1, col]:g} {unit} within ramp_time "
+                    f"{ramp_time:g} s, into measure row {row}; value is the rate in {unit}/s)",
+                    self._slew_hint(eff, "use smaller steps between consecutive plateaus"),
+                )
+            )
+
+    # -- ramping ---------------------------------------------------------------------------------
+
+    def _ramp_steps(self, delta: FloatArray) -> int:
+        """Number of equal steps so that no slew-limited channel moves more than one step's worth.
+
+        0 means no slew-limited channel moves (one direct call is enough).
+        """
+        slew = np.array([e.channel.max_slew for e in self._controls])
+        limited = np.isfinite(slew)
+        if not limited.any():
+            return 0
+        change = np.abs(delta[limited])
+        max_step = slew[limited] * self._limits.ramp_interval
+        worst = float(np.max(change / max_step))
+        if worst == 0.0:
+            return 0
+        steps = max(1, math.ceil(worst))
+        while np.any(change / steps > max_step):  # guard against rounding in the division
+            steps += 1
+        return steps
+
+    def _ramp_controls(self, target: FloatArray) -> None:
+        """Go from the last controls to `target` in equal steps `ramp_interval` apart."""
+        start = self._last_controls
+        delta = target - start
+        steps = self._ramp_steps(delta)
+        if steps == 0:
+            self._send_controls(target)
+            return
+        if steps > 1:
+            log.debug(
+                "ramping controls in %d steps over %g s", steps, steps * self._limits.ramp_interval
+            )
+        for k in range(1, steps + 1):
+            value = target if k == steps else start + delta * (k / steps)
+            self._wait_ramp_interval()
+            self._send_controls(value)
+
+    def _wait_ramp_interval(self) -> None:
+        """Let at least ramp_interval of device time pass since the last control change."""
+        if self._last_control_time is None:
+            return
+        remaining = self._limits.ramp_interval - (self.clock.now() - self._last_control_time)
+        if remaining > 0:
+            self.clock.advance(remaining)
+
+    def _send_controls(self, values: FloatArray) -> None:
+        self._device.set_controls(values.copy())
+        self._last_controls = values.copy()
+        self._last_control_time = self.clock.now()
+
+
+class StreamingSafetyGuard(SafetyGuard):
+    """A guard around a Streaming device: waveforms are checked whole before upload."""
+
+    def stream(self, waveform: FloatArray, channels: Sequence[str]) -> FloatArray:
+        """Check range, zero start/end and per-sample slew of every channel, then play."""
+        if isinstance(channels, str):
+            raise ValueError(
+                f"stream: channels must be a sequence of names, got the string {channels!r}"
+            )
+        names = list(channels)
+        if len(set(names)) != len(names):
+            raise ValueError(f"stream: duplicate channel names in {names}")
+        unknown = [n for n in names if n not in self._by_name]
+        if unknown:
+            raise ValueError(
+                f"stream: device {self._spec.name!r} has no channel(s) {unknown}; "
+                f"its channels are {list(self._by_name)}"
+            )
+        arr = _as_array(waveform, "stream")
+        if arr.ndim != 2 or arr.shape[1] != len(names) or arr.shape[0] < 1:
+            raise ValueError(
+                f"stream: expected waveform shape (n_samples >= 1, {len(names)}) for "
+                f"channels {names}, got {arr.shape}"
+            )
+        effs = [self._by_name[n] for n in names]
+        for col, eff in enumerate(effs):
+            if eff.channel.role not in _DRIVEN:
+                self._refuse(
+                    SafetyViolation(
+                        eff.name,
+                        float(np.max(np.abs(arr[:, col]))),
+                        f"role {eff.channel.role}: outputs are measured, never driven",
+                        "stream only input and control channels; nothing was sent",
+                    )
+                )
+        self._check_values(arr, effs, "stream", row_word="sample")
+        self._check_zero_ends(arr, effs)
+        self._check_sample_slew(arr, effs)
+        streamer = self._device
+        assert isinstance(streamer, Streaming)  # guaranteed by SafetyGuard.__new__
+        try:
+            return streamer.stream(arr, tuple(names))
+        finally:
+            # Track the last level sent on every streamed channel.
+            control_index = {e.name: i for i, e in enumerate(self._controls)}
+            input_index = {e.name: i for i, e in enumerate(self._inputs)}
+            for col, name in enumerate(names):
+                if name in control_index:
+                    self._last_controls[control_index[name]] = arr[-1, col]
+                    self._last_control_time = self.clock.now()
+                else:
+                    self._last_inputs[input_index[name]] = arr[-1, col]
+
+    def _check_zero_ends(self, arr: FloatArray, effs: Sequence[_Effective]) -> None:
+        tol = self._limits.zero_tolerance
+        for label, row in (("zero start (first sample)", 0), ("zero end (last sample)", -1)):
+            bad = np.abs(arr[row]) > tol
+            if bad.any():
+                col = int(np.argmax(bad))
+                eff = effs[col]
+                self._refuse(
+                    SafetyViolation(
+                        eff.name,
+                        float(arr[row, col]),
+                        f"{label} within ±{tol:g} {eff.channel.unit} (stream)",
+                        "begin and end every waveform at 0 (ramp in and out), or raise "
+                        "limits.zero_tolerance in the station file; nothing was sent",
+                    )
+                )
+
+    def _check_sample_slew(self, arr: FloatArray, effs: Sequence[_Effective]) -> None:
+        slew = np.array([e.channel.max_slew for e in effs])
+        limited = np.isfinite(slew)
+        if not limited.any() or arr.shape[0] < 2:
+            return
+        rate_hz = self._spec.sample_rate
+        if rate_hz is None:
+            raise ConfigError(
+                f"device {self._spec.name!r} streams but its spec has no sample_rate, so the "
+                "slew of a waveform cannot be checked; fix the driver's DeviceSpec"
+            )
+        rate = np.abs(np.diff(arr, axis=0)) * rate_hz
+        bad = limited[np.newaxis, :] & (rate > slew[np.newaxis, :])
+        if bad.any():
+            row, col = (int(i) for i in np.argwhere(bad)[0])
+            eff = effs[col]
+            unit = eff.channel.unit
+            self._refuse(
+                SafetyViolation(
+                    eff.name,
+                    float(rate[row, col]),
+                    f"max_slew {eff.channel.max_slew:g} {unit}/s (step {arr[row, col]:g} -> "
+                    f"{arr[row + 1, col]:g} {unit} between samples {row} and {row + 1} at "
+                    f"{rate_hz:g} Hz; value is the rate in {unit}/s)",
+                    self._slew_hint(eff, "smooth the waveform (more samples per transition)"),
+                )
+            )

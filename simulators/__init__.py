@@ -1,0 +1,1 @@
+"""Noisy device simulators on a virtual clock: the hardware in tests, CI and benchmarks."""

@@ -1,0 +1,19 @@
+"""Shared pytest set-up: hardware tests are opt-in (`pytest --hardware --device-address ...`)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--hardware", action="store_true", help="run tests that need real instruments")
+    parser.addoption("--device-address", default=None, help="VISA address of the device under test")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--hardware"):
+        return
+    skip = pytest.mark.skip(reason="needs real hardware: run with --hardware --device-address ADDR")
+    for item in items:
+        if "hardware" in item.keywords:
+            item.add_marker(skip)
