@@ -8,6 +8,7 @@ Every component is `type:` plus that class's own settings; unknown keys are reje
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,18 @@ COMPONENT_KINDS: dict[str, Kind] = {
 }
 
 
+def _json_floats(value: Any) -> Any:
+    """Infinite and NaN settings as the strings 'inf', '-inf', 'nan': strict JSON, and they
+    validate back to the same floats when a run is resumed from run.json."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_floats(v) for v in value]
+    return value
+
+
 @dataclass(frozen=True)
 class ResolvedComponent:
     """A component whose class is found and whose settings are validated."""
@@ -81,7 +94,7 @@ class ResolvedComponent:
     settings: BaseModel
 
     def as_dict(self) -> dict[str, Any]:
-        return {"type": self.name, **self.settings.model_dump(mode="json")}
+        return {"type": self.name, **_json_floats(self.settings.model_dump(mode="json"))}
 
 
 @dataclass(frozen=True)
@@ -90,7 +103,7 @@ class ResolvedStation:
     device: ResolvedComponent
 
     def as_dict(self) -> dict[str, Any]:
-        data = self.config.model_dump(mode="json")
+        data: dict[str, Any] = _json_floats(self.config.model_dump(mode="json"))
         data["device"] = self.device.as_dict()
         return data
 

@@ -88,7 +88,8 @@ def test_shipped_configs_are_valid() -> None:
         (
             "  lr: 0.02",
             "  lr: [0.02",
-            "exp.yaml:17:1: invalid YAML: expected ',' or ']', but got '<stream end>' (while parsing a flow sequence started at line 16)",
+            "exp.yaml:17:1: invalid YAML: expected ',' or ']', but got '<stream end>' "
+            "(while parsing a flow sequence started at line 16)",
         ),
         ("  lr: 0.02", "  lr: 0.02\n  lr: 0.03", "key 'optimizer.lr' appears twice"),
     ],

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _application_modules() -> set[str]:
     package = Path(hil.__file__).parent
-    names = {f"hil.{p.stem}" for p in package.glob("*.py") if p.stem != "__init__"}
+    names = {f"hil.{p.stem}" for p in package.glob("*.py") if not p.stem.startswith("__")}
     names |= {f"hil.{p.name}" for p in package.iterdir() if (p / "__init__.py").exists()}
     return names - {"hil.core"}
 

@@ -1,0 +1,115 @@
+"""The command line: bad input gets one clear line and a non-zero exit, and writes nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from faulty import FlakyAnalytic
+from runs import QUICKSTART, experiment_text, small_experiment
+from typer.testing import CliRunner
+
+from hil.cli import app
+from hil.core import ConfigError
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _no_injected_fault() -> Iterator[None]:
+    FlakyAnalytic.fail_at = None
+    yield
+    FlakyAnalytic.fail_at = None
+
+
+def _bad_input(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    return path
+
+
+BAD_CONFIGS = {
+    "malformed-yaml": ("name: x\nstation: [unclosed\n", "invalid YAML"),
+    "unknown-type": (
+        experiment_text(steps=3).replace("type: spsa", "type: sgpa"),
+        "unknown estimator type 'sgpa'",
+    ),
+    "initial-outside-range": (
+        experiment_text(initial="[0.95, 0, 0, 0, 0]"),
+        "procedure.initial_controls.ctrl0: 0.95 is outside the allowed range [-0.8, 0.8]",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CONFIGS))
+def test_bad_config_gives_one_line_and_writes_nothing(tmp_path: Path, case: str) -> None:
+    text, expected = BAD_CONFIGS[case]
+    config = _bad_input(tmp_path, text)
+    out = tmp_path / "runs"
+    result = runner.invoke(app, ["run", str(config), "--out", str(out)])
+    assert result.exit_code == 2
+    assert expected in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.output
+    assert not out.exists()
+    check = runner.invoke(app, ["config", "check", str(config)])
+    assert check.exit_code == 2
+    assert expected in check.stderr
+
+
+def test_debug_shows_the_exception(tmp_path: Path) -> None:
+    config = _bad_input(tmp_path, BAD_CONFIGS["unknown-type"][0])
+    result = runner.invoke(app, ["--debug", "run", str(config), "--out", str(tmp_path / "r")])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, ConfigError)
+
+
+def test_resume_of_a_missing_run_is_a_clear_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["resume", str(tmp_path / "no-run")])
+    assert result.exit_code == 1
+    assert "no such run directory" in result.stderr
+    assert not (tmp_path / "no-run").exists()
+
+
+def test_device_error_mid_run_exits_non_zero_and_says_how_to_resume(tmp_path: Path) -> None:
+    FlakyAnalytic.fail_at = 30
+    config = small_experiment(tmp_path, device_type="faulty:FlakyAnalytic")
+    out = tmp_path / "runs"
+    result = runner.invoke(app, ["run", str(config), "--out", str(out), "-q"])
+    assert result.exit_code == 1
+    assert "InstrumentTimeout" in result.stderr
+    assert "hil resume" in result.stderr
+    (run,) = out.iterdir()
+    assert json.loads((run / "summary.json").read_text())["status"] == "failed"
+    FlakyAnalytic.fail_at = None
+    resumed = runner.invoke(app, ["resume", str(run), "-q"])
+    assert resumed.exit_code == 0, resumed.output
+    assert (run / "report" / "training.png").is_file()
+
+
+def test_run_then_report(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    result = runner.invoke(
+        app, ["run", str(small_experiment(tmp_path, steps=5)), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    (run,) = out.iterdir()
+    (run / "report" / "summary.md").unlink()
+    again = runner.invoke(app, ["report", str(run)])
+    assert again.exit_code == 0
+    assert (run / "report" / "summary.md").is_file()
+
+
+def test_list_check_and_schema() -> None:
+    listing = runner.invoke(app, ["list"])
+    assert listing.exit_code == 0
+    for name in ("analytic", "spsa", "central-difference", "adam", "sgd", "regression", "train"):
+        assert name in listing.stdout
+    check = runner.invoke(app, ["config", "check", str(QUICKSTART)])
+    assert check.exit_code == 0
+    assert "ok:" in check.stdout
+    schema = runner.invoke(app, ["config", "schema", "station"])
+    assert schema.exit_code == 0
+    assert "max_abs_voltage" in json.loads(schema.stdout)["$defs"]["SafetyLimits"]["properties"]

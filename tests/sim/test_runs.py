@@ -1,0 +1,176 @@
+"""The run engine end to end on the analytic simulator: complete, pause, abort, kill, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from faulty import FlakyAnalytic
+from runs import QUICKSTART, ROOT, small_experiment
+
+from hil.core import RunError
+from hil.report import write_report
+from hil.rundir import RunDirectory
+from hil.runner import RunStatus, resume_run, start_run
+
+
+def _only_run(out: Path) -> Path:
+    runs = list(out.iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def _steps(run: Path) -> list[dict[str, object]]:
+    return [r for r in RunDirectory(run).events() if r["event"] == "step"]
+
+
+@pytest.fixture
+def reference(tmp_path: Path) -> dict[str, object]:
+    """The summary of the small experiment run without interruption."""
+    outcome = start_run(small_experiment(tmp_path / "ref_cfg"), tmp_path / "ref")
+    assert outcome.status is RunStatus.COMPLETED
+    return outcome.summary
+
+
+@pytest.fixture(autouse=True)
+def _no_injected_fault() -> Iterator[None]:
+    FlakyAnalytic.fail_at = None
+    yield
+    FlakyAnalytic.fail_at = None
+
+
+def test_quickstart_trains_and_leaves_a_complete_run(tmp_path: Path) -> None:
+    outcome = start_run(QUICKSTART, tmp_path / "runs")
+    assert outcome.status is RunStatus.COMPLETED, outcome.reason
+    run = outcome.path
+    for name in ("run.json", "events.jsonl", "checkpoint.json", "summary.json", "run.log"):
+        assert (run / name).is_file(), name
+    info = json.loads((run / "run.json").read_text())
+    assert info["seed_entropy"] == 20261127
+    assert info["environment"]["packages"]["numpy"]
+    assert info["config"]["station"]["device"]["type"] == "analytic"
+    steps = _steps(run)
+    assert [s["step"] for s in steps] == list(range(1, 201))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    first_loss = float(steps[0]["loss"])  # type: ignore[arg-type]
+    assert summary["final_loss"] < first_loss / 10
+    checkpoint = json.loads((run / "checkpoint.json").read_text())
+    assert checkpoint["steps_done"] == 200
+    report = write_report(run)
+    assert (report / "training.png").stat().st_size > 10_000
+    assert "completed" in (report / "summary.md").read_text()
+
+
+def test_same_seed_same_run(tmp_path: Path, reference: dict[str, object]) -> None:
+    again = start_run(small_experiment(tmp_path / "cfg"), tmp_path / "again")
+    assert again.summary["final_controls"] == reference["final_controls"]
+    assert again.summary["final_loss"] == reference["final_loss"]
+
+
+def test_device_error_mid_run_fails_cleanly_and_resumes_exactly(
+    tmp_path: Path, reference: dict[str, object]
+) -> None:
+    FlakyAnalytic.fail_at = 100  # 3 plateaus per evaluation, 3 evaluations per step: step 12
+    config = small_experiment(tmp_path / "cfg", device_type="faulty:FlakyAnalytic")
+    outcome = start_run(config, tmp_path / "runs")
+    assert outcome.status is RunStatus.FAILED
+    assert "InstrumentTimeout" in outcome.reason
+    assert "injected fault" in outcome.reason
+    summary = json.loads((outcome.path / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert summary["steps_done"] == 11
+    assert len(_steps(outcome.path)) == 11
+    assert "safe state" in (outcome.path / "run.log").read_text()
+
+    FlakyAnalytic.fail_at = None
+    resumed = resume_run(outcome.path)
+    assert resumed.status is RunStatus.COMPLETED
+    assert resumed.summary["final_controls"] == reference["final_controls"]
+    assert [s["step"] for s in _steps(outcome.path)] == list(range(1, 41))
+
+
+def test_resume_refuses_completed_and_missing_runs(
+    tmp_path: Path, reference: dict[str, object]
+) -> None:
+    run = _only_run(tmp_path / "ref")
+    with pytest.raises(RunError, match="already completed"):
+        resume_run(run)
+    with pytest.raises(RunError, match="no such run directory"):
+        resume_run(tmp_path / "nowhere")
+
+
+def _hil(*args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "sim"), str(ROOT)])}
+    return subprocess.Popen(
+        [sys.executable, "-m", "hil", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_steps(out: Path, n: int, proc: subprocess.Popen[str], timeout: float = 60) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early: {proc.communicate()}")
+        runs = list(out.iterdir()) if out.exists() else []
+        if runs and len(_steps(runs[0])) >= n:
+            return runs[0]
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError(f"no {n} steps within {timeout} s")
+
+
+@pytest.mark.parametrize(
+    ("sig", "status", "code"),
+    [
+        (signal.SIGKILL, None, -signal.SIGKILL),
+        (signal.SIGINT, "paused", 3),
+        (signal.SIGTERM, "aborted", 4),
+    ],
+)
+def test_interrupted_run_resumes_to_the_uninterrupted_result(
+    tmp_path: Path,
+    reference: dict[str, object],
+    sig: signal.Signals,
+    status: str | None,
+    code: int,
+) -> None:
+    config = small_experiment(tmp_path / "cfg", real_time=True)
+    out = tmp_path / "runs"
+    proc = _hil("run", str(config), "--out", str(out), "--quiet")
+    run = _wait_for_steps(out, 8, proc)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    steps_done = len(_steps(run))
+    assert 8 <= steps_done < 40
+    summary = RunDirectory(run).summary()
+    if status is None:  # killed: no chance to write a summary
+        assert summary is None
+    else:
+        assert summary is not None
+        assert summary["status"] == status
+        assert summary["steps_done"] == steps_done
+        assert "hil resume" in stderr
+        assert "safe state" in (run / "run.log").read_text()
+    checkpoint = RunDirectory(run).checkpoint()
+    assert checkpoint is not None
+    assert checkpoint["steps_done"] in (steps_done, steps_done - 1)
+
+    resumed = resume_run(run)
+    assert resumed.status is RunStatus.COMPLETED
+    assert resumed.summary["final_controls"] == reference["final_controls"]
+    assert resumed.summary["final_loss"] == reference["final_loss"]
+    assert [s["step"] for s in _steps(run)] == list(range(1, 41))
