@@ -302,6 +302,7 @@ class SafetyGuard(DeviceBase):
             self._last_controls = np.zeros(len(self._controls))
             self._last_inputs = np.zeros(len(self._inputs))
             self._last_control_time = self._device.clock.now()
+            log.info("device %r is in its safe state", self._spec.name)
 
     def close(self) -> None:
         self._device.close()
@@ -313,6 +314,7 @@ class SafetyGuard(DeviceBase):
         state: JSONDict = {
             "last_controls": self._last_controls.tolist(),
             "last_inputs": self._last_inputs.tolist(),
+            "last_control_time": self._last_control_time,
         }
         if isinstance(self._device, Stateful):
             state["device"] = self._device.state_dict()
@@ -323,7 +325,7 @@ class SafetyGuard(DeviceBase):
 
         The saved levels are taken over only with a Stateful device, whose state comes back too.
         """
-        expected = {"last_controls", "last_inputs"}
+        expected = {"last_controls", "last_inputs", "last_control_time"}
         if isinstance(self._device, Stateful):
             expected.add("device")
         if set(state) != expected:
@@ -341,7 +343,8 @@ class SafetyGuard(DeviceBase):
             self._device.load_state_dict(state["device"])
             self._last_controls = controls
             self._last_inputs = inputs
-            self._last_control_time = None
+            t = state["last_control_time"]
+            self._last_control_time = None if t is None else float(t)
         else:
             # Hardware is not restored by a checkpoint: it really is where this guard has driven it
             # (zero after the previous run's safe state), so ramps must start from there.

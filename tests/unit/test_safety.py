@@ -617,6 +617,7 @@ def test_state_dict_round_trip() -> None:
     other.load_state_dict(state)
     assert other_device.loaded == state["device"]
     assert other.state_dict()["last_controls"] == [0.1, 0.2, 0.3]
+    assert other.state_dict()["last_control_time"] == state["last_control_time"]
     # The restored input level counts for the slew check: 0.2 -> -0.9 V in 5 ms is too fast.
     with pytest.raises(SafetyViolation):
         other.measure(np.array([[0.0, -0.9]]))
@@ -628,7 +629,9 @@ def test_state_dict_round_trip() -> None:
     # Without a Stateful device there is no device entry, and the real (tracked) levels are kept.
     plain = SafetyGuard(FakeDevice(SPEC), LIMITS)
     assert "device" not in plain.state_dict()
-    plain.load_state_dict({"last_controls": [0.1, 0.2, 0.3], "last_inputs": [0.0, 0.0]})
+    plain.load_state_dict(
+        {"last_controls": [0.1, 0.2, 0.3], "last_inputs": [0.0, 0.0], "last_control_time": 1.0}
+    )
     assert plain.state_dict()["last_controls"] == [0.0, 0.0, 0.0]
 
 
