@@ -7,11 +7,14 @@ most the step in flight.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ EVENTS_FILE = "events.jsonl"
 CHECKPOINT_FILE = "checkpoint.json"
 SUMMARY_FILE = "summary.json"
 LOG_FILE = "run.log"
+LOCK_FILE = ".lock"
 REPORT_DIR = "report"
 SCHEMA_VERSION = 1
 
@@ -82,6 +86,28 @@ class RunDirectory:
 
     def file(self, name: str) -> Path:
         return self.path / name
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive use of the run: two processes must never drive one run (or one device)."""
+        with self.file(LOCK_FILE).open("a+", encoding="utf-8") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                owner = fh.read().strip() or "another process"
+                raise RunError(
+                    f"{self.path}: the run is in use by {owner}; wait for it to stop "
+                    "(Ctrl-C pauses it) before resuming"
+                ) from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()}\n")
+            fh.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     # run.json -----------------------------------------------------------------------------
     def write_run_info(self, info: JSONDict) -> None:

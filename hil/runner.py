@@ -137,6 +137,8 @@ def _execute(rundir: RunDirectory, built: BuiltRun, console: Console | None) -> 
     procedure: Procedure = built.procedure
     status, reason = RunStatus.FAILED, "did not start"
     final: JSONDict = {}
+    if console is not None:
+        console.print(f"run directory: {rundir.path}", highlight=False, soft_wrap=True)
     with _log_to(rundir.file(LOG_FILE)), _interrupt_handling() as interrupts:
         try:
             with _progress_bar(console) as bar:
@@ -238,8 +240,9 @@ def start_run(
             "environment": environment(),
         }
     )
-    rundir.append_event({"event": "start", "time": time.time(), "steps_done": 0})
-    return _execute(rundir, built, console)
+    with rundir.lock():
+        rundir.append_event({"event": "start", "time": time.time(), "steps_done": 0})
+        return _execute(rundir, built, console)
 
 
 def resolved_from_run(rundir: RunDirectory) -> tuple[ResolvedExperiment, int]:
@@ -252,6 +255,12 @@ def resolved_from_run(rundir: RunDirectory) -> tuple[ResolvedExperiment, int]:
 def resume_run(run_path: Path, *, console: Console | None = None) -> RunOutcome:
     """Continue a paused, aborted, failed or killed run from its last checkpoint."""
     rundir = RunDirectory.open(run_path)
+    with rundir.lock():
+        return _resume_locked(rundir, console)
+
+
+def _resume_locked(rundir: RunDirectory, console: Console | None) -> RunOutcome:
+    run_path = rundir.path
     summary = rundir.summary()
     if summary is not None and summary.get("status") == RunStatus.COMPLETED:
         raise RunError(f"{run_path}: the run already completed; start a new one with `hil run`")

@@ -174,3 +174,14 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(
     assert resumed.summary["final_controls"] == reference["final_controls"]
     assert resumed.summary["final_loss"] == reference["final_loss"]
     assert [s["step"] for s in _steps(run)] == list(range(1, 41))
+
+
+def test_a_run_in_use_cannot_be_resumed_twice(tmp_path: Path) -> None:
+    FlakyAnalytic.fail_at = 30
+    config = small_experiment(tmp_path / "cfg", device_type="faulty:FlakyAnalytic")
+    outcome = start_run(config, tmp_path / "runs")
+    assert outcome.status is RunStatus.FAILED
+    FlakyAnalytic.fail_at = None
+    with RunDirectory(outcome.path).lock(), pytest.raises(RunError, match="in use by pid"):
+        resume_run(outcome.path)
+    assert resume_run(outcome.path).status is RunStatus.COMPLETED
