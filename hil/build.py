@@ -63,7 +63,8 @@ def build_run(resolved: ResolvedExperiment, entropy: int) -> BuiltRun:
         )
     except HilError as exc:
         guard.close()
-        raise ConfigError(f"{resolved.doc.where(('procedure',))}: {exc}") from None
+        key = exc.key if isinstance(exc, ConfigError) and exc.key else ("procedure",)
+        raise ConfigError(f"{resolved.doc.where(key)}: {exc}", key=key) from None
     except (ValueError, TypeError) as exc:
         guard.close()
         raise ConfigError(f"{resolved.doc.path}: cannot build the experiment: {exc}") from None

@@ -75,7 +75,8 @@ class TrainingProcedure:
                 raise ConfigError(
                     f"procedure.initial_controls.{name}: {theta[i]} is outside the allowed range "
                     f"[{lower[i]}, {upper[i]}] (device range within the station limits); "
-                    "choose a start value inside it"
+                    "choose a start value inside it",
+                    key=("procedure", "initial_controls", name if isinstance(given, dict) else i),
                 )
         return theta
 

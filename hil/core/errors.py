@@ -11,7 +11,15 @@ class HilError(Exception):
 
 
 class ConfigError(HilError):
-    """A configuration file or value is invalid; the message names the file and the key path."""
+    """A configuration file or value is invalid; the message names the file and the key path.
+
+    `key` is the path of the offending key in the experiment file, when the raiser knows it, so
+    the application can point at its line.
+    """
+
+    def __init__(self, message: str, key: tuple[str | int, ...] | None = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class RegistryError(ConfigError):
