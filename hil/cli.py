@@ -10,11 +10,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from hil.build import build_run
+from hil.build import build_device, build_run
 from hil.config import is_station_document, json_schema, resolve_experiment, resolve_station
 from hil.core import ConfigError, HilError
 from hil.registry import Kind, available
@@ -142,6 +143,7 @@ def config_check(
             doc = load_yaml(path)
             if is_station_document(doc):
                 station = resolve_station(doc, doc.data)
+                build_device(station, np.random.SeedSequence(0)).close()  # limits vs. channels
                 stdout.print(f"ok: {path} (station {station.config.name!r})", highlight=False)
             else:
                 experiment = resolve_experiment(doc)

@@ -148,7 +148,7 @@ def _format_errors(exc: ValidationError, doc: YamlDocument, prefix: KeyPath) -> 
 
 def _validate(model: type[BaseModel], data: Any, doc: YamlDocument, prefix: KeyPath) -> Any:
     try:
-        return model.model_validate(data, context={"base_dir": doc.path.parent})
+        return model.model_validate(data, context={"base_dir": doc.path.parent.resolve()})
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, doc, prefix)) from None
 

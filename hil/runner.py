@@ -54,6 +54,7 @@ class RunOutcome:
 @dataclass
 class _Interrupts:
     pause_requested: bool = False
+    stopping: bool = False  # cleanup has begun: further signals must not interrupt it
 
 
 @contextmanager
@@ -65,13 +66,21 @@ def _interrupt_handling() -> Iterator[_Interrupts]:
         return
 
     def on_sigint(signum: int, frame: FrameType | None) -> None:
+        if state.stopping:
+            log.warning("Ctrl-C: already stopping; making the device safe and saving the run")
+            return
         if state.pause_requested:
+            state.stopping = True
             raise KeyboardInterrupt
         state.pause_requested = True
         log.warning("Ctrl-C: pausing at the next step boundary (press again to abort)")
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        raise Terminated
+        if state.stopping:
+            log.warning("SIGTERM: already stopping; making the device safe and saving the run")
+            return
+        state.stopping = True
+        raise Terminated(signum)
 
     old_int = signal.signal(signal.SIGINT, on_sigint)
     old_term = signal.signal(signal.SIGTERM, on_sigterm)
@@ -183,6 +192,7 @@ def _execute(rundir: RunDirectory, built: BuiltRun, console: Console | None) -> 
                 "run failed at step %d with an unexpected error", procedure.steps_done + 1
             )
         finally:
+            interrupts.stopping = True
             safe_error = _make_safe(built)
             if safe_error:
                 reason += f"; {safe_error}"

@@ -54,6 +54,9 @@ class AnalyticDevice(DeviceBase):
         curvature: float = Field(default=0.5, ge=0, description="scale of the quadratic term")
         noise_std: float = Field(default=1e-3, ge=0, description="white output noise per sample, V")
         settle_time: float = Field(default=1e-3, ge=0, description="s before each plateau")
+        ramp_time: float = Field(
+            default=0.0, ge=0, description="s the inputs take to ramp between plateaus"
+        )
         samples_per_plateau: int = Field(default=10, ge=1, description="samples averaged")
         sample_rate: float = Field(default=1000.0, gt=0, description="Hz")
         max_slew: float = Field(default=math.inf, gt=0, description="V/s on inputs and controls")
@@ -65,6 +68,11 @@ class AnalyticDevice(DeviceBase):
                 lo, hi = getattr(self, f"{what}_min"), getattr(self, f"{what}_max")
                 if not lo < hi:
                     raise ValueError(f"{what}_min ({lo}) must be below {what}_max ({hi})")
+            if math.isfinite(self.max_slew) and self.ramp_time == 0:
+                raise ValueError(
+                    f"max_slew {self.max_slew} V/s needs ramp_time > 0: with instant plateau "
+                    "changes every input step would exceed it"
+                )
             return self
 
     def __init__(self, settings: Settings | None = None, *, seed: SeedLike = None) -> None:
@@ -117,7 +125,7 @@ class AnalyticDevice(DeviceBase):
         x = _as_2d(inputs, s.n_inputs, "inputs")
         _check_range(x, self._spec.inputs, self._input_lo, self._input_hi)
         n_cases = x.shape[0]
-        dt = s.settle_time + s.samples_per_plateau / s.sample_rate
+        dt = s.ramp_time + s.settle_time + s.samples_per_plateau / s.sample_rate
         for _ in range(n_cases):
             self._clock.advance(dt)
         sigma = s.noise_std / math.sqrt(s.samples_per_plateau)
@@ -294,6 +302,7 @@ def _make_spec(s: AnalyticDevice.Settings) -> DeviceSpec:
         channels=(*inputs, *controls, out),
         sample_rate=s.sample_rate,
         settle_time=s.settle_time,
+        ramp_time=s.ramp_time,
     )
 
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from faulty import FlakyAnalytic
 from runs import QUICKSTART, ROOT, small_experiment
@@ -185,3 +186,24 @@ def test_a_run_in_use_cannot_be_resumed_twice(tmp_path: Path) -> None:
     with RunDirectory(outcome.path).lock(), pytest.raises(RunError, match="in use by pid"):
         resume_run(outcome.path)
     assert resume_run(outcome.path).status is RunStatus.COMPLETED
+
+
+def test_relative_data_path_survives_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg_dir = tmp_path / "cfg"
+    config = small_experiment(cfg_dir, steps=6, device_type="faulty:FlakyAnalytic")
+    np.savez(cfg_dir / "data.npz", inputs=[[-0.5, 0.5], [0.5, -0.5]], targets=[0.3, 0.8])
+    text = config.read_text()
+    start, end = text.index("  inputs:"), text.index("estimator:")
+    config.write_text(text[:start] + "  data: data.npz\n" + text[end:])
+    monkeypatch.chdir(tmp_path)  # the config is named relative to the working directory
+    FlakyAnalytic.fail_at = 20  # 2 cases, 3 evaluations per step: fails in step 4
+    outcome = start_run(Path("cfg") / "small.yaml", Path("runs"))
+    assert outcome.status is RunStatus.FAILED
+    run = outcome.path.resolve()
+    FlakyAnalytic.fail_at = None
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    resumed = resume_run(run)
+    assert resumed.status is RunStatus.COMPLETED, resumed.reason

@@ -204,7 +204,7 @@ def test_noise_free_stream_follows_the_waveform_sample_by_sample() -> None:
 
 
 def test_stream_refuses_bad_channels_and_fast_slews() -> None:
-    device = make_device(max_slew=10.0, sample_rate=1000.0)
+    device = make_device(max_slew=10.0, ramp_time=0.01, sample_rate=1000.0)
     with pytest.raises(ValueError, match="output"):
         device.stream(np.zeros((3, 1)), ["out"])
     with pytest.raises(KeyError):
@@ -219,3 +219,12 @@ def test_settings_reject_unknown_keys_and_empty_ranges() -> None:
         AnalyticDevice.Settings.model_validate({"noise": 1.0})
     with pytest.raises(ValueError, match="control_min"):
         AnalyticDevice.Settings(control_min=1.0, control_max=1.0)
+
+
+def test_ramp_time_is_charged_and_required_by_a_slew_limit() -> None:
+    with pytest.raises(ValueError, match="needs ramp_time > 0"):
+        make_device(max_slew=10.0)
+    device = make_device(ramp_time=0.004, settle_time=0.001, samples_per_plateau=5)
+    assert device.spec.ramp_time == 0.004
+    device.measure(np.zeros((3, 2)))
+    assert device.clock.now() == pytest.approx(3 * (0.004 + 0.001 + 5 / 1000.0), rel=1e-12)

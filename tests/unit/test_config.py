@@ -148,3 +148,15 @@ def test_json_schema_describes_both_files() -> None:
     assert "limits" in json_schema("station")["properties"]
     with pytest.raises(ConfigError, match="unknown schema"):
         json_schema("campaign")
+
+
+def test_station_check_catches_limits_on_unknown_channels(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from hil.cli import app
+
+    path = tmp_path / "station.yaml"
+    path.write_text(STATION.replace("ctrl0:", "ctrl9:"))
+    result = CliRunner().invoke(app, ["config", "check", str(path)])
+    assert result.exit_code == 2
+    assert "limits.channels.ctrl9: device 'analytic' has no channel 'ctrl9'" in result.stderr
