@@ -68,7 +68,9 @@ class SafetyLimits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_abs_voltage: float = Field(
-        gt=0, allow_inf_nan=False, description="global |V| ceiling on every input/control channel"
+        gt=0,
+        allow_inf_nan=False,
+        description="global |V| ceiling on every input/control channel whose unit is V",
     )
     channels: dict[str, ChannelLimit] = Field(default_factory=dict)
     ramp_interval: float = Field(
@@ -171,11 +173,13 @@ def _effective_channels(spec: DeviceSpec, limits: SafetyLimits) -> tuple[_Effect
         hi, hi_src = _tighter(chan.max, _SPEC, limit.max, key, upper=True)
         slew, slew_src = _tighter(chan.max_slew, _SPEC, limit.max_slew, key, upper=True)
         driven = chan.role in _DRIVEN
-        if driven:
+        if driven and chan.unit == "V":  # the ceiling is on voltages; a current source has its own
             lo, lo_src = _tighter(lo, lo_src, -limits.max_abs_voltage, _CEILING, upper=False)
             hi, hi_src = _tighter(hi, hi_src, limits.max_abs_voltage, _CEILING, upper=True)
         if not lo < hi:
-            ceiling = f", {_CEILING} ±{limits.max_abs_voltage:g}" if driven else ""
+            ceiling = (
+                f", {_CEILING} ±{limits.max_abs_voltage:g}" if driven and chan.unit == "V" else ""
+            )
             limit_lo = -math.inf if limit.min is None else limit.min
             limit_hi = math.inf if limit.max is None else limit.max
             raise ConfigError(

@@ -788,3 +788,17 @@ def test_sigterm_raises_restores_the_previous_handler() -> None:
     with sigterm_raises():
         assert signal.getsignal(signal.SIGTERM) is not previous
     assert signal.getsignal(signal.SIGTERM) == previous
+
+
+def test_voltage_ceiling_spares_channels_in_other_units() -> None:
+    spec = DeviceSpec(
+        name="smu",
+        channels=(
+            Channel(name="v", role=Role.CONTROL, min=-5.0, max=5.0),
+            Channel(name="i", role=Role.CONTROL, min=-5.0, max=5.0, unit="A"),
+            Channel(name="out", role=Role.OUTPUT),
+        ),
+    )
+    guard = SafetyGuard(FakeDevice(spec), SafetyLimits(max_abs_voltage=1.0))
+    assert guard.spec.channel("v").range == (-1.0, 1.0)
+    assert guard.spec.channel("i").range == (-5.0, 5.0)
