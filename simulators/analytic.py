@@ -303,6 +303,7 @@ def _make_spec(s: AnalyticDevice.Settings) -> DeviceSpec:
         sample_rate=s.sample_rate,
         settle_time=s.settle_time,
         ramp_time=s.ramp_time,
+        plateau_samples=s.samples_per_plateau,
     )
 
 

@@ -52,6 +52,9 @@ class DeviceSpec(BaseModel):
     sample_rate: float | None = Field(default=None, gt=0, description="Hz, for streaming devices")
     settle_time: float = Field(default=0.0, ge=0, description="s to wait after a DC change")
     ramp_time: float = Field(default=0.0, ge=0, description="s the device takes between plateaus")
+    plateau_samples: int | None = Field(
+        default=None, ge=1, description="samples averaged per plateau by `measure`, if sampled"
+    )
     output_gain: float = Field(default=1.0, description="e.g. transimpedance, V/A")
 
     @model_validator(mode="after")
@@ -82,6 +85,13 @@ class DeviceSpec(BaseModel):
             if c.name == name:
                 return c
         raise KeyError(f"device {self.name!r} has no channel {name!r}")
+
+    def plateau_time(self) -> float:
+        """Device seconds one `measure` plateau takes: ramp, settle, then the averaged samples."""
+        sampling = 0.0
+        if self.plateau_samples is not None and self.sample_rate is not None:
+            sampling = self.plateau_samples / self.sample_rate
+        return self.ramp_time + self.settle_time + sampling
 
     def bounds(self, role: Role) -> tuple[FloatArray, FloatArray]:
         """Lower and upper range of the channels with `role`, in channel order."""
