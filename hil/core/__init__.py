@@ -28,7 +28,7 @@ from hil.core.errors import (
     SafetyViolation,
 )
 from hil.core.procedure import Procedure
-from hil.core.types import FloatArray, JSONDict, SeedLike, seed_sequence
+from hil.core.types import FloatArray, IntArray, JSONDict, SeedLike, seed_sequence
 
 __all__ = [
     "CapabilityError",
@@ -46,6 +46,7 @@ __all__ = [
     "InstrumentError",
     "InstrumentProtocolError",
     "InstrumentTimeout",
+    "IntArray",
     "JSONDict",
     "Procedure",
     "ProgrammableState",

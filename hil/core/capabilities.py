@@ -12,7 +12,7 @@ from typing import Protocol, Self, runtime_checkable
 
 from hil.core.channels import DeviceSpec
 from hil.core.clock import Clock
-from hil.core.types import FloatArray, JSONDict
+from hil.core.types import FloatArray, IntArray, JSONDict
 
 
 @runtime_checkable
@@ -68,8 +68,8 @@ class Streaming(Protocol):
 class ProgrammableState(Protocol):
     """Non-volatile weights that change only through (noisy, bounded) pulses."""
 
-    def apply_pulses(self, pulses: FloatArray) -> None:
-        """Apply signed pulse counts, one per weight."""
+    def apply_pulses(self, pulses: IntArray) -> None:
+        """Apply signed pulse counts, one per weight (positive: potentiate)."""
         ...
 
     def read_state(self) -> FloatArray:

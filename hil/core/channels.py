@@ -51,7 +51,9 @@ class DeviceSpec(BaseModel):
     channels: tuple[Channel, ...]
     sample_rate: float | None = Field(default=None, gt=0, description="Hz, for streaming devices")
     settle_time: float = Field(default=0.0, ge=0, description="s to wait after a DC change")
-    ramp_time: float = Field(default=0.0, ge=0, description="s the device takes between plateaus")
+    ramp_time: float = Field(
+        default=0.0, ge=0, description="s of linear ramp from one plateau's levels to the next"
+    )
     plateau_samples: int | None = Field(
         default=None, ge=1, description="samples averaged per plateau by `measure`, if sampled"
     )

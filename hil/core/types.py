@@ -8,6 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 FloatArray: TypeAlias = npt.NDArray[np.float64]
+IntArray: TypeAlias = npt.NDArray[np.int64]
 SeedLike: TypeAlias = int | np.random.SeedSequence | None
 JSONDict: TypeAlias = dict[str, Any]
 

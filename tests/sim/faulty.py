@@ -19,6 +19,6 @@ class FlakyAnalytic(AnalyticDevice):
     fail_at: ClassVar[int | None] = None
 
     def measure(self, inputs: FloatArray) -> FloatArray:
-        if self.fail_at is not None and self.measurements + len(inputs) > self.fail_at:
+        if self.fail_at is not None and self.plateaus + len(inputs) > self.fail_at:
             raise InstrumentTimeout(f"{self.spec.name}: no answer within 2 s (injected fault)")
         return super().measure(inputs)

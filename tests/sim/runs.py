@@ -24,10 +24,11 @@ station:
   name: small-station
   device:
     type: {device_type}
-    noise_std: 0.002
-    samples_per_plateau: 2
-    settle_time: 0.001
-    real_time: {str(real_time).lower()}
+    noise: {{white: 0.002}}
+    timing:
+      samples_per_plateau: 2
+      settle_time: 0.001
+      real_time: {str(real_time).lower()}
   limits:
     max_abs_voltage: 1.0
     channels:

@@ -17,7 +17,7 @@ STATION = """\
 name: test-station
 device:
   type: analytic
-  noise_std: 0.001
+  offset: 0.001
 limits:
   max_abs_voltage: 1.0
   channels:
@@ -56,7 +56,7 @@ def test_valid_experiment_resolves_with_defaults_filled(tmp_path: Path) -> None:
     data = resolved.as_dict()
     assert data["station"]["name"] == "test-station"
     assert data["station"]["device"]["type"] == "analytic"
-    assert data["station"]["device"]["noise_std"] == 0.001
+    assert data["station"]["device"]["offset"] == 0.001
     assert "n_controls" in data["station"]["device"]  # defaults are recorded
     assert data["estimator"] == {**data["estimator"], "type": "spsa", "c": 0.05}
     assert data["procedure"]["steps"] == 5
@@ -113,11 +113,11 @@ def test_bad_station_key_points_into_the_station_file(tmp_path: Path) -> None:
 def test_inline_station_errors_carry_the_station_prefix(tmp_path: Path) -> None:
     inline = "station:\n" + "".join(f"  {line}\n" for line in STATION.splitlines())
     text = EXPERIMENT.replace("station: station.yaml\n", inline).replace(
-        "noise_std: 0.001", "noise_std: loud"
+        "offset: 0.001", "offset: loud"
     )
     path = tmp_path / "exp.yaml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=r"exp\.yaml:6: station\.device\.noise_std"):
+    with pytest.raises(ConfigError, match=r"exp\.yaml:6: station\.device\.offset"):
         load_experiment(path)
 
 

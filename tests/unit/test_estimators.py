@@ -32,7 +32,9 @@ class RecordingObjective(Objective):
 
 def make_objective(noise_std: float = 0.0, seed: int = 0) -> RecordingObjective:
     """Regression onto the device's own outputs at another θ, so the residuals are O(1)."""
-    device = AnalyticDevice(AnalyticDevice.Settings(noise_std=noise_std), seed=seed)
+    device = AnalyticDevice(
+        AnalyticDevice.Settings.model_validate({"noise": {"white": noise_std}}), seed=seed
+    )
     rng = np.random.default_rng(42)
     x = rng.uniform(-1, 1, size=(N_CASES, 2))
     targets = device.true_output(rng.uniform(-1, 1, size=5), x) + 0.5
@@ -89,7 +91,7 @@ def test_central_difference_error_is_second_order_in_h() -> None:
 def test_central_difference_counts_evaluations_and_device_time() -> None:
     objective = make_objective()
     device = device_of(objective)
-    per_evaluation = N_CASES * (device.settings.settle_time + 10 / device.settings.sample_rate)
+    per_evaluation = N_CASES * device.spec.plateau_time()
     for measure_loss, expected in ((True, 11), (False, 10)):
         estimator = CentralDifference(CentralDifference.Settings(measure_loss=measure_loss))
         t0, e0 = device.clock.now(), objective.evaluations
