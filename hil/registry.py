@@ -37,6 +37,7 @@ ENTRY_POINT_GROUPS: dict[Kind, tuple[str, ...]] = {
 BUILTIN: dict[Kind, dict[str, str]] = {
     Kind.DEVICE: {
         "analytic": "simulators.analytic:AnalyticDevice",
+        "dnpu": "simulators.dnpu:DNPUDevice",
     },
     Kind.ESTIMATOR: {
         "central-difference": "protocols.estimators:CentralDifference",

@@ -100,7 +100,7 @@ class DNPUDevice(SampledDevice):
         hard_limit: float = Field(default=1.6, gt=0, description="V the device must never see")
         max_slew: float = Field(default=math.inf, gt=0, description="V/s on every electrode")
         device_seed: int = Field(default=0, ge=0, description="draws the random core network")
-        hidden: list[int] = Field(default=[90] * 5, description="hidden layer widths")
+        hidden: list[int] = Field(default=[32] * 3, description="hidden layer widths")
         activation: Activation | None = Field(
             default=None, description="default: tanh for the random core, relu for a file"
         )

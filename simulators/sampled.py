@@ -105,10 +105,10 @@ class SampledSettings(BaseModel):
                 f"noise.flicker_f_hi {hi} Hz is above the Nyquist frequency {nyquist} Hz; "
                 "lower it or raise timing.sample_rate"
             )
-        if n.flicker_psd > 0 and not n.flicker_f_lo <= n.flicker_f_ref <= hi:
+        if n.flicker_psd > 0 and not n.flicker_f_lo < hi:
             raise ValueError(
-                f"noise.flicker_f_ref {n.flicker_f_ref} Hz must lie in the 1/f band "
-                f"[{n.flicker_f_lo}, {hi}] Hz (flicker_f_lo … flicker_f_hi or Nyquist)"
+                f"noise.flicker_f_lo {n.flicker_f_lo} Hz must be below the top of the 1/f band "
+                f"({hi} Hz: flicker_f_hi or Nyquist)"
             )
         return self
 
@@ -147,8 +147,15 @@ class SampledDevice(DeviceBase):
         n = sampled.noise
         if n.flicker_psd > 0:
             f_hi = n.flicker_f_hi if n.flicker_f_hi is not None else sampled.timing.sample_rate / 2
+            # The level is quoted at f_ref; where f_ref lies outside the simulated band, the same
+            # 1/f law is pinned at the nearest band edge instead (S(f)·f is constant).
+            f_pin = min(max(n.flicker_f_ref, n.flicker_f_lo), f_hi)
             taus, sigmas = flicker_poles(
-                n.flicker_psd, n.flicker_f_ref, n.flicker_f_lo, f_hi, n.flicker_poles_per_decade
+                n.flicker_psd * n.flicker_f_ref / f_pin,
+                f_pin,
+                n.flicker_f_lo,
+                f_hi,
+                n.flicker_poles_per_decade,
             )
         else:
             taus, sigmas = [], []
