@@ -3,11 +3,35 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
-from hil.core import Device, FloatArray, JSONDict, Role
+from hil.core import ConfigError, Device, FloatArray, JSONDict, Role
+
+
+class ChannelMapping(BaseModel):
+    """Which device channels a task's data columns drive and which outputs it scores.
+
+    Task settings inherit these fields, so any task can be pointed at any device.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_channels: list[str] | None = Field(
+        default=None,
+        description="device inputs the data columns drive, in order; default: the first ones. "
+        "Device inputs not named are held at 0 V",
+    )
+    output_channels: list[str] | None = Field(
+        default=None, description="device outputs the task scores; default: the first ones"
+    )
+    input_scaling: Literal["volts", "range"] = Field(
+        default="volts",
+        description="'volts': data are channel values; 'range': data in [-1, 1] span each "
+        "channel's allowed range (device range within the station limits)",
+    )
 
 
 @runtime_checkable
@@ -16,8 +40,16 @@ class Task(Protocol):
 
     @property
     def inputs(self) -> FloatArray:
-        """n_cases × n_inputs data-input voltages."""
+        """n_cases × n_data_columns, in the units `mapping.input_scaling` says."""
         ...
+
+    @property
+    def n_outputs(self) -> int:
+        """How many device outputs the loss scores."""
+        ...
+
+    @property
+    def mapping(self) -> ChannelMapping: ...
 
     def loss(self, outputs: FloatArray) -> float:
         """Scalar loss of device outputs (n_cases × n_outputs)."""
@@ -39,12 +71,8 @@ class Objective:
         self.task = task
         self.lower, self.upper = device.spec.bounds(Role.CONTROL)
         self.evaluations = 0
-        n_inputs = len(device.spec.inputs)
-        if task.inputs.ndim != 2 or task.inputs.shape[1] != n_inputs:
-            raise ValueError(
-                f"task inputs have shape {task.inputs.shape}, but device {device.spec.name!r} "
-                f"has {n_inputs} input channels"
-            )
+        self.device_inputs = _device_inputs(device, task)
+        self.output_columns = _output_columns(device, task)
 
     @property
     def dim(self) -> int:
@@ -57,7 +85,8 @@ class Objective:
         """Measure the device's outputs for every input case at controls θ."""
         self.device.set_controls(np.asarray(theta, dtype=float))
         self.evaluations += 1
-        return self.device.measure(self.task.inputs)
+        outputs: FloatArray = self.device.measure(self.device_inputs)[:, self.output_columns]
+        return outputs
 
     def __call__(self, theta: FloatArray) -> float:
         return self.task.loss(self.outputs(theta))
@@ -65,6 +94,67 @@ class Objective:
     def project(self, theta: FloatArray) -> FloatArray:
         """The closest point of the control box."""
         return np.clip(theta, self.lower, self.upper)
+
+
+def _named(kind: str, names: list[str], available: list[str], spec_name: str) -> list[int]:
+    unknown = [n for n in names if n not in available]
+    if unknown or len(set(names)) != len(names):
+        raise ConfigError(
+            f"task.{kind}_channels {names}: name distinct channels of device {spec_name!r}; "
+            f"its {kind}s are {available}"
+        )
+    return [available.index(n) for n in names]
+
+
+def _device_inputs(device: Device, task: Task) -> FloatArray:
+    """The task's data as full device input rows (unnamed device inputs at 0 V)."""
+    spec, data, mapping = device.spec, np.asarray(task.inputs, dtype=float), task.mapping
+    channels = list(spec.inputs)
+    names = [c.name for c in channels]
+    if data.ndim != 2:
+        raise ConfigError(f"task inputs must be n_cases × n_columns, got shape {data.shape}")
+    n_columns = data.shape[1]
+    if mapping.input_channels is not None:
+        if len(mapping.input_channels) != n_columns:
+            raise ConfigError(
+                f"task.input_channels names {len(mapping.input_channels)} channels for "
+                f"{n_columns} data columns; name one channel per column"
+            )
+        columns = _named("input", mapping.input_channels, names, spec.name)
+    elif n_columns <= len(names):
+        columns = list(range(n_columns))
+    else:
+        raise ConfigError(
+            f"the task has {n_columns} input columns but device {spec.name!r} has only "
+            f"{len(names)} inputs {names}"
+        )
+    if mapping.input_scaling == "range":
+        if np.any(np.abs(data) > 1.0):
+            raise ConfigError("task inputs with input_scaling 'range' must lie in [-1, 1]")
+        lo = np.array([channels[c].min for c in columns])
+        hi = np.array([channels[c].max for c in columns])
+        data = lo + (data + 1.0) / 2.0 * (hi - lo)
+    full = np.zeros((data.shape[0], len(names)))
+    full[:, columns] = data
+    return full
+
+
+def _output_columns(device: Device, task: Task) -> list[int]:
+    names = [c.name for c in device.spec.outputs]
+    chosen = task.mapping.output_channels
+    if chosen is not None:
+        if len(chosen) != task.n_outputs:
+            raise ConfigError(
+                f"task.output_channels names {len(chosen)} channels for {task.n_outputs} "
+                "target columns; name one channel per target column"
+            )
+        return _named("output", chosen, names, device.spec.name)
+    if task.n_outputs > len(names):
+        raise ConfigError(
+            f"the task scores {task.n_outputs} outputs but device {device.spec.name!r} has "
+            f"only {len(names)} {names}"
+        )
+    return list(range(task.n_outputs))
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator, model_validator
+from pydantic import ValidationInfo, field_validator, model_validator
 
 from hil.core import ConfigError, FloatArray
+from protocols.base import ChannelMapping
 
 _FORMS = (
     "give either `inputs` (list of rows) and `targets` (list of numbers or of rows) inline, "
@@ -24,10 +25,8 @@ class RegressionTask:
     n_cases × n_outputs (a flat list of targets means one output).
     """
 
-    class Settings(BaseModel):
+    class Settings(ChannelMapping):
         """Inline `inputs` + `targets`, or a `data` path to an .npz — exactly one of the two."""
-
-        model_config = ConfigDict(extra="forbid")
 
         inputs: list[list[float]] | None = None
         targets: list[float] | list[list[float]] | None = None
@@ -87,6 +86,16 @@ class RegressionTask:
     def inputs(self) -> FloatArray:
         """n_cases × n_inputs data-input voltages (read-only)."""
         return self._inputs
+
+    @property
+    def n_outputs(self) -> int:
+        return int(self._targets.shape[1])
+
+    @property
+    def mapping(self) -> ChannelMapping:
+        return ChannelMapping.model_validate(
+            self.settings.model_dump(include=set(ChannelMapping.model_fields))
+        )
 
     @property
     def targets(self) -> FloatArray:
