@@ -4,7 +4,7 @@ The overhead is a ratio measured in the same process: the full `start_run` (jour
 checkpoint per step, summary) against the same procedure stepped bare, without any recording.
 Prints a table and writes bench/results/quickstart.json.
 
-    .venv/bin/python bench/quickstart.py [--repeats N]
+    .venv/bin/python -m bench.quickstart [--repeats N]
 """
 
 from __future__ import annotations

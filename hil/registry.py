@@ -38,6 +38,8 @@ BUILTIN: dict[Kind, dict[str, str]] = {
     Kind.DEVICE: {
         "analytic": "simulators.analytic:AnalyticDevice",
         "dnpu": "simulators.dnpu:DNPUDevice",
+        "analog-mlp": "simulators.analog_mlp:AnalogMLPDevice",
+        "crossbar": "simulators.crossbar:CrossbarDevice",
     },
     Kind.ESTIMATOR: {
         "central-difference": "protocols.estimators:CentralDifference",

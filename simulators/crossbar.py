@@ -358,12 +358,11 @@ class CrossbarDevice(DeviceBase):
         patience: int = 3,
     ) -> ProgramResult:
         """Write-verify: read the state, pulse every device that is off by more than `tolerance`
-        towards `target`, repeat. Step sizes are learnt per device from what the pulses did.
-
-        A device still more than 3 tolerances off whose error shrank by less than 10 % in each of
-        `patience` rounds (at a bound, stuck) is left alone to spare its endurance; it shows in
-        `errors`. At most `max_pulses` per device and
-        round (default: the full range in nominal steps). Every read and train costs device time.
+        towards `target`, repeat. Step sizes are learnt per device and direction from what the
+        pulses did; at most `max_pulses` per device and round (default: the full range in
+        nominal steps). A device whose error shrank by less than 10 % in each of `patience`
+        rounds of ≥ 10 pulses (at a bound, stuck) is left alone to spare its endurance; it shows
+        in `errors`. Every read and pulse train costs device time.
         """
         self._check_open()
         s = self.settings
@@ -374,7 +373,8 @@ class CrossbarDevice(DeviceBase):
             raise ValueError("program: needs tolerance > 0, max_iterations ≥ 0, patience ≥ 1")
         cap = max_pulses if max_pulses is not None else math.ceil((s.w_max - s.w_min) / s.dw_min)
         cap = max(1, min(cap, s.max_pulse_count))
-        step = np.full(self._shape, s.dw_min)
+        step_up = np.full(self._shape, s.dw_min)  # learnt |Δw| per pulse, each direction
+        step_down = np.full(self._shape, s.dw_min)
         stalled = np.zeros(self._shape, dtype=np.int64)
         state = self.read_state()
         sent, iterations = 0, 0
@@ -383,6 +383,7 @@ class CrossbarDevice(DeviceBase):
             off = (np.abs(error) > tolerance) & (stalled < patience)
             if not off.any():
                 break
+            step = np.where(error > 0, step_up, step_down)
             n = np.where(off, np.rint(error / step), 0.0)
             n = np.where(off & (n == 0), np.sign(error), n)
             n = np.clip(n, -cap, cap).astype(np.int64)
@@ -390,16 +391,18 @@ class CrossbarDevice(DeviceBase):
             sent += int(np.abs(n).sum())
             iterations += 1
             new = self.read_state()
+            # only rounds of ≥ 10 pulses say much about a device's step (noise averages out)
+            informative = np.abs(n) >= 10
             moved = (new - state) * np.sign(n)
-            learn = (n != 0) & (moved > 0)
+            learn = informative & (moved > 0)
             observed = np.divide(moved, np.abs(n), out=np.zeros(self._shape), where=learn)
             # geometric blend of the old and the observed step, kept within sane limits
             blended = np.sqrt(step * np.clip(observed, 0.02 * s.dw_min, 50 * s.dw_min))
-            step = np.where(learn, blended, step)
-            # far from the target and the error shrank by < 10 %: no progress this round
-            before, after = np.abs(error), np.abs(goal - new)
-            stuck = (before > 3 * tolerance) & (after > 0.9 * before)
-            stalled = np.where(n == 0, stalled, np.where(stuck, stalled + 1, 0))
+            step_up = np.where(learn & (n > 0), blended, step_up)
+            step_down = np.where(learn & (n < 0), blended, step_down)
+            # the error shrank by less than 10 %: no progress this round
+            no_progress = np.abs(goal - new) > 0.9 * np.abs(error)
+            stalled = np.where(informative, np.where(no_progress, stalled + 1, 0), stalled)
             state = new
         errors = state - goal
         max_error = float(np.max(np.abs(errors)))
@@ -576,33 +579,42 @@ class CrossbarDevice(DeviceBase):
                 passes += redo.size
                 todo = np.zeros(n, dtype=bool)
                 todo[redo] = again
-        out: FloatArray = y * (scale * alpha)[:, np.newaxis]
-        return out, passes
+        y *= (scale * alpha)[:, np.newaxis]
+        return y, passes
 
     def _single_pass(self, xt: FloatArray, weights: FloatArray) -> tuple[FloatArray, BoolArray]:
-        """One analog pass on normalised inputs: DAC, MAC, read noise, IR drop, noise, ADC."""
+        """One analog pass on normalised inputs: DAC, MAC, read noise, IR drop, noise, ADC.
+
+        In-place where possible: fewer large temporaries keep batches fast.
+        """
         io = self.settings.io
         rng = self.noise_streams["read"]
         xq = _quantize(xt, self._inp_step, io.inp_bound)
         if io.inp_noise > 0:
-            xq = xq + io.inp_noise * rng.standard_normal(xq.shape)
+            xq += io.inp_noise * rng.standard_normal(xq.shape)
         y: FloatArray = xq @ weights
         if io.w_noise > 0:
             if io.w_noise_type == "additive_constant":
                 spread = np.sqrt(np.sum(xq**2, axis=1, keepdims=True))
             else:
                 spread = np.sqrt(xq**2 @ np.abs(weights))
-            y = y + io.w_noise * spread * rng.standard_normal(y.shape)
+            y += io.w_noise * spread * rng.standard_normal(y.shape)
         if io.ir_drop > 0:
             a = (self.settings.rows / io.ir_drop_g_ratio) * (np.abs(xq) @ np.abs(weights))
             c = a * (a * (0.05 * a - 0.2) + 0.5)
-            y = y - io.ir_drop * c * ((xq * self._ir_position) @ weights)
+            y -= io.ir_drop * c * ((xq * self._ir_position) @ weights)
         if io.out_noise > 0:
-            y = y + io.out_noise * rng.standard_normal(y.shape)
+            noise = rng.standard_normal(y.shape)
+            noise *= io.out_noise
+            y += noise
         if self._out_step > 0:
-            y = np.rint(y / self._out_step) * self._out_step
-        clipped = np.any(np.abs(y) >= io.out_bound, axis=1)
-        return np.clip(y, -io.out_bound, io.out_bound), clipped
+            y /= self._out_step
+            np.rint(y, out=y)
+            y *= self._out_step
+        bound = io.out_bound
+        clipped = np.any((y >= bound) | (y <= -bound), axis=1)
+        np.clip(y, -bound, bound, out=y)
+        return y, clipped
 
     # -- pulses and retention ----------------------------------------------------------------------
 
@@ -838,9 +850,15 @@ def _resolution(res: float) -> float:
 
 
 def _quantize(v: FloatArray, step: float, bound: float) -> FloatArray:
+    """Round to multiples of `step` (0: no rounding) and clip to ±bound, in a new array."""
     if step > 0:
-        v = np.rint(v / step) * step
-    return np.clip(v, -bound, bound)
+        q = v / step
+        np.rint(q, out=q)
+        q *= step
+    else:
+        q = v.copy()
+    np.clip(q, -bound, bound, out=q)
+    return q
 
 
 def _vector(values: npt.ArrayLike, n: int, name: str) -> FloatArray:
