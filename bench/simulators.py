@@ -56,9 +56,8 @@ def best_seconds(run: Callable[[], object], min_time: float = 1.0, repeats: int 
 
 def dnpu_stream() -> dict[str, float]:
     """One second of a 1 kHz waveform on the two data inputs, default DNPU otherwise."""
-    device = DNPUDevice(
-        DNPUDevice.Settings.model_validate({"timing": {"sample_rate": 1000.0}}), seed=1
-    )
+    timing = {"sample_rate": 1000.0, "ramp_time": 0.0, "settle_time": 0.001}  # plateaus unused
+    device = DNPUDevice(DNPUDevice.Settings.model_validate({"timing": timing}), seed=1)
     t = np.arange(1000) / 1000.0
     wave = np.column_stack([0.3 * np.sin(2 * np.pi * 3 * t), 0.2 * np.sin(2 * np.pi * 5 * t)])
     wave -= 0.2

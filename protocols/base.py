@@ -64,26 +64,65 @@ class Objective:
     """L(θ) on a device: set the controls to θ, measure the task's inputs, score the outputs.
 
     Every call costs device time; `evaluations` counts them and the device clock reports the time.
+    With `normalized`, θ lives in [-1, 1] per control and spans each control's allowed range, so
+    step sizes mean the same on every station; `physical(θ)` gives the values sent.
     """
 
-    def __init__(self, device: Device, task: Task) -> None:
+    def __init__(self, device: Device, task: Task, *, normalized: bool = False) -> None:
         self.device = device
         self.task = task
-        self.lower, self.upper = device.spec.bounds(Role.CONTROL)
+        self.control_lower, self.control_upper = device.spec.bounds(Role.CONTROL)
+        self.normalized = normalized
+        if normalized:
+            infinite = [
+                c.name
+                for c in device.spec.controls
+                if not (np.isfinite(c.min) and np.isfinite(c.max))
+            ]
+            if infinite:
+                raise ConfigError(
+                    f"normalized parameters need finite control ranges; {infinite} are unbounded: "
+                    "set their limits in the station file"
+                )
+            self.lower, self.upper = -np.ones(self.dim), np.ones(self.dim)
+        else:
+            self.lower, self.upper = self.control_lower.copy(), self.control_upper.copy()
         self.evaluations = 0
         self.device_inputs = _device_inputs(device, task)
         self.output_columns = _output_columns(device, task)
 
+    def physical(self, theta: FloatArray) -> FloatArray:
+        """The control values θ stands for."""
+        t = np.asarray(theta, dtype=float)
+        if not self.normalized:
+            return t
+        if np.any(np.abs(t) > 1.0):
+            raise ValueError(f"normalized parameters must lie in [-1, 1], got {t.tolist()}")
+        span = self.control_upper - self.control_lower
+        values = self.control_lower + (t + 1.0) / 2.0 * span
+        # θ is inside [-1, 1]; only floating-point rounding at the ends can step over a bound
+        inside: FloatArray = np.clip(values, self.control_lower, self.control_upper)
+        return inside
+
+    def parameters(self, controls: FloatArray) -> FloatArray:
+        """θ for given control values (inverse of `physical`)."""
+        c = np.asarray(controls, dtype=float)
+        if not self.normalized:
+            return c
+        span = self.control_upper - self.control_lower
+        theta: FloatArray = 2.0 * (c - self.control_lower) / span - 1.0
+        return theta
+
     @property
     def dim(self) -> int:
-        return int(self.lower.size)
+        return int(self.control_lower.size)
 
     def device_time(self) -> float:
         return self.device.clock.now()
 
     def outputs(self, theta: FloatArray) -> FloatArray:
         """Measure the device's outputs for every input case at controls θ."""
-        self.device.set_controls(np.asarray(theta, dtype=float))
+        self.device.set_controls(self.physical(theta))
         self.evaluations += 1
         outputs: FloatArray = self.device.measure(self.device_inputs)[:, self.output_columns]
         return outputs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,6 +27,12 @@ class TrainingProcedure:
         final_repeats: int = Field(
             default=1, ge=1, description="unperturbed measurements averaged for the final loss"
         )
+        parameters: Literal["physical", "normalized"] = Field(
+            default="physical",
+            description="'physical': the optimizer moves control values; 'normalized': it moves "
+            "θ in [-1, 1] spanning each control's allowed range, so step sizes and perturbations "
+            "are fractions of the range and mean the same on every station",
+        )
 
     def __init__(
         self,
@@ -37,15 +44,23 @@ class TrainingProcedure:
         optimizer: Optimizer,
     ) -> None:
         self.settings = settings
-        self.objective = Objective(device, task)
+        self.control_names = [c.name for c in device.spec.controls]
+        if not self.control_names:
+            raise ConfigError(
+                f"device {device.spec.name!r} has no control channels to train; a device whose "
+                "weights change only through pulses (programmable state) needs a pulse-based "
+                "procedure",
+                key=("procedure", "type"),
+            )
+        self.objective = Objective(device, task, normalized=settings.parameters == "normalized")
         self.estimator = estimator
         self.optimizer = optimizer
-        self.control_names = [c.name for c in device.spec.controls]
-        optimizer.start(self._initial_controls(), self.objective.lower, self.objective.upper)
+        theta0 = self.objective.parameters(self._initial_controls())
+        optimizer.start(theta0, self.objective.lower, self.objective.upper)
         self._steps_done = 0
         self._best_loss = math.inf
         self._best_step = -1
-        self._best_controls = self.optimizer.ask().tolist()
+        self._best_controls = self.objective.physical(theta0).tolist()
         self._last_loss = math.nan
 
     def _initial_controls(self) -> FloatArray:
@@ -69,7 +84,7 @@ class TrainingProcedure:
                     f"{n} controls {self.control_names}"
                 )
             theta = np.asarray(given, dtype=float)
-        lower, upper = self.objective.lower, self.objective.upper
+        lower, upper = self.objective.control_lower, self.objective.control_upper
         for i, name in enumerate(self.control_names):
             if not lower[i] <= theta[i] <= upper[i]:
                 raise ConfigError(
@@ -94,7 +109,8 @@ class TrainingProcedure:
 
     def controls(self) -> dict[str, float]:
         """The current control values by channel name."""
-        return dict(zip(self.control_names, self.optimizer.ask().tolist(), strict=True))
+        values = self.objective.physical(self.optimizer.ask())
+        return dict(zip(self.control_names, values.tolist(), strict=True))
 
     def step(self) -> JSONDict:
         theta = self.optimizer.ask()
@@ -105,7 +121,7 @@ class TrainingProcedure:
         if estimate.loss < self._best_loss:
             self._best_loss = estimate.loss
             self._best_step = self._steps_done
-            self._best_controls = theta.tolist()
+            self._best_controls = self.objective.physical(theta).tolist()
         return {
             "step": self._steps_done,
             "loss": estimate.loss,
@@ -114,8 +130,8 @@ class TrainingProcedure:
             "evaluations": estimate.evaluations,
             "device_seconds": estimate.device_seconds,
             "device_time": self.objective.device_time(),
-            "controls": theta.tolist(),
-            "gradient": estimate.gradient.tolist(),
+            "controls": self.objective.physical(theta).tolist(),
+            "gradient": estimate.gradient.tolist(),  # in the optimizer's parameter space
         }
 
     def finish(self) -> JSONDict:

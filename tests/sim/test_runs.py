@@ -16,7 +16,7 @@ import pytest
 from faulty import FlakyAnalytic
 from runs import QUICKSTART, ROOT, small_experiment
 
-from hil.core import RunError
+from hil.core import ConfigError, RunError
 from hil.report import write_report
 from hil.rundir import RunDirectory
 from hil.runner import RunStatus, resume_run, start_run
@@ -207,3 +207,29 @@ def test_relative_data_path_survives_resume(
     monkeypatch.chdir(tmp_path / "elsewhere")
     resumed = resume_run(run)
     assert resumed.status is RunStatus.COMPLETED, resumed.reason
+
+
+@pytest.mark.parametrize("station", ["sim-dnpu", "sim-analog"])
+def test_quickstart_runs_on_other_stations(tmp_path: Path, station: str) -> None:
+    text = QUICKSTART.read_text()
+    station_path = ROOT / "configs" / "stations" / f"{station}.yaml"
+    text = text.replace("stations/sim-analytic.yaml", str(station_path)).replace(
+        "steps: 200", "steps: 30"
+    )
+    config = tmp_path / "quickstart.yaml"
+    config.write_text(text)
+    outcome = start_run(config, tmp_path / "runs")
+    assert outcome.status is RunStatus.COMPLETED, outcome.reason
+    steps = _steps(outcome.path)
+    assert float(outcome.summary["best_loss"]) < float(steps[0]["loss"])  # type: ignore[arg-type]
+
+
+def test_quickstart_on_a_crossbar_says_why_it_cannot_train(tmp_path: Path) -> None:
+    station_path = ROOT / "configs" / "stations" / "sim-crossbar.yaml"
+    config = tmp_path / "quickstart.yaml"
+    config.write_text(
+        QUICKSTART.read_text().replace("stations/sim-analytic.yaml", str(station_path))
+    )
+    with pytest.raises(ConfigError, match="no control channels to train"):
+        start_run(config, tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()

@@ -65,3 +65,24 @@ def test_bad_mappings_are_config_errors(mapping: dict[str, Any], message: str) -
 def test_more_columns_than_device_inputs_is_an_error() -> None:
     with pytest.raises(ConfigError, match="has only 4 inputs"):
         Objective(device(), task([[0.0] * 5]))
+
+
+def test_normalized_parameters_span_the_control_ranges() -> None:
+    dev = device(control_min=-0.7, control_max=0.3)
+    objective = Objective(dev, task([[0.0, 0.0]]), normalized=True)
+    np.testing.assert_array_equal(objective.lower, -np.ones(5))
+    np.testing.assert_array_equal(objective.upper, np.ones(5))
+    theta = np.array([-1.0, -0.5, 0.0, 0.5, 1.0])
+    physical = objective.physical(theta)
+    np.testing.assert_allclose(physical, [-0.7, -0.45, -0.2, 0.05, 0.3])
+    assert physical.max() <= 0.3  # exactly on the bound, not a rounding step beyond it
+    np.testing.assert_allclose(objective.parameters(physical), theta)
+    objective(theta)  # the device accepts the end points
+    with pytest.raises(ValueError, match=r"must lie in \[-1, 1\]"):
+        objective.physical(np.full(5, 1.5))
+
+
+def test_normalized_parameters_need_finite_ranges() -> None:
+    dev = device(control_min=-np.inf)
+    with pytest.raises(ConfigError, match="need finite control ranges"):
+        Objective(dev, task([[0.0, 0.0]]), normalized=True)
