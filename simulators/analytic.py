@@ -120,7 +120,7 @@ def _draw_model(
 ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
     """Coefficients a (K×n_controls), b (K×n_inputs), c (K), d (K) and Q, from `model_seed`.
 
-    a and b are scaled so that a·θ + b·x has unit variance for θ, x uniform on [-1, 1].
+    a and b are scaled so that a·θ and b·x each have unit variance for θ, x uniform on [-1, 1].
     """
     rng = np.random.default_rng(seed_sequence(s.model_seed))
     k, n, m = s.n_terms, s.n_controls, s.n_inputs

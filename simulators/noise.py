@@ -370,9 +370,11 @@ class LowPass:
 
 
 class Quantizer:
-    """Uniform quantizer with 2**bits levels from lo to hi inclusive (a DAC or ADC grid).
+    """Uniform converter grid: 2**bits levels lo + k·step, step = (hi − lo) / 2**bits.
 
-    Inputs are clipped to [lo, hi] and rounded to the nearest level; exact ties round half to
+    As in a two's-complement bipolar converter, the grid starts at lo and its top level is one
+    step below hi, so a symmetric range has 0 exactly on the grid (a DAC told 0 V gives 0 V).
+    Inputs are clipped to the grid and rounded to the nearest level; exact ties round half to
     even (numpy `rint`).
     """
 
@@ -394,12 +396,17 @@ class Quantizer:
 
     @property
     def step(self) -> float:
-        """Level spacing (hi − lo) / (2**bits − 1)."""
-        return (self.hi - self.lo) / (self.levels - 1)
+        """Level spacing (hi − lo) / 2**bits."""
+        return (self.hi - self.lo) / self.levels
+
+    @property
+    def top(self) -> float:
+        """The highest level, hi − step."""
+        return self.lo + (self.levels - 1) * self.step
 
     def codes(self, x: npt.ArrayLike) -> npt.NDArray[np.int64]:
-        """Integer codes 0 … 2**bits − 1 of the levels nearest to clip(x, lo, hi)."""
-        v = np.clip(np.asarray(x, dtype=float), self.lo, self.hi)
+        """Integer codes 0 … 2**bits − 1 of the levels nearest to x (clipped to the grid)."""
+        v = np.asarray(x, dtype=float)
         k = np.clip(np.rint((v - self.lo) / self.step), 0, self.levels - 1)
         codes: npt.NDArray[np.int64] = k.astype(np.int64)
         return codes

@@ -105,10 +105,10 @@ class SampledSettings(BaseModel):
                 f"noise.flicker_f_hi {hi} Hz is above the Nyquist frequency {nyquist} Hz; "
                 "lower it or raise timing.sample_rate"
             )
-        if n.flicker_psd > 0 and not n.flicker_f_lo < hi:
+        if n.flicker_psd > 0 and not n.flicker_f_lo * 10 <= hi:
             raise ValueError(
-                f"noise.flicker_f_lo {n.flicker_f_lo} Hz must be below the top of the 1/f band "
-                f"({hi} Hz: flicker_f_hi or Nyquist)"
+                f"noise.flicker_f_lo {n.flicker_f_lo} Hz must lie at least a decade below the "
+                f"top of the 1/f band ({hi} Hz: flicker_f_hi or Nyquist)"
             )
         return self
 
@@ -147,9 +147,14 @@ class SampledDevice(DeviceBase):
         n = sampled.noise
         if n.flicker_psd > 0:
             f_hi = n.flicker_f_hi if n.flicker_f_hi is not None else sampled.timing.sample_rate / 2
-            # The level is quoted at f_ref; where f_ref lies outside the simulated band, the same
-            # 1/f law is pinned at the nearest band edge instead (S(f)·f is constant).
-            f_pin = min(max(n.flicker_f_ref, n.flicker_f_lo), f_hi)
+            # The level is quoted at f_ref. Where f_ref lies outside the part of the band where a
+            # pole bank follows 1/f closely (a decade inside its corners), the same law
+            # S(f)·f = const is pinned at the nearest point of that part instead.
+            lo_in, hi_in = n.flicker_f_lo * 10, f_hi / 10
+            if lo_in <= hi_in:
+                f_pin = min(max(n.flicker_f_ref, lo_in), hi_in)
+            else:
+                f_pin = math.sqrt(n.flicker_f_lo * f_hi)
             taus, sigmas = flicker_poles(
                 n.flicker_psd * n.flicker_f_ref / f_pin,
                 f_pin,
@@ -286,8 +291,8 @@ class SampledDevice(DeviceBase):
 
     def idle(self, seconds: float) -> None:
         """Let device time pass with the levels held: filter settles, noise processes evolve."""
-        if seconds < 0:
-            raise ValueError(f"idle: negative time {seconds}")
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise ValueError(f"idle: need a finite time >= 0 s, got {seconds}")
         if self._lowpass is not None:
             target = self._response(self._dac_levels(self._levels[np.newaxis, :]))[0]
             decay = math.exp(-2 * math.pi * self._lowpass.cutoff * seconds)

@@ -150,7 +150,7 @@ def test_amplifier_clips_and_the_adc_quantises_at_its_full_scale() -> None:
         [_measure(device, t, xi) for t, xi in zip(theta[:300], x[:300], strict=True)]
     )
     assert np.max(np.abs(measured)) <= full_scale
-    step = 2 * full_scale / (2**16 - 1)
+    step = 2 * full_scale / 2**16
     codes = (measured + full_scale) / step
     np.testing.assert_allclose(codes, np.round(codes), atol=1e-6)
 

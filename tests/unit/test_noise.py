@@ -293,23 +293,25 @@ def test_state_carries_across_calls() -> None:
 def test_quantizer_grid_error_and_clipping() -> None:
     q = Quantizer(16, -10.0, 10.0)
     assert q.levels == 65536
-    assert q.step == pytest.approx(20.0 / 65535)
+    assert q.step == pytest.approx(20.0 / 65536)
     assert q.step == pytest.approx(3.0518e-4, rel=1e-4)
 
-    x = np.random.default_rng(9).uniform(-10.0, 10.0, size=100_000)
+    x = np.random.default_rng(9).uniform(-10.0, q.top, size=100_000)
     y = q(x)
     k = (y - q.lo) / q.step
     np.testing.assert_allclose(k, np.round(k), atol=1e-6)  # on the grid lo + k·step
     np.testing.assert_array_equal(q.codes(x), np.round(k).astype(np.int64))
     assert np.max(np.abs(x - y)) <= q.step / 2 * (1 + 1e-9)
 
-    np.testing.assert_allclose(q([-50.0, -10.0, 10.0, 50.0]), [-10.0, -10.0, 10.0, 10.0])
+    np.testing.assert_allclose(q([-50.0, -10.0, 10.0, 50.0]), [-10.0, -10.0, q.top, q.top])
     np.testing.assert_array_equal(q.codes([-50.0, 50.0]), [0, 65535])
+    assert q(0.0) == 0.0  # a symmetric range keeps 0 V on the grid
+    assert q.top == pytest.approx(10.0 - q.step)
 
 
 def test_quantizer_rounds_half_to_even_and_validates() -> None:
-    q = Quantizer(2, 0.0, 3.0)  # levels 0, 1, 2, 3
-    np.testing.assert_array_equal(q.codes([0.5, 1.5, 2.5, 0.49, 0.51]), [0, 2, 2, 0, 1])
+    q = Quantizer(2, 0.0, 4.0)  # levels 0, 1, 2, 3
+    np.testing.assert_array_equal(q.codes([0.5, 1.5, 2.5, 0.49, 0.51, 3.9]), [0, 2, 2, 0, 1, 3])
     with pytest.raises(ValueError, match="bits"):
         Quantizer(0, 0.0, 1.0)
     with pytest.raises(ValueError, match="lo < hi"):

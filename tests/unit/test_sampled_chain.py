@@ -86,18 +86,20 @@ def test_lowpass_minus_3db_point() -> None:
 
 def test_adc_quantisation_step_and_saturation() -> None:
     device = make(saturation=2.0, adc_bits=8, noise={"white": 0.05})
-    step = 4.0 / 255
+    step = 4.0 / 256
     out = hold(device, 1000)
     codes = (out + 2.0) / step
     np.testing.assert_allclose(codes, np.round(codes), atol=1e-9)
     assert np.ptp(out) > 3 * step  # noise spans several codes: the grid is really exercised
     clipped = make(saturation=0.1, offset=5.0)
     np.testing.assert_array_equal(hold(clipped, 10), np.full(10, 0.1))
+    on_grid = make(saturation=0.1, adc_bits=4, offset=-5.0)
+    np.testing.assert_array_equal(hold(on_grid, 3), np.full(3, -0.1))  # the bottom code
 
 
 def test_dac_quantisation_moves_the_levels_to_the_grid() -> None:
     device = make(dac_bits=6, dac_range=1.0)
-    step = 2.0 / 63
+    step = 2.0 / 64
     grid = -1.0 + np.round((np.concatenate([X, THETA]) + 1.0) / step) * step
     expected = device.true_output(grid[2:], grid[np.newaxis, :2])[0, 0]
     assert hold(device, 3) == pytest.approx(np.full(3, expected), rel=1e-12)
@@ -131,3 +133,22 @@ def test_sources_are_independent_and_off_means_off() -> None:
     assert np.ptp(difference) < 6 * 0.05 * math.sqrt(2 * 0.5 / 1e4)
     quiet = make(noise={"white": 0.0, "relative": 0.0, "flicker_psd": 0.0, "drift_std": 0.0})
     np.testing.assert_allclose(hold(quiet, 5), np.full(5, truth(quiet)), rtol=1e-14)
+
+
+def test_flicker_level_quoted_above_nyquist_follows_the_law_in_band() -> None:
+    fs, psd, f_ref = 1000.0, 1e-4, 1000.0  # quoted at 1 kHz, sampled at 1 kHz
+    device = make(noise={"flicker_psd": psd, "flicker_f_ref": f_ref}, timing={"sample_rate": fs})
+    trace = hold(device, 2**18) - truth(device)
+    f, p = signal.welch(trace, fs=fs, nperseg=2**14)
+    band = (f >= 1.0) & (f <= 100.0)
+    ratio = np.median(p[band] * f[band] / (psd * f_ref))
+    assert abs(ratio - 1.0) < 0.15  # S(f)·f equals the quoted S(f_ref)·f_ref in band
+
+
+def test_idle_refuses_non_finite_times_and_changes_nothing() -> None:
+    device = make(cutoff=50.0)
+    before = device.state_dict()
+    for bad in (math.nan, math.inf, -1.0):
+        with pytest.raises(ValueError, match="finite time"):
+            device.idle(bad)
+    assert device.state_dict() == before
