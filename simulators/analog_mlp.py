@@ -194,6 +194,11 @@ class AnalogMLPDevice(DeviceBase):
                         f"noise.flicker_f_hi {hi} Hz is above half the evaluation rate "
                         f"({nyquist:g} Hz); lower it"
                     )
+                if not n.flicker_f_lo < hi:
+                    raise ValueError(
+                        f"noise.flicker_f_lo {n.flicker_f_lo} Hz must be below the top of the "
+                        f"1/f band ({hi:g} Hz)"
+                    )
                 if not n.flicker_f_lo <= n.flicker_f_ref <= hi:
                     raise ValueError(
                         f"noise.flicker_f_ref {n.flicker_f_ref} Hz must lie in the 1/f band "
@@ -317,9 +322,12 @@ class AnalogMLPDevice(DeviceBase):
         return y
 
     def idle(self, seconds: float) -> None:
-        """Let device time pass without evaluating: 1/f noise and drift evolve."""
+        """Let device time pass without evaluating: 1/f noise and drift evolve, and the column
+        memory of the last analog pass relaxes to rest (0) with the settling time constant."""
         if not (math.isfinite(seconds) and seconds >= 0):
             raise ValueError(f"idle: need a finite time >= 0 s, got {seconds}")
+        for column in self._settling or []:
+            column.reset(column.state * math.exp(-2 * math.pi * column.cutoff * seconds))
         self._flicker.advance(seconds)
         self._drift.advance(seconds)
         self._clock.advance(seconds)

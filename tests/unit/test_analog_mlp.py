@@ -482,3 +482,15 @@ def test_station_file_validates_and_drives_the_device_through_the_guard() -> Non
     assert y.shape == (3, len(spec.outputs))
     guard.safe_state()
     assert not np.any(guard.device.controls)  # type: ignore[attr-defined]
+
+
+def test_idle_lets_the_column_memory_relax() -> None:
+    device = AnalogMLPDevice(AnalogMLPDevice.Settings.model_validate({"layers": [3, 2]}), seed=0)
+    lo, hi = device.spec.bounds(Role.CONTROL)
+    device.set_controls(np.clip(np.full(lo.size, 20.0), lo, hi))
+    device.measure(np.full((1, 3), 31.0))
+    settling = device._settling
+    assert settling is not None
+    assert np.any(settling[0].state != 0)
+    device.idle(1.0)  # a million time constants
+    np.testing.assert_array_equal(settling[0].state, 0.0)
