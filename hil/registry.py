@@ -44,6 +44,7 @@ BUILTIN: dict[Kind, dict[str, str]] = {
     Kind.ESTIMATOR: {
         "central-difference": "protocols.estimators:CentralDifference",
         "spsa": "protocols.estimators:SPSA",
+        "homodyne": "protocols.homodyne:Homodyne",
     },
     Kind.OPTIMIZER: {
         "sgd": "protocols.optimizers:SGD",

@@ -59,6 +59,10 @@ class Task(Protocol):
         """Named figures of merit of the outputs (the loss among them)."""
         ...
 
+    def output_gradient(self, outputs: FloatArray) -> FloatArray:
+        """∂loss/∂outputs, n_cases × n_outputs (for chain-rule estimators)."""
+        ...
+
 
 class Objective:
     """L(θ) on a device: set the controls to θ, measure the task's inputs, score the outputs.

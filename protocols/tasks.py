@@ -106,6 +106,12 @@ class RegressionTask:
         """Mean squared error over all cases and outputs."""
         return float(np.mean(self._residuals(outputs) ** 2))
 
+    def output_gradient(self, outputs: FloatArray) -> FloatArray:
+        """∂mse/∂outputs = 2(y − t)/(n_cases·n_outputs), n_cases × n_outputs."""
+        residuals = self._residuals(outputs)
+        gradient: FloatArray = 2.0 * residuals / residuals.size
+        return gradient
+
     def metrics(self, outputs: FloatArray) -> dict[str, float]:
         """mse, rmse and r2 (R² pooled over all outputs)."""
         residuals = self._residuals(outputs)

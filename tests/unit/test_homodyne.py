@@ -1,0 +1,329 @@
+"""Homodyne gradient extraction against the analytic device's exact gradient."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from hil.core import ConfigError, DeviceBase, DeviceSpec, FloatArray, Streaming, VirtualClock
+from hil.safety import SafetyGuard, SafetyLimits
+from protocols.base import GradientEstimator, Objective
+from protocols.homodyne import Homodyne, demodulate, noise_frequencies, synthesize
+from protocols.tasks import RegressionTask
+from simulators.analytic import AnalyticDevice
+
+N_CASES = 4
+THETA = np.array([0.3, -0.2, 0.5, -0.6, 0.1])
+AMPLITUDE = 0.02
+FS = 1000.0  # the analytic device's default sample rate
+
+
+def make_device(seed: int = 1, **overrides: object) -> AnalyticDevice:
+    return AnalyticDevice(AnalyticDevice.Settings.model_validate(overrides), seed=seed)
+
+
+def make_task(device: AnalyticDevice) -> RegressionTask:
+    """Regression onto the device's outputs at another θ, shifted so the residuals are O(1)."""
+    rng = np.random.default_rng(42)
+    x = rng.uniform(-0.8, 0.8, size=(N_CASES, 2))
+    targets = device.true_output(rng.uniform(-0.8, 0.8, size=5), x) + 0.5
+    return RegressionTask.from_arrays(x, targets)
+
+
+def make_estimator(**overrides: object) -> Homodyne:
+    return Homodyne(Homodyne.Settings.model_validate({"amplitudes": AMPLITUDE, **overrides}))
+
+
+def true_loss_gradient(
+    device: AnalyticDevice, task: RegressionTask, theta: FloatArray
+) -> FloatArray:
+    residual = device.true_output(theta, task.inputs) - task.targets
+    grad: FloatArray = 2.0 * np.mean(residual * device.true_gradient(theta, task.inputs), axis=0)
+    return grad
+
+
+class RecordingDevice(AnalyticDevice):
+    """An analytic device that keeps every streamed waveform."""
+
+    def __init__(self, settings: AnalyticDevice.Settings, seed: int) -> None:
+        super().__init__(settings, seed=seed)
+        self.waveforms: list[tuple[FloatArray, tuple[str, ...]]] = []
+
+    def stream(self, waveform: FloatArray, channels: Sequence[str]) -> FloatArray:
+        self.waveforms.append((np.array(waveform), tuple(channels)))
+        return super().stream(waveform, channels)
+
+
+class PlateauOnly(DeviceBase):
+    """A device that measures plateaus but cannot stream."""
+
+    def __init__(self, inner: AnalyticDevice) -> None:
+        self._inner = inner
+
+    @property
+    def spec(self) -> DeviceSpec:
+        return self._inner.spec
+
+    @property
+    def clock(self) -> VirtualClock:
+        return self._inner.clock
+
+    def set_controls(self, values: FloatArray) -> None:
+        self._inner.set_controls(values)
+
+    def measure(self, inputs: FloatArray) -> FloatArray:
+        return self._inner.measure(inputs)
+
+    def safe_state(self) -> None:
+        self._inner.safe_state()
+
+
+# -- building blocks -------------------------------------------------------------------------------
+
+
+def test_synthesized_waveform_starts_and_ends_at_zero_with_whole_periods() -> None:
+    tones = [2.0, 8.0, 20.0]
+    wave = synthesize(
+        np.array([0.5, -0.3, 0.2]),
+        np.array([0.05, 0.02, 0.01]),
+        tones,
+        np.array([0.7, -0.4]),
+        control_names=["c0", "c1", "c2"],
+        input_names=["i0", "i1"],
+        sample_rate=FS,
+        window=0.5,
+        settle_time=0.1,
+        ramp_time=0.05,
+    )
+    assert wave.channels == ("i0", "i1", "c0", "c1", "c2")
+    assert wave.samples.shape == (50 + 100 + 500 + 50, 5)
+    assert wave.window == (150, 650)
+    np.testing.assert_array_equal(wave.samples[0], 0.0)
+    np.testing.assert_array_equal(wave.samples[-1], 0.0)
+    a, b = wave.window
+    np.testing.assert_allclose(wave.samples[a:b, :2], [[0.7, -0.4]] * 500)
+    np.testing.assert_allclose(wave.samples[a:b, 2:].mean(axis=0), [0.5, -0.3, 0.2], atol=1e-12)
+    # Demodulating the controls themselves returns their amplitudes in X and nothing in Y.
+    x, y = demodulate(wave.samples[a:b, 2:], tones, FS, (a - wave.tone_start) / FS)
+    np.testing.assert_allclose(np.diag(x), [0.05, 0.02, 0.01], atol=1e-12)
+    np.testing.assert_allclose(x - np.diag(np.diag(x)), 0.0, atol=1e-12)
+    np.testing.assert_allclose(y, 0.0, atol=1e-12)
+
+
+def _one_tone(tone: float, settle_time: float) -> None:
+    synthesize(
+        np.zeros(1),
+        np.ones(1),
+        [tone],
+        np.zeros(0),
+        control_names=["c0"],
+        input_names=[],
+        sample_rate=FS,
+        window=0.5,
+        settle_time=settle_time,
+        ramp_time=0.01,
+    )
+
+
+def test_incoherent_tone_or_fractional_window_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="whole cycles"):
+        _one_tone(2.5, 0.0)
+    with pytest.raises(ConfigError, match="whole number of samples"):
+        _one_tone(2.0, 1e-4)
+
+
+def test_noise_frequencies_avoid_tones_and_their_products() -> None:
+    tones = [2.0, 8.0, 20.0, 34.0, 58.0]
+    noise = noise_frequencies(tones, 0.5, FS, 16)
+    assert len(noise) == 16
+    bins = [round(f * 0.5) for f in tones]
+    products = {abs(i + j) for i in bins + [-b for b in bins] for j in bins + [-b for b in bins]}
+    triples = {abs(p + k) for p in products for k in bins + [-b for b in bins]}
+    for f in noise:
+        m = round(f * 0.5)
+        assert m not in set(bins) | products | triples | {0}
+        assert abs(f - 50.0 * round(f / 50.0)) >= 2.0 or round(f / 50.0) == 0
+
+
+# -- the demodulated device gradient ---------------------------------------------------------------
+
+
+def test_noise_free_gradient_matches_true_gradient_up_to_a_squared_bias() -> None:
+    errors = []
+    for amplitude in (0.04, 0.02, 0.01):
+        device = make_device()
+        task = make_task(device)
+        objective = Objective(device, task)
+        measured = make_estimator(amplitudes=amplitude).device_gradient(objective, THETA)
+        true = device.true_gradient(THETA, task.inputs)
+        errors.append(float(np.max(np.abs(measured.gradient[:, 0, :] - true))))
+    assert errors[0] < 5e-3
+    # Halving the amplitude quarters the third-order bias.
+    for big, small in itertools.pairwise(errors):
+        assert 3.5 < big / small < 4.5
+
+
+def test_white_noise_gradient_is_unbiased_and_its_standard_error_is_calibrated() -> None:
+    sigma, repeats, window = 0.01, 30, 0.5
+    device = make_device(seed=5, noise={"white": sigma})
+    task = make_task(device)
+    objective = Objective(device, task)
+    estimator = make_estimator(window=window)
+    true = device.true_gradient(THETA, task.inputs)
+    errors, stderrs = [], []
+    for _ in range(repeats):
+        measured = estimator.device_gradient(objective, THETA)
+        errors.append(measured.gradient[:, 0, :] - true)
+        stderrs.append(measured.stderr[:, 0, :])
+    err, se = np.array(errors), np.array(stderrs)
+    spread = err.std(axis=0, ddof=1)
+    z = err.mean(axis=0) / (spread / math.sqrt(repeats))
+    assert np.all(np.abs(z) < 3.0), z
+    # Reported SE against the empirical spread, pooled over the controls of each case.
+    pooled = np.sqrt(np.mean(err**2, axis=(0, 2)))
+    ratio = se.mean(axis=(0, 2)) / pooled
+    assert np.all((ratio > 1 / 1.3) & (ratio < 1.3)), ratio
+    # And both sit at the white-noise limit √(S/T)/A with S = 2σ²/fs.
+    limit = math.sqrt(2 * sigma**2 / FS / window) / AMPLITUDE
+    assert 0.85 < float(np.sqrt(np.mean(err**2))) / limit < 1.15
+    assert 0.9 < float(se.mean()) / limit < 1.1
+
+
+def test_phase_calibration_recovers_the_filtered_gradient() -> None:
+    estimator = make_estimator()
+    probe = make_device()
+    tones = np.array(estimator.tones(Objective(probe, make_task(probe))))
+    device = make_device(cutoff=2.5 * float(tones.max()))
+    task = make_task(device)
+    objective = Objective(device, task)
+    h = np.asarray(device.lowpass_response(tones))
+    true = device.true_gradient(THETA, task.inputs)
+
+    uncalibrated = estimator.device_gradient(objective, THETA).gradient[:, 0, :]
+    np.testing.assert_allclose(uncalibrated, true * np.real(h), rtol=0, atol=2e-3)
+
+    phases = estimator.calibrate_phase(objective, THETA)
+    np.testing.assert_allclose(phases, np.angle(h), rtol=0, atol=1e-3)
+    assert estimator.phases is not None
+    calibrated = estimator.device_gradient(objective, THETA).gradient[:, 0, :]
+    np.testing.assert_allclose(calibrated, true * np.abs(h), rtol=0, atol=2e-3)
+    # The phase correction matters: without it the top tone loses cos φ of its gain.
+    assert float(np.max(np.abs(uncalibrated - true * np.abs(h)))) > 1e-2
+
+
+# -- the estimator ---------------------------------------------------------------------------------
+
+
+def test_loss_gradient_is_the_chain_rule_of_the_true_gradient() -> None:
+    device = make_device()
+    task = make_task(device)
+    objective = Objective(device, task)
+    estimator = make_estimator()
+    assert isinstance(estimator, GradientEstimator)
+    est = estimator.estimate(objective, THETA)
+    expected = true_loss_gradient(device, task, THETA)
+    np.testing.assert_allclose(est.gradient, expected, rtol=0, atol=2e-3 * np.abs(expected).max())
+    assert est.loss == pytest.approx(task.loss(device.true_output(THETA, task.inputs)))
+    assert est.stderr is not None
+    assert est.stderr.shape == (5,)
+
+
+def test_normalized_objective_gets_the_gradient_in_parameter_space() -> None:
+    device = make_device(control_min=-1.0, control_max=0.6)
+    task = make_task(device)
+    objective = Objective(device, task, normalized=True)
+    theta = objective.parameters(np.array([0.3, -0.2, 0.4, -0.6, 0.1]))
+    span = 1.6
+    estimator = make_estimator(amplitudes=AMPLITUDE / (span / 2))  # the same 0.02 V tones
+    est = estimator.estimate(objective, theta)
+    expected = true_loss_gradient(device, task, objective.physical(theta)) * span / 2
+    np.testing.assert_allclose(estimator.amplitudes(objective), AMPLITUDE)
+    np.testing.assert_allclose(est.gradient, expected, rtol=0, atol=2e-3 * np.abs(expected).max())
+
+
+def test_evaluations_and_device_seconds_are_accounted() -> None:
+    device = make_device()
+    objective = Objective(device, make_task(device))
+    estimator = make_estimator(window=0.5, settle_time=0.1, ramp_time=0.05)
+    before = device.clock.now()
+    est = estimator.estimate(objective, THETA)
+    assert est.evaluations == N_CASES + 1 == objective.evaluations
+    assert est.device_seconds == pytest.approx(device.clock.now() - before)
+    streams = N_CASES * (0.05 + 0.1 + 0.5 + 0.05)
+    plateaus = N_CASES * device.spec.plateau_time()
+    assert est.device_seconds == pytest.approx(streams + plateaus)
+    no_loss = make_estimator(measure_loss=False).estimate(objective, THETA)
+    assert no_loss.evaluations == N_CASES
+
+
+def test_streams_start_and_end_at_zero_and_pass_the_safety_guard() -> None:
+    settings = AnalyticDevice.Settings.model_validate(
+        {"max_slew": 200.0, "timing": {"ramp_time": 0.01}}
+    )
+    device = RecordingDevice(settings, seed=3)
+    guard = SafetyGuard(device, SafetyLimits(max_abs_voltage=1.0))
+    assert isinstance(guard, Streaming)
+    task = make_task(device)
+    objective = Objective(guard, task)
+    est = make_estimator().estimate(objective, THETA)
+    assert len(device.waveforms) == N_CASES
+    for waveform, channels in device.waveforms:
+        assert channels == ("in0", "in1", "ctrl0", "ctrl1", "ctrl2", "ctrl3", "ctrl4")
+        np.testing.assert_array_equal(waveform[0], 0.0)
+        np.testing.assert_array_equal(waveform[-1], 0.0)
+        assert float(np.max(np.abs(np.diff(waveform, axis=0)))) * FS < 200.0
+    assert np.all(np.isfinite(est.gradient))
+
+
+def test_a_non_streaming_device_is_a_config_error() -> None:
+    device = PlateauOnly(make_device())
+    objective = Objective(device, make_task(make_device()))
+    with pytest.raises(ConfigError, match="does not stream"):
+        make_estimator().estimate(objective, THETA)
+    assert objective.evaluations == 0
+
+
+def test_tones_at_the_edge_shift_the_dc_level_inward() -> None:
+    device = make_device()
+    objective = Objective(device, make_task(device))
+    theta = np.array([1.0, -1.0, 0.0, 0.0, 0.0])
+    est = make_estimator().estimate(objective, theta)
+    assert est.extras["shifted"] == 2.0
+
+
+def test_state_dict_round_trips_the_calibrated_phases() -> None:
+    device = make_device(cutoff=150.0)
+    objective = Objective(device, make_task(device))
+    estimator = make_estimator()
+    assert estimator.state_dict() == {"tones": None, "phases": None}
+    estimator.calibrate_phase(objective, THETA)
+    state = json.loads(json.dumps(estimator.state_dict()))
+    other = make_estimator()
+    other.load_state_dict(state)
+    assert other.phases is not None
+    assert estimator.phases is not None
+    np.testing.assert_array_equal(other.phases, estimator.phases)
+    with pytest.raises(ValueError, match="unknown keys"):
+        other.load_state_dict({"tones": None, "phases": None, "k": 1})
+    # Phases belong to their tones: a different plan refuses them.
+    moved = make_estimator(window=0.25)
+    moved.load_state_dict(state)
+    with pytest.raises(ConfigError, match="calibrate_phase"):
+        moved.estimate(objective, THETA)
+
+
+def test_explicit_tones_must_be_one_per_control_and_coherent() -> None:
+    device = make_device()
+    objective = Objective(device, make_task(device))
+    with pytest.raises(ConfigError, match="3 given for 5 controls"):
+        make_estimator(tones=[2.0, 8.0, 20.0]).estimate(objective, THETA)
+    with pytest.raises(ConfigError, match="coherent"):
+        make_estimator(tones=[2.0, 8.0, 20.0, 34.0, 57.5]).estimate(objective, THETA)
+    explicit = make_estimator(tones=[2.0, 8.0, 20.0, 34.0, 58.0]).estimate(objective, THETA)
+    planned = make_estimator().estimate(objective, THETA)
+    np.testing.assert_allclose(explicit.gradient, planned.gradient, rtol=0, atol=1e-12)
