@@ -233,3 +233,19 @@ def test_quickstart_on_a_crossbar_says_why_it_cannot_train(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match="no control channels to train"):
         start_run(config, tmp_path / "runs")
     assert not (tmp_path / "runs").exists()
+
+
+def test_quickstart_trains_with_homodyne_gradients_through_the_guard(tmp_path: Path) -> None:
+    text = QUICKSTART.read_text()
+    start, end = text.index("estimator:"), text.index("optimizer:")
+    homodyne = "estimator:\n  type: homodyne\n  window: 0.2\n  amplitudes: 0.05\n"
+    text = (text[:start] + homodyne + text[end:]).replace("steps: 200", "steps: 15")
+    text = text.replace(
+        "stations/sim-analytic.yaml", str(ROOT / "configs" / "stations" / "sim-analytic.yaml")
+    )
+    config = tmp_path / "quickstart.yaml"
+    config.write_text(text)
+    outcome = start_run(config, tmp_path / "runs")
+    assert outcome.status is RunStatus.COMPLETED, outcome.reason
+    first = float(_steps(outcome.path)[0]["loss"])  # type: ignore[arg-type]
+    assert float(outcome.summary["final_loss"]) < first / 3
