@@ -10,6 +10,7 @@ import numpy as np
 from pydantic import ValidationInfo, field_validator, model_validator
 
 from hil.core import ConfigError, FloatArray
+from hil.core.paths import from_config_dir
 from protocols.base import ChannelMapping
 
 _FORMS = (
@@ -35,13 +36,7 @@ class RegressionTask:
         @field_validator("data")
         @classmethod
         def _resolve_data(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-            """Relative paths are taken from the config file's folder when the loader says so."""
-            if value is None or value.is_absolute():
-                return value
-            context = info.context
-            if isinstance(context, dict) and context.get("base_dir") is not None:
-                return Path(context["base_dir"]) / value
-            return value
+            return from_config_dir(value, info)
 
         @model_validator(mode="after")
         def _one_form(self) -> RegressionTask.Settings:

@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from hil.core import Channel, DeviceSpec, FloatArray, Role, SeedLike, seed_sequence
+from hil.core.paths import from_config_dir
 from simulators.sampled import Chain, Noise, SampledDevice, SampledSettings, Timing
 
 Activation = Literal["tanh", "softplus", "relu"]
@@ -120,12 +121,7 @@ class DNPUDevice(SampledDevice):
         @field_validator("weights_file")
         @classmethod
         def _resolve(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-            context = info.context
-            if value is not None and not value.is_absolute() and isinstance(context, dict):
-                base = context.get("base_dir")
-                if base is not None:
-                    return Path(base) / value
-            return value
+            return from_config_dir(value, info)
 
         @model_validator(mode="after")
         def _consistent(self) -> DNPUDevice.Settings:

@@ -29,11 +29,3 @@ def generator_state(rng: np.random.Generator) -> JSONDict:
 def restore_generator(rng: np.random.Generator, state: JSONDict) -> None:
     """Put a generator back to a state taken with `generator_state`."""
     rng.bit_generator.state = state
-
-
-def as_float_array(values: Any, *, name: str, shape: tuple[int, ...] | None = None) -> FloatArray:
-    """Convert to a float64 array, checking the shape when one is given."""
-    arr = np.asarray(values, dtype=float)
-    if shape is not None and arr.shape != shape:
-        raise ValueError(f"{name}: expected shape {shape}, got {arr.shape}")
-    return arr
