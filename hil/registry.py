@@ -40,6 +40,7 @@ BUILTIN: dict[Kind, dict[str, str]] = {
         "dnpu": "simulators.dnpu:DNPUDevice",
         "analog-mlp": "simulators.analog_mlp:AnalogMLPDevice",
         "crossbar": "simulators.crossbar:CrossbarDevice",
+        "landscape": "simulators.landscape:LandscapeDevice",
     },
     Kind.ESTIMATOR: {
         "central-difference": "protocols.estimators:CentralDifference",
@@ -52,6 +53,7 @@ BUILTIN: dict[Kind, dict[str, str]] = {
     },
     Kind.TASK: {
         "regression": "protocols.tasks:RegressionTask",
+        "minimize-output": "protocols.tasks:MinimizeOutputTask",
     },
     Kind.PROCEDURE: {
         "train": "protocols.training:TrainingProcedure",

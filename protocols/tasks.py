@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from hil.core import ConfigError, FloatArray
 from hil.core.paths import from_config_dir
@@ -174,3 +174,59 @@ def _load_npz(path: Path) -> tuple[FloatArray, FloatArray]:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return inputs, targets
+
+
+class MinimizeOutputTask:
+    """The loss is the device's output itself (mean over cases): for test landscapes and for
+    devices whose output is already a cost (a power, an error signal)."""
+
+    class Settings(ChannelMapping):
+        """The input rows to play (default: one case with no data inputs)."""
+
+        inputs: list[list[float]] = Field(default_factory=lambda: [[]])
+        outputs: int = Field(default=1, ge=1, description="how many device outputs are summed")
+
+        @model_validator(mode="after")
+        def _rows(self) -> MinimizeOutputTask.Settings:
+            lengths = sorted({len(r) for r in self.inputs})
+            if not self.inputs or len(lengths) > 1:
+                raise ValueError(f"`inputs` must be non-empty rows of one length, got {lengths}")
+            return self
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = s = settings if settings is not None else self.Settings()
+        self._inputs: FloatArray = np.array(s.inputs, dtype=float).reshape(len(s.inputs), -1)
+        self._inputs.setflags(write=False)
+
+    @property
+    def inputs(self) -> FloatArray:
+        return self._inputs
+
+    @property
+    def n_outputs(self) -> int:
+        return self.settings.outputs
+
+    @property
+    def mapping(self) -> ChannelMapping:
+        return ChannelMapping.model_validate(
+            self.settings.model_dump(include=set(ChannelMapping.model_fields))
+        )
+
+    def loss(self, outputs: FloatArray) -> float:
+        """Σ over outputs of the mean over cases."""
+        return float(np.sum(np.mean(self._check(outputs), axis=0)))
+
+    def output_gradient(self, outputs: FloatArray) -> FloatArray:
+        out = self._check(outputs)
+        gradient: FloatArray = np.full(out.shape, 1.0 / out.shape[0])
+        return gradient
+
+    def metrics(self, outputs: FloatArray) -> dict[str, float]:
+        return {"loss": self.loss(outputs)}
+
+    def _check(self, outputs: FloatArray) -> FloatArray:
+        out = np.asarray(outputs, dtype=float)
+        expected = (self._inputs.shape[0], self.settings.outputs)
+        if out.shape != expected:
+            raise ValueError(f"outputs have shape {out.shape}, expected {expected}")
+        return out
