@@ -176,6 +176,10 @@ def _load_npz(path: Path) -> tuple[FloatArray, FloatArray]:
     return inputs, targets
 
 
+def _one_empty_case() -> list[list[float]]:
+    return [[]]
+
+
 class MinimizeOutputTask:
     """The loss is the device's output itself (mean over cases): for test landscapes and for
     devices whose output is already a cost (a power, an error signal)."""
@@ -183,7 +187,7 @@ class MinimizeOutputTask:
     class Settings(ChannelMapping):
         """The input rows to play (default: one case with no data inputs)."""
 
-        inputs: list[list[float]] = Field(default_factory=lambda: [[]])
+        inputs: list[list[float]] = Field(default_factory=_one_empty_case)
         outputs: int = Field(default=1, ge=1, description="how many device outputs are summed")
 
         @model_validator(mode="after")
