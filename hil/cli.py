@@ -132,6 +132,56 @@ def list_components(
     stdout.print(table)
 
 
+@app.command()
+def gradcheck(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML file.")],
+    repeats: Annotated[int, typer.Option(help="Estimates at the starting point.")] = 20,
+    reference: Annotated[
+        str, typer.Option(help="auto | oracle (simulator's exact gradient) | average")
+    ] = "auto",
+    reference_repeats: Annotated[
+        int, typer.Option(help="Central-difference repeats for an averaged reference.")
+    ] = 50,
+    out: Annotated[Path, typer.Option(help="Parent folder for the results.")] = Path(
+        "runs/gradcheck"
+    ),
+    seed: Annotated[int, typer.Option(help="Root seed of the build.")] = 0,
+) -> None:
+    """Compare the experiment's gradient estimator with a reference; table + scatter plot."""
+    from hil.gradcheck import gradcheck as check
+
+    if reference not in ("auto", "oracle", "average"):
+        stderr.print(f"[bold red]error:[/] --reference {reference!r}: use auto, oracle or average")
+        raise typer.Exit(2)
+    with _errors():
+        result = check(
+            config,
+            repeats=repeats,
+            reference=reference,  # type: ignore[arg-type]
+            reference_repeats=reference_repeats,
+            out=out,
+            seed=seed,
+        )
+        q = result.quality
+        ref = q.reference
+        table = Table("control", f"reference ({ref.kind})", "estimate mean", "sd", "SNR")
+        for i, name in enumerate(result.names):
+            se = "" if ref.stderr is None else f" ± {ref.stderr[i]:.3g}"
+            table.add_row(
+                name,
+                f"{ref.gradient[i]:.4g}{se}",
+                f"{q.mean[i]:.4g}",
+                f"{q.spread[i]:.3g}",
+                f"{q.snr[i]:.3g}",
+            )
+        stdout.print(table)
+        summary = Table("figure", "value")
+        for key, value in q.summary().items():
+            summary.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        stdout.print(summary)
+        stdout.print(f"written to {result.directory}", highlight=False, soft_wrap=True)
+
+
 @config_app.command("check")
 def config_check(
     files: Annotated[list[Path], typer.Argument(help="Experiment or station YAML files.")],

@@ -108,9 +108,21 @@ class LandscapeDevice(DeviceBase):
         value = np.sum(100.0 * (u[1:] - u[:-1] ** 2) ** 2 + (1.0 - u[:-1]) ** 2)
         return float(self.settings.scale * value)
 
-    def true_gradient(self, theta: FloatArray) -> FloatArray:
-        """∇f(θ), exact."""
-        z = np.asarray(theta, dtype=float) - self.minimum
+    def true_output(self, theta: FloatArray, inputs: FloatArray) -> FloatArray:
+        """The noise-free output f(θ) − f* for each input row, n_cases × 1."""
+        n = len(np.asarray(inputs, dtype=float))
+        return np.full((n, 1), self.true_value(theta))
+
+    def true_gradient(self, theta: FloatArray, inputs: FloatArray | None = None) -> FloatArray:
+        """∇f(θ), exact: a vector, or one row per input row when `inputs` are given."""
+        grad = self._gradient(np.asarray(theta, dtype=float) - self.minimum)
+        if inputs is None:
+            return grad
+        n = len(np.asarray(inputs, dtype=float))
+        rows: FloatArray = np.tile(grad, (n, 1))
+        return rows
+
+    def _gradient(self, z: FloatArray) -> FloatArray:
         s = self.settings.scale
         if self.settings.function == "quadratic":
             quad: FloatArray = s * self.curvatures * z
