@@ -18,11 +18,13 @@ def test_gradcheck_on_the_quickstart_against_the_oracle(tmp_path: Path) -> None:
         app, ["gradcheck", str(QUICKSTART), "--repeats", "8", "--out", str(tmp_path)]
     )
     assert result.exit_code == 0, result.output
-    assert "cosine_median" in result.output and "ctrl0" in result.output
+    assert "cosine_median" in result.output
+    assert "ctrl0" in result.output
     (directory,) = tmp_path.iterdir()
     record = json.loads((directory / "gradcheck.json").read_text())
     assert record["reference"]["kind"] == "oracle"
-    assert len(record["estimates"]) == 8 and len(record["theta"]) == 5
+    assert len(record["estimates"]) == 8
+    assert len(record["theta"]) == 5
     assert -1.0 <= record["summary"]["cosine_median"] <= 1.0
     assert (directory / "scatter.png").stat().st_size > 10_000
 
@@ -49,9 +51,8 @@ def test_gradcheck_with_an_averaged_reference(tmp_path: Path) -> None:
     (directory,) = (tmp_path / "out").iterdir()
     record = json.loads((directory / "gradcheck.json").read_text())
     assert record["reference"]["kind"] == "average"
-    assert record["reference"]["evaluations"] > 0 and all(
-        s is not None for s in record["reference"]["stderr"]
-    )
+    assert record["reference"]["evaluations"] > 0
+    assert all(s is not None for s in record["reference"]["stderr"])
 
 
 def test_gradcheck_refuses_an_unknown_reference(tmp_path: Path) -> None:

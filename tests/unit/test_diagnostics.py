@@ -53,9 +53,11 @@ def test_assess_figures_on_known_estimates() -> None:
     np.testing.assert_allclose(q.sign_agreement, [1.0, 2.0 / 3.0, 0.0])
     np.testing.assert_allclose(q.relative_error[0], 0.0, atol=1e-15)
     np.testing.assert_allclose(q.relative_error[2], 2.0)
-    assert q.evaluations == 3 and q.device_seconds == 0.5
+    assert q.evaluations == 3
+    assert q.device_seconds == 0.5
     summary = q.summary()
-    assert summary["repeats"] == 3 and summary["reference"] == "oracle"
+    assert summary["repeats"] == 3
+    assert summary["reference"] == "oracle"
 
 
 def test_averaged_reference_agrees_with_the_oracle_within_its_standard_error() -> None:
@@ -69,7 +71,8 @@ def test_averaged_reference_agrees_with_the_oracle_within_its_standard_error() -
     avg = averaged_gradient(
         objective, theta, CentralDifference(CentralDifference.Settings(h=0.05)), 40
     )
-    assert avg.stderr is not None and avg.kind == "average"
+    assert avg.stderr is not None
+    assert avg.kind == "average"
     assert avg.evaluations == 40 * (2 * 5 + 1) == objective.evaluations
     # h = 0.05 makes the central-difference bias O(h²·f''') ≪ the noise; allow 4 SE per coordinate
     z = np.abs(avg.gradient - exact.gradient) / avg.stderr
