@@ -78,6 +78,28 @@ class ProgrammableState(Protocol):
 
 
 @runtime_checkable
+class NodePerturbable(Protocol):
+    """A layered device that can offset its units' pre-activations and report each layer's input.
+
+    The controls are the layers' weights W_l[i, j], layer by layer, row-major (i: the layer's
+    input, j: its unit), so `layer_shapes` says which control is which weight.
+    """
+
+    @property
+    def layer_shapes(self) -> tuple[tuple[int, int], ...]:
+        """(n_in, n_out) of every layer, first to last."""
+        ...
+
+    def measure_nodes(
+        self, inputs: FloatArray, offsets: Sequence[FloatArray]
+    ) -> tuple[FloatArray, tuple[FloatArray, ...]]:
+        """`measure` with offsets[l] (n_cases × n_out_l, the device's own units) added to layer
+        l's pre-activations; returns the outputs and what each layer received as input
+        (n_cases × n_in_l per layer). Costs the same device time as `measure`."""
+        ...
+
+
+@runtime_checkable
 class Demodulating(Protocol):
     """A hardware lock-in: X/Y per reference frequency."""
 
