@@ -9,6 +9,7 @@ same cleanup runs when the process is asked to stop.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import signal
@@ -22,7 +23,14 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hil.core.capabilities import Device, DeviceBase, Stateful, Streaming
+from hil.core.capabilities import (
+    Device,
+    DeviceBase,
+    NodePerturbable,
+    ProgrammableState,
+    Stateful,
+    Streaming,
+)
 from hil.core.channels import Channel, DeviceSpec, Role
 from hil.core.clock import Clock
 from hil.core.errors import CapabilityError, ConfigError, SafetyViolation
@@ -30,6 +38,8 @@ from hil.core.types import FloatArray, JSONDict
 
 __all__ = [
     "ChannelLimit",
+    "NodeSafetyGuard",
+    "PulsingSafetyGuard",
     "SafetyGuard",
     "SafetyLimits",
     "StreamingSafetyGuard",
@@ -81,6 +91,23 @@ class SafetyLimits(BaseModel):
         ge=0,
         allow_inf_nan=False,
         description="largest |first/last sample| of a stream that still counts as zero",
+    )
+    max_pulses_per_device: int | None = Field(
+        default=None,
+        ge=0,
+        description="largest |pulse count| one weight may get in one request (programmable "
+        "devices); None: only the device's own limit",
+    )
+    max_pulses_per_request: int | None = Field(
+        default=None,
+        ge=0,
+        description="largest total Σ|pulse count| of one request; None: no limit here",
+    )
+    max_node_offset: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="largest |pre-activation offset| for node perturbation, device units",
     )
 
 
@@ -215,8 +242,13 @@ class SafetyGuard(DeviceBase):
     """
 
     def __new__(cls, device: Device, limits: SafetyLimits) -> SafetyGuard:
-        if cls is SafetyGuard and isinstance(device, Streaming):
-            return super().__new__(StreamingSafetyGuard)
+        if cls is SafetyGuard:
+            flags = (
+                isinstance(device, Streaming),
+                isinstance(device, ProgrammableState),
+                isinstance(device, NodePerturbable),
+            )
+            return super().__new__(_guard_class(*flags))
         return super().__new__(cls)
 
     def __init__(self, device: Device, limits: SafetyLimits) -> None:
@@ -236,10 +268,11 @@ class SafetyGuard(DeviceBase):
     if not TYPE_CHECKING:
         # Hidden from type checkers so that typos on a guard are still caught statically.
         def __getattr__(self, name: str) -> NoReturn:
-            if name == "stream":
+            capability = _CAPABILITY_OF.get(name)
+            if capability is not None:
                 raise CapabilityError(
-                    f"device {type(self._device).__name__} does not stream; "
-                    "check isinstance(device, Streaming) before calling stream()"
+                    f"device {type(self._device).__name__} has no {name}(): it is not "
+                    f"{capability.__name__}; check isinstance(device, {capability.__name__}) first"
                 )
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
@@ -277,21 +310,24 @@ class SafetyGuard(DeviceBase):
 
     def measure(self, inputs: FloatArray) -> FloatArray:
         """Check every plateau (range and the slew between plateaus), then measure."""
-        arr = _as_array(inputs, "measure")
-        n = len(self._inputs)
-        if arr.ndim != 2 or arr.shape[1] != n or arr.shape[0] < 1:
-            raise ValueError(
-                f"measure: expected shape (n_cases >= 1, {n}) (one column per input "
-                f"channel {[e.name for e in self._inputs]}), got {arr.shape}"
-            )
-        self._check_values(arr, self._inputs, "measure", row_word="row")
-        self._check_plateau_slew(arr)
-        last_row = arr[-1].copy()
+        arr = self._checked_plateaus(inputs, "measure")
         try:
             return self._device.measure(arr)
         finally:
             # The device was asked to go through every row; assume it ended on the last one.
-            self._last_inputs = last_row
+            self._last_inputs = arr[-1].copy()
+
+    def _checked_plateaus(self, inputs: FloatArray, what: str) -> FloatArray:
+        arr = _as_array(inputs, what)
+        n = len(self._inputs)
+        if arr.ndim != 2 or arr.shape[1] != n or arr.shape[0] < 1:
+            raise ValueError(
+                f"{what}: expected shape (n_cases >= 1, {n}) (one column per input "
+                f"channel {[e.name for e in self._inputs]}), got {arr.shape}"
+            )
+        self._check_values(arr, self._inputs, what, row_word="row")
+        self._check_plateau_slew(arr)
+        return arr
 
     def safe_state(self) -> None:
         """Ramp the controls to zero, then put the device in its safe state. Idempotent."""
@@ -600,3 +636,124 @@ class StreamingSafetyGuard(SafetyGuard):
                     self._slew_hint(eff, "smooth the waveform (more samples per transition)"),
                 )
             )
+
+
+class PulsingSafetyGuard(SafetyGuard):
+    """A guard around a device with programmable state: pulse requests are checked whole."""
+
+    def apply_pulses(self, pulses: Any) -> None:
+        """Check every count (whole numbers, per-device and per-request limits), then pulse."""
+        try:
+            arr = np.array(pulses, dtype=np.float64, copy=True)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"apply_pulses: cannot convert to an array ({exc})") from exc
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.rint(arr)):
+            index = int(
+                np.flatnonzero(~np.isfinite(arr.ravel()) | (arr.ravel() != np.rint(arr.ravel())))[0]
+            )
+            self._refuse(
+                SafetyViolation(
+                    f"weight {np.unravel_index(index, arr.shape)}",
+                    float(arr.ravel()[index]),
+                    "whole pulse counts",
+                    "pulse counts are integers; nothing was sent",
+                )
+            )
+        limits = self._limits
+        magnitude = np.abs(arr)
+        if limits.max_pulses_per_device is not None and magnitude.size:
+            index = int(np.argmax(magnitude))
+            if magnitude.ravel()[index] > limits.max_pulses_per_device:
+                self._refuse(
+                    SafetyViolation(
+                        f"weight {tuple(int(i) for i in np.unravel_index(index, arr.shape))}",
+                        float(arr.ravel()[index]),
+                        f"limits.max_pulses_per_device {limits.max_pulses_per_device}",
+                        "split the update into several requests or lower the learning rate; "
+                        "nothing was sent",
+                    )
+                )
+        total = float(magnitude.sum())
+        if limits.max_pulses_per_request is not None and total > limits.max_pulses_per_request:
+            self._refuse(
+                SafetyViolation(
+                    "pulse request",
+                    total,
+                    f"limits.max_pulses_per_request {limits.max_pulses_per_request}",
+                    "split the update into several requests; nothing was sent",
+                )
+            )
+        device = self._device
+        assert isinstance(device, ProgrammableState)  # guaranteed by SafetyGuard.__new__
+        device.apply_pulses(arr.astype(np.int64))
+
+    def read_state(self) -> FloatArray:
+        """Read the weights back (reading drives only the device's own read voltages)."""
+        device = self._device
+        assert isinstance(device, ProgrammableState)
+        return device.read_state()
+
+
+class NodeSafetyGuard(SafetyGuard):
+    """A guard around a layered device whose units can be offset (node perturbation)."""
+
+    @property
+    def layer_shapes(self) -> tuple[tuple[int, int], ...]:
+        device = self._device
+        assert isinstance(device, NodePerturbable)  # guaranteed by SafetyGuard.__new__
+        return device.layer_shapes
+
+    def measure_nodes(
+        self, inputs: FloatArray, offsets: Sequence[FloatArray]
+    ) -> tuple[FloatArray, tuple[FloatArray, ...]]:
+        """Check the plateaus as `measure` does and every offset against the limit, then measure."""
+        arr = self._checked_plateaus(inputs, "measure_nodes")
+        checked = [_as_array(o, f"measure_nodes offsets[{i}]") for i, o in enumerate(offsets)]
+        bound = self._limits.max_node_offset
+        for layer, o in enumerate(checked):
+            bad = ~np.isfinite(o) | (np.abs(o) > (bound if bound is not None else math.inf))
+            if bad.any():
+                index = tuple(int(i) for i in np.argwhere(bad)[0])
+                self._refuse(
+                    SafetyViolation(
+                        f"layer {layer} unit offset {index}",
+                        float(o[index]),
+                        "finite" if bound is None else f"limits.max_node_offset ±{bound:g}",
+                        "lower the node-perturbation sigma; nothing was sent",
+                    )
+                )
+        device = self._device
+        assert isinstance(device, NodePerturbable)
+        try:
+            return device.measure_nodes(arr, checked)
+        finally:
+            self._last_inputs = arr[-1].copy()
+
+
+_CAPABILITY_OF: dict[str, type] = {
+    "stream": Streaming,
+    "apply_pulses": ProgrammableState,
+    "read_state": ProgrammableState,
+    "measure_nodes": NodePerturbable,
+    "layer_shapes": NodePerturbable,
+}
+
+
+@functools.cache
+def _guard_class(streams: bool, pulses: bool, nodes: bool) -> type[SafetyGuard]:
+    """The guard class that offers exactly the capabilities of the device behind it."""
+    bases = [
+        cls
+        for cls, has in (
+            (StreamingSafetyGuard, streams),
+            (PulsingSafetyGuard, pulses),
+            (NodeSafetyGuard, nodes),
+        )
+        if has
+    ]
+    if not bases:
+        return SafetyGuard
+    if len(bases) == 1:
+        return bases[0]
+    name = "".join(b.__name__.removesuffix("SafetyGuard") for b in bases) + "SafetyGuard"
+    return type(name, tuple(bases), {})

@@ -43,6 +43,7 @@ from hil.core import (
 )
 from hil.safety import (
     ChannelLimit,
+    PulsingSafetyGuard,
     SafetyGuard,
     SafetyLimits,
     StreamingSafetyGuard,
@@ -594,7 +595,7 @@ def test_protocols_reflect_the_wrapped_device() -> None:
     assert not isinstance(plain, Streaming)
     assert type(plain) is SafetyGuard
     assert not hasattr(plain, "stream")
-    with pytest.raises(HilError, match="does not stream"):
+    with pytest.raises(HilError, match="it is not Streaming"):
         plain.stream(np.zeros((2, 1)), ["in0"])  # type: ignore[attr-defined]
     with pytest.raises(CapabilityError):
         plain.stream  # type: ignore[attr-defined]  # noqa: B018
@@ -802,3 +803,61 @@ def test_voltage_ceiling_spares_channels_in_other_units() -> None:
     guard = SafetyGuard(FakeDevice(spec), SafetyLimits(max_abs_voltage=1.0))
     assert guard.spec.channel("v").range == (-1.0, 1.0)
     assert guard.spec.channel("i").range == (-5.0, 5.0)
+
+
+# -- programmable state behind the guard ---------------------------------------------------------
+
+
+def _crossbar_guard(**limits: Any) -> SafetyGuard:
+    from simulators.crossbar import CrossbarDevice, CrossbarSettings
+
+    device = CrossbarDevice(CrossbarSettings(rows=4, cols=3, construction_seed=0), seed=1)
+    return SafetyGuard(device, SafetyLimits(max_abs_voltage=1.0, **limits))
+
+
+def test_pulses_within_the_limits_reach_the_device() -> None:
+    from hil.core import ProgrammableState
+
+    guard = _crossbar_guard(max_pulses_per_device=5, max_pulses_per_request=40)
+    assert isinstance(guard, PulsingSafetyGuard)
+    assert isinstance(guard, ProgrammableState)
+    before = guard.read_state()
+    counts = np.zeros((4, 3), dtype=int)
+    counts[1, 2] = 5
+    guard.apply_pulses(counts)
+    after = guard.read_state()
+    assert after[1, 2] > before[1, 2]  # potentiated
+
+
+@pytest.mark.parametrize(
+    ("limits", "counts", "message"),
+    [
+        ({"max_pulses_per_device": 3}, {(0, 0): 4}, "max_pulses_per_device 3"),
+        ({"max_pulses_per_device": 3}, {(2, 1): -4}, "max_pulses_per_device 3"),
+        ({"max_pulses_per_request": 5}, {(0, 0): 3, (1, 1): -3}, "max_pulses_per_request 5"),
+    ],
+)
+def test_pulse_requests_over_a_limit_are_refused_whole(
+    limits: dict[str, int], counts: dict[tuple[int, int], int], message: str
+) -> None:
+    guard = _crossbar_guard(**limits)
+    device = guard.device
+    trains = device.pulse_trains  # type: ignore[attr-defined]
+    pulses = np.zeros((4, 3), dtype=int)
+    for index, n in counts.items():
+        pulses[index] = n
+    with pytest.raises(SafetyViolation, match=message):
+        guard.apply_pulses(pulses)  # type: ignore[attr-defined]
+    assert device.pulse_trains == trains  # type: ignore[attr-defined]  # nothing reached it
+
+
+def test_fractional_pulse_counts_are_refused() -> None:
+    guard = _crossbar_guard()
+    with pytest.raises(SafetyViolation, match="whole pulse counts"):
+        guard.apply_pulses(np.full((4, 3), 0.5))  # type: ignore[attr-defined]
+
+
+def test_a_plain_guard_names_the_missing_capability() -> None:
+    guard = SafetyGuard(FakeDevice(SPEC), SafetyLimits(max_abs_voltage=5.0))
+    with pytest.raises(HilError, match="not ProgrammableState"):
+        guard.apply_pulses(np.zeros(3))  # type: ignore[attr-defined]
