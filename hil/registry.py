@@ -46,6 +46,8 @@ BUILTIN: dict[Kind, dict[str, str]] = {
         "central-difference": "protocols.estimators:CentralDifference",
         "spsa": "protocols.estimators:SPSA",
         "homodyne": "protocols.homodyne:Homodyne",
+        "delta-rule": "protocols.pulsed:DeltaRule",
+        "intrinsic-node-perturbation": "protocols.pulsed:IntrinsicNodePerturbation",
     },
     Kind.OPTIMIZER: {
         "sgd": "protocols.optimizers:SGD",
@@ -57,6 +59,7 @@ BUILTIN: dict[Kind, dict[str, str]] = {
     },
     Kind.PROCEDURE: {
         "train": "protocols.training:TrainingProcedure",
+        "pulse-train": "protocols.pulsed:PulseTrainingProcedure",
     },
 }
 

@@ -25,8 +25,13 @@ def _plot(records: list[JSONDict], names: list[str], path: Path, title: str) -> 
     best = np.array(
         [np.nan if r.get("best_loss") is None else r["best_loss"] for r in records], dtype=float
     )
-    controls = np.array([r["controls"] for r in records], dtype=float)
-    fig, (ax_loss, ax_ctrl) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    controls = np.array([r.get("controls") or [] for r in records], dtype=float)
+    has_controls = controls.ndim == 2 and controls.shape[1] > 0
+    if has_controls:
+        fig, (ax_loss, ax_ctrl) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    else:  # e.g. pulse-programmed weights: no control electrodes to draw
+        fig, ax_loss = plt.subplots(1, 1, figsize=(8, 4))
+        ax_loss.set_xlabel("step")
     ax_loss.plot(steps, loss, lw=1, label="loss (measured)")
     ax_loss.plot(steps, best, lw=1.5, label="best so far")
     if np.all(loss[np.isfinite(loss)] > 0):
@@ -34,11 +39,12 @@ def _plot(records: list[JSONDict], names: list[str], path: Path, title: str) -> 
     ax_loss.set_ylabel("loss")
     ax_loss.legend()
     ax_loss.set_title(title)
-    for j in range(controls.shape[1]):
-        ax_ctrl.plot(steps, controls[:, j], lw=1, label=names[j] if j < len(names) else str(j))
-    ax_ctrl.set_xlabel("step")
-    ax_ctrl.set_ylabel("control value")
-    ax_ctrl.legend(fontsize="small", ncol=min(4, controls.shape[1]))
+    if has_controls:
+        for j in range(controls.shape[1]):
+            ax_ctrl.plot(steps, controls[:, j], lw=1, label=names[j] if j < len(names) else str(j))
+        ax_ctrl.set_xlabel("step")
+        ax_ctrl.set_ylabel("control value")
+        ax_ctrl.legend(fontsize="small", ncol=min(4, controls.shape[1]))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

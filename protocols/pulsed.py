@@ -1,0 +1,305 @@
+"""Training a device whose weights change only through pulses (memristor crossbars).
+
+A single-layer array answers y_c = x_c W for each input row x_c, so ∂L/∂W = Xᵀ·∂L/∂Y and only
+∂L/∂Y must be measured. Two estimators provide it:
+
+- `DeltaRule`: one measurement, ∂L/∂Y from the task's own software derivative (Widrow–Hoff);
+- `IntrinsicNodePerturbation`: the array's read noise is the probe (node perturbation without
+  injected noise, the NRL "noisy passes against their running mean" variant): K noisy passes Y_k,
+  their mean Ȳ, ξ_k = Y_k − Ȳ, δ_k = L(Y_k) − L(Ȳ), ∂L/∂Y ≈ mean_k δ_k ξ_k / σ̂², σ̂² the per-output
+  variance over the passes. It needs nothing from the loss but its value.
+
+`PulseTrainingProcedure` keeps the optimizer's iterate as the intended weights (read from the
+array at the start), lets any optimizer (SGD, Adam, schedules) take its step, and sends the step
+as whole pulse counts Δw/pulse_step. A step that would need more than `max_pulses` on a weight is
+scaled down as a whole (direction kept) and the event says by how much: nothing is cut silently.
+The array's real weights differ from the intended ones by the pulse noise; the loop closes
+through the gradient, which is always measured on the real array.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from hil.core import (
+    ConfigError,
+    Device,
+    FloatArray,
+    JSONDict,
+    ProgrammableState,
+)
+from protocols.base import Objective, Optimizer, Task
+
+
+@dataclass(frozen=True)
+class WeightGradient:
+    """∂L/∂W (n_inputs × n_outputs) of a single-layer array, with what it cost."""
+
+    gradient: FloatArray
+    loss: float
+    evaluations: int
+    device_seconds: float
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class WeightGradientEstimator(Protocol):
+    """Measures ∂L/∂W of a single-layer array at its present weights."""
+
+    def weight_gradient(self, objective: Objective) -> WeightGradient: ...
+
+    def state_dict(self) -> JSONDict: ...
+
+    def load_state_dict(self, state: JSONDict) -> None: ...
+
+
+def _no_controls(objective: Objective) -> FloatArray:
+    return np.zeros(objective.dim)
+
+
+def _weights_gradient(objective: Objective, dl_dy: FloatArray) -> FloatArray:
+    """Xᵀ·∂L/∂Y on the full output width (unscored outputs get 0)."""
+    n_out = len(objective.device.spec.outputs)
+    full = np.zeros((dl_dy.shape[0], n_out))
+    full[:, objective.output_columns] = dl_dy
+    gradient: FloatArray = objective.device_inputs.T @ full
+    return gradient
+
+
+class DeltaRule:
+    """∂L/∂W = Xᵀ·∂L/∂Y with ∂L/∂Y from the task (one measurement of every case)."""
+
+    class Settings(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings if settings is not None else self.Settings()
+
+    def weight_gradient(self, objective: Objective) -> WeightGradient:
+        t0, e0 = objective.device_time(), objective.evaluations
+        outputs = objective.outputs(_no_controls(objective))
+        dl_dy = np.asarray(objective.task.output_gradient(outputs), dtype=float)
+        return WeightGradient(
+            gradient=_weights_gradient(objective, dl_dy),
+            loss=objective.task.loss(outputs),
+            evaluations=objective.evaluations - e0,
+            device_seconds=objective.device_time() - t0,
+        )
+
+    def state_dict(self) -> JSONDict:
+        return {}
+
+    def load_state_dict(self, state: JSONDict) -> None:
+        if state:
+            raise ValueError(f"DeltaRule has no state, got keys {sorted(state)}")
+
+
+class IntrinsicNodePerturbation:
+    """Node perturbation on the output units with the device's own read noise as the probe."""
+
+    class Settings(BaseModel):
+        """How many noisy passes per estimate."""
+
+        model_config = ConfigDict(extra="forbid")
+
+        passes: int = Field(
+            default=32, ge=3, description="noisy measurements of every case per estimate"
+        )
+        min_sigma: float = Field(
+            default=0.0,
+            ge=0,
+            description="outputs whose noise σ̂ is at or below this carry no probe (gradient 0)",
+        )
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings if settings is not None else self.Settings()
+
+    def weight_gradient(self, objective: Objective) -> WeightGradient:
+        k = self.settings.passes
+        t0, e0 = objective.device_time(), objective.evaluations
+        theta = _no_controls(objective)
+        passes = np.array([objective.outputs(theta) for _ in range(k)])  # k × cases × outputs
+        mean = passes.mean(axis=0)
+        xi = passes - mean
+        variance = xi.var(axis=(0, 1), ddof=1)  # per output, pooled over cases
+        probed = variance > self.settings.min_sigma**2
+        baseline = objective.task.loss(mean)
+        deltas = np.array([objective.task.loss(p) for p in passes]) - baseline
+        dl_dy = np.zeros_like(mean)
+        scale = np.where(probed, 1.0 / np.where(probed, variance, 1.0), 0.0)
+        dl_dy[:] = np.einsum("k,kco->co", deltas, xi) / k * scale
+        return WeightGradient(
+            gradient=_weights_gradient(objective, dl_dy),
+            loss=float(np.mean(deltas) + baseline),
+            evaluations=objective.evaluations - e0,
+            device_seconds=objective.device_time() - t0,
+            extras={
+                "sigma": float(np.sqrt(np.mean(variance))),
+                "passes": float(k),
+                "unprobed_outputs": float(np.sum(~probed)),
+            },
+        )
+
+    def state_dict(self) -> JSONDict:
+        return {}
+
+    def load_state_dict(self, state: JSONDict) -> None:
+        if state:
+            raise ValueError(f"IntrinsicNodePerturbation has no state, got keys {sorted(state)}")
+
+
+class PulseTrainingProcedure:
+    """Train a single-layer programmable array: measure ∂L/∂W, step, send whole pulses."""
+
+    class Settings(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        steps: int = Field(gt=0, description="number of update steps")
+        pulse_step: float = Field(
+            gt=0, description="nominal weight change per pulse (the device's dw_min)"
+        )
+        max_pulses: int = Field(
+            default=8, ge=1, description="largest pulse count for one weight in one step"
+        )
+        weight_min: float = Field(default=-math.inf, description="box for the intended weights")
+        weight_max: float = Field(default=math.inf, description="box for the intended weights")
+        final_repeats: int = Field(default=1, ge=1, description="measurements of the final loss")
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        device: Device,
+        task: Task,
+        estimator: object,
+        optimizer: Optimizer,
+    ) -> None:
+        self.settings = s = settings
+        if not isinstance(device, ProgrammableState):
+            raise ConfigError(
+                f"procedure pulse-train needs a device with programmable weights (apply_pulses, "
+                f"read_state); {device.spec.name!r} has none: use procedure type 'train'",
+                key=("procedure", "type"),
+            )
+        if not isinstance(estimator, WeightGradientEstimator):
+            raise ConfigError(
+                f"procedure pulse-train needs a weight-gradient estimator (delta-rule or "
+                f"intrinsic-node-perturbation), not {type(estimator).__name__}",
+                key=("estimator", "type"),
+            )
+        self.device: ProgrammableState = device
+        self.objective = Objective(device, task)
+        self.estimator = estimator
+        self.optimizer = optimizer
+        weights = np.asarray(device.read_state(), dtype=float)
+        shape = (len(device.spec.inputs), len(device.spec.outputs))
+        if weights.shape != shape:
+            raise ConfigError(
+                f"device {device.spec.name!r} reports weights of shape {weights.shape}, but a "
+                f"single-layer array with {shape[0]} inputs and {shape[1]} outputs has {shape}"
+            )
+        self._shape = shape
+        lo = np.full(weights.size, s.weight_min)
+        hi = np.full(weights.size, s.weight_max)
+        optimizer.start(np.clip(weights.ravel(), lo, hi), lo, hi)
+        self._steps_done = 0
+        self._best_loss = math.inf
+        self._best_step = -1
+        self._last_loss = math.nan
+        self._pulses = 0
+
+    @property
+    def steps_done(self) -> int:
+        return self._steps_done
+
+    @property
+    def total_steps(self) -> int:
+        return self.settings.steps
+
+    @property
+    def done(self) -> bool:
+        return self._steps_done >= self.settings.steps
+
+    def step(self) -> JSONDict:
+        s = self.settings
+        estimate = self.estimator.weight_gradient(self.objective)
+        before = self.optimizer.ask()
+        self.optimizer.tell(estimate.gradient.ravel())
+        wanted = (self.optimizer.ask() - before) / s.pulse_step
+        largest = float(np.max(np.abs(wanted))) if wanted.size else 0.0
+        scale = min(1.0, s.max_pulses / largest) if largest > 0 else 1.0
+        counts = np.rint(wanted * scale).astype(np.int64)
+        t0 = self.objective.device_time()
+        self.device.apply_pulses(counts.reshape(self._shape))
+        self._pulses += int(np.abs(counts).sum())
+        self._steps_done += 1
+        self._last_loss = estimate.loss
+        if estimate.loss < self._best_loss:
+            self._best_loss, self._best_step = estimate.loss, self._steps_done
+        return {
+            "step": self._steps_done,
+            "loss": estimate.loss,
+            "best_loss": self._best_loss,
+            "grad_norm": float(np.linalg.norm(estimate.gradient)),
+            "evaluations": estimate.evaluations,
+            "device_seconds": estimate.device_seconds + self.objective.device_time() - t0,
+            "device_time": self.objective.device_time(),
+            "pulses": int(np.abs(counts).sum()),
+            "step_scaled": scale,
+            "controls": [],
+            **estimate.extras,
+        }
+
+    def finish(self) -> JSONDict:
+        """Measure the final loss and read the weights back (both counted on the clock)."""
+        theta = _no_controls(self.objective)
+        outputs = np.mean(
+            [self.objective.outputs(theta) for _ in range(self.settings.final_repeats)], axis=0
+        )
+        weights = np.asarray(self.device.read_state(), dtype=float)
+        intended = self.optimizer.ask().reshape(self._shape)
+        return {
+            "final_loss": self.objective.task.loss(outputs),
+            "metrics": self.objective.task.metrics(outputs),
+            "weights_rms": float(np.sqrt(np.mean(weights**2))),
+            "weights_vs_intended_rms": float(np.sqrt(np.mean((weights - intended) ** 2))),
+            **self.progress(),
+        }
+
+    def progress(self) -> JSONDict:
+        return {
+            "steps_done": self._steps_done,
+            "last_loss": self._last_loss,
+            "best_loss": self._best_loss,
+            "best_step": self._best_step,
+            "pulses": self._pulses,
+            "evaluations": self.objective.evaluations,
+            "device_time": self.objective.device_time(),
+        }
+
+    def state_dict(self) -> JSONDict:
+        return {
+            "steps_done": self._steps_done,
+            "best_loss": self._best_loss if math.isfinite(self._best_loss) else None,
+            "best_step": self._best_step,
+            "last_loss": self._last_loss if math.isfinite(self._last_loss) else None,
+            "pulses": self._pulses,
+            "evaluations": self.objective.evaluations,
+            "optimizer": self.optimizer.state_dict(),
+            "estimator": self.estimator.state_dict(),
+        }
+
+    def load_state_dict(self, state: JSONDict) -> None:
+        self._steps_done = int(state["steps_done"])
+        self._best_loss = math.inf if state["best_loss"] is None else float(state["best_loss"])
+        self._best_step = int(state["best_step"])
+        self._last_loss = math.nan if state["last_loss"] is None else float(state["last_loss"])
+        self._pulses = int(state["pulses"])
+        self.objective.evaluations = int(state["evaluations"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.estimator.load_state_dict(state["estimator"])
