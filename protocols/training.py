@@ -1,15 +1,39 @@
-"""Training procedure: estimate a gradient, take an optimizer step, repeat; checkpointable."""
+"""Training procedure: estimate a gradient, take an optimizer step, repeat; checkpointable.
+
+Optional, configured in the procedure's settings:
+
+- `calibration:` before the first step, measure the loss noise σ and (optionally) set the
+  estimator's perturbation and the optimizer's learning rate (`protocols.calibration`). It runs
+  once, inside step 1, its results go into that step's record and into the summary, and the
+  checkpoint keeps them: a resumed run does not calibrate again.
+- `blocking:` after each step measure the proposed point and take the step back when the loss
+  rose by more than an allowed increase (a number, or a multiple of the measured σ).
+- `recommend:` the point measured at the end: the last iterate or the Polyak average.
+
+The optimizer's schedule horizon is `steps`. Every step record carries the learning rate used
+and whether the step was rejected; every evaluation (calibration and blocking included) is
+counted in the step's `evaluations`.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from hil.core import ConfigError, Device, FloatArray, JSONDict
+from hil.core import ConfigError, Device, FloatArray, JSONDict, SeedLike, seed_sequence
+from hil.core.types import generator_state, restore_generator
 from protocols.base import GradientEstimator, Objective, Optimizer, Task
+from protocols.calibration import (
+    CalibrationSettings,
+    calibrate,
+    perturbation_setting,
+    set_perturbation,
+)
+from protocols.minimize import BlockingSettings, blocking_threshold, optimization_step
+from protocols.optimizers import Recommendation, TunableOptimizer, as_tunable
 
 
 class TrainingProcedure:
@@ -33,6 +57,23 @@ class TrainingProcedure:
             "θ in [-1, 1] spanning each control's allowed range, so step sizes and perturbations "
             "are fractions of the range and mean the same on every station",
         )
+        calibration: CalibrationSettings | None = Field(
+            default=None,
+            description="measure σ and calibrate perturbation / learning rate before step 1 "
+            "(true: defaults)",
+        )
+        blocking: BlockingSettings | None = Field(
+            default=None, description="reject steps that raise the loss too much (true: defaults)"
+        )
+        recommend: Recommendation = Field(
+            default_factory=Recommendation,
+            description="the point measured at the end: 'last' or 'average' (Polyak–Ruppert)",
+        )
+
+        @field_validator("calibration", "blocking", mode="before")
+        @classmethod
+        def _false_means_off(cls, value: Any) -> Any:
+            return None if value is False else value
 
     def __init__(
         self,
@@ -42,6 +83,7 @@ class TrainingProcedure:
         task: Task,
         estimator: GradientEstimator,
         optimizer: Optimizer,
+        seed: SeedLike = None,
     ) -> None:
         self.settings = settings
         self.control_names = [c.name for c in device.spec.controls]
@@ -55,13 +97,56 @@ class TrainingProcedure:
         self.objective = Objective(device, task, normalized=settings.parameters == "normalized")
         self.estimator = estimator
         self.optimizer = optimizer
+        self.tunable = self._tunable(optimizer)
+        calibration = settings.calibration
+        if calibration and calibration.perturbation and perturbation_setting(estimator) is None:
+            raise ConfigError(
+                f"procedure.calibration.perturbation: estimator {type(estimator).__name__} "
+                "has no `c` or `h` setting to calibrate; set perturbation: false",
+                key=("procedure", "calibration", "perturbation"),
+            )
+        if self.tunable is not None:
+            self.tunable.horizon = settings.steps
+            self.tunable.set_recommendation(settings.recommend)
         theta0 = self.objective.parameters(self._initial_controls())
-        optimizer.start(theta0, self.objective.lower, self.objective.upper)
+        try:
+            optimizer.start(theta0, self.objective.lower, self.objective.upper)
+        except ValueError as exc:
+            raise ConfigError(f"optimizer: {exc}", key=("optimizer",)) from None
+        self._rng = np.random.default_rng(seed_sequence(seed))
+        self._prepared = False  # calibration and blocking threshold done (first step)
+        self._calibration: JSONDict | None = None
+        self._allowed_increase: float | None = None
+        self._sigma: float | None = None
+        self._rejections = 0
         self._steps_done = 0
         self._best_loss = math.inf
         self._best_step = -1
         self._best_controls = self.objective.physical(theta0).tolist()
         self._last_loss = math.nan
+
+    def _tunable(self, optimizer: Optimizer) -> TunableOptimizer | None:
+        """The optimizer as a TunableOptimizer, or None; refuses settings that need one."""
+        s = self.settings
+        tunable = as_tunable(optimizer)
+        if tunable is not None:
+            return tunable
+        wanted = [
+            key
+            for key, used in (
+                ("calibration", s.calibration is not None and s.calibration.target_step),
+                ("blocking", s.blocking is not None),
+                ("recommend", s.recommend.policy == "average"),
+            )
+            if used
+        ]
+        if wanted:
+            raise ConfigError(
+                f"procedure.{wanted[0]}: optimizer {type(optimizer).__name__} has no learning "
+                "rate, reject() or recommend() to work with; use sgd or adam, or drop the setting",
+                key=("procedure", wanted[0]),
+            )
+        return None
 
     def _initial_controls(self) -> FloatArray:
         """θ0 from the settings, checked against the (guarded) control ranges."""
@@ -112,11 +197,45 @@ class TrainingProcedure:
         values = self.objective.physical(self.optimizer.ask())
         return dict(zip(self.control_names, values.tolist(), strict=True))
 
-    def step(self) -> JSONDict:
+    def _prepare(self) -> JSONDict:
+        """Once, before the first step: calibration and the blocking threshold."""
+        s = self.settings
+        extra: JSONDict = {}
         theta = self.optimizer.ask()
-        estimate = self.estimator.estimate(self.objective, theta)
-        self.optimizer.tell(estimate.gradient)
+        if s.calibration is not None:
+            report = calibrate(
+                self.objective,
+                self.estimator,
+                self.tunable,
+                theta,
+                s.calibration,
+                rng=self._rng,
+            )
+            self._calibration = report.as_dict()
+            self._sigma = report.sigma
+            extra["calibration"] = self._calibration
+        if s.blocking is not None:
+            self._allowed_increase, self._sigma = blocking_threshold(
+                self.objective, theta, s.blocking, self._sigma
+            )
+            extra["allowed_increase"] = self._allowed_increase
+            extra["sigma"] = self._sigma
+        self._prepared = True
+        return extra
+
+    def step(self) -> JSONDict:
+        e0, t0 = self.objective.evaluations, self.objective.device_time()
+        extra = {} if self._prepared else self._prepare()
+        outcome = optimization_step(
+            self.objective,
+            self.estimator,
+            self.optimizer,
+            allowed_increase=self._allowed_increase,
+            repeats=self.settings.blocking.repeats if self.settings.blocking else 1,
+        )
+        theta, estimate = outcome.theta, outcome.estimate
         self._steps_done += 1
+        self._rejections += outcome.rejected
         self._last_loss = estimate.loss
         if estimate.loss < self._best_loss:
             self._best_loss = estimate.loss
@@ -127,16 +246,18 @@ class TrainingProcedure:
             "loss": estimate.loss,
             "best_loss": self._best_loss,
             "grad_norm": float(np.linalg.norm(estimate.gradient)),
-            "evaluations": estimate.evaluations,
-            "device_seconds": estimate.device_seconds,
+            "evaluations": self.objective.evaluations - e0,  # calibration, blocking included
+            "device_seconds": self.objective.device_time() - t0,
             "device_time": self.objective.device_time(),
             "controls": self.objective.physical(theta).tolist(),
             "gradient": estimate.gradient.tolist(),  # in the optimizer's parameter space
+            **outcome.record(),
+            **extra,
         }
 
     def finish(self) -> JSONDict:
-        """Measure the final controls unperturbed (counted like every other evaluation)."""
-        theta = self.optimizer.ask()
+        """Measure the recommended controls unperturbed (counted like every other evaluation)."""
+        theta = self.optimizer.ask() if self.tunable is None else self.tunable.recommend()
         outputs = np.mean(
             [self.objective.outputs(theta) for _ in range(self.settings.final_repeats)], axis=0
         )
@@ -144,7 +265,10 @@ class TrainingProcedure:
         return {
             "final_loss": self.objective.task.loss(outputs),
             "metrics": metrics,
-            "final_controls": self.controls(),
+            "final_controls": dict(
+                zip(self.control_names, self.objective.physical(theta).tolist(), strict=True)
+            ),
+            "recommend": self.settings.recommend.policy,
             **self.progress(),
         }
 
@@ -159,6 +283,11 @@ class TrainingProcedure:
             "controls": self.controls(),
             "evaluations": self.objective.evaluations,
             "device_time": self.objective.device_time(),
+            "learning_rate": None if self.tunable is None else self.tunable.learning_rate,
+            "rejected_steps": self._rejections,
+            "calibration": self._calibration,
+            "noise_sigma": self._sigma,
+            "allowed_increase": self._allowed_increase,
         }
 
     def state_dict(self) -> JSONDict:
@@ -171,6 +300,12 @@ class TrainingProcedure:
             "evaluations": self.objective.evaluations,
             "optimizer": self.optimizer.state_dict(),
             "estimator": self.estimator.state_dict(),
+            "prepared": self._prepared,
+            "calibration": self._calibration,
+            "allowed_increase": self._allowed_increase,
+            "sigma": self._sigma,
+            "rejected_steps": self._rejections,
+            "rng": generator_state(self._rng),
         }
 
     def load_state_dict(self, state: JSONDict) -> None:
@@ -182,6 +317,17 @@ class TrainingProcedure:
         self.objective.evaluations = int(state["evaluations"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.estimator.load_state_dict(state["estimator"])
+        # checkpoints from before calibration/blocking lack these keys: nothing was calibrated
+        self._prepared = bool(state.get("prepared", self._steps_done > 0))
+        self._calibration = state.get("calibration")
+        self._allowed_increase = state.get("allowed_increase")
+        self._sigma = state.get("sigma")
+        self._rejections = int(state.get("rejected_steps", 0))
+        if "rng" in state:
+            restore_generator(self._rng, state["rng"])
+        calibrated = self._calibration
+        if calibrated is not None and calibrated.get("c") is not None:
+            set_perturbation(self.estimator, float(calibrated["c"]))  # settings are not state
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -249,3 +250,149 @@ def test_quickstart_trains_with_homodyne_gradients_through_the_guard(tmp_path: P
     assert outcome.status is RunStatus.COMPLETED, outcome.reason
     first = float(_steps(outcome.path)[0]["loss"])  # type: ignore[arg-type]
     assert float(outcome.summary["final_loss"]) < first / 3
+
+
+# -- calibration, blocking and recommendation in the training procedure ------------------------
+
+CALIBRATED_PROCEDURE = """\
+  steps: 40
+  calibration:
+    noise_repeats: 10
+    target_step: 0.05
+    gain_samples: 4
+    perturbation: true
+    perturbation_pairs: 4
+    perturbation_trials: 4
+  blocking: {sigma_multiple: 2.0}
+  recommend: {policy: average, average_from: 0.5}
+"""
+SPALL_SGD = "optimizer:\n  type: sgd\n  lr: 0.03\n  schedule: {type: spall}\n"
+
+
+def calibrated_experiment(tmp_path: Path, **options: Any) -> Path:
+    """The small experiment with calibration, blocking, averaging and SGD on Spall gains."""
+    path = small_experiment(tmp_path, **options)
+    text = path.read_text()
+    assert "  steps: 40\n" in text
+    assert "optimizer:\n  type: adam\n  lr: 0.03\n" in text
+    text = text.replace("  steps: 40\n", CALIBRATED_PROCEDURE)
+    text = text.replace("optimizer:\n  type: adam\n  lr: 0.03\n", SPALL_SGD)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def calibrated_reference(tmp_path: Path) -> dict[str, Any]:
+    outcome = start_run(calibrated_experiment(tmp_path / "cal_ref_cfg"), tmp_path / "cal_ref")
+    assert outcome.status is RunStatus.COMPLETED, outcome.reason
+    return {"summary": outcome.summary, "steps": _steps(outcome.path)}
+
+
+def test_calibration_and_blocking_are_logged_and_read_back(
+    calibrated_reference: dict[str, Any],
+) -> None:
+    steps, summary = calibrated_reference["steps"], calibrated_reference["summary"]
+    first = steps[0]
+    calibration = first["calibration"]
+    assert calibration == summary["calibration"]
+    assert calibration["setting"] == "c"
+    assert calibration["c"] > 0
+    assert calibration["sigma"] > 0
+    assert calibration["learning_rate"] > 0
+    assert first["learning_rate"] == calibration["learning_rate"]  # Spall: step 1 uses lr itself
+    assert first["allowed_increase"] == pytest.approx(2 * calibration["sigma"])
+    assert first["evaluations"] == calibration["evaluations"] + 4  # loss, ± pair, blocking
+    assert all("calibration" not in s for s in steps[1:])
+    rates = [s["learning_rate"] for s in steps]
+    assert rates == sorted(rates, reverse=True)
+    assert rates[-1] < rates[0]
+    assert all(isinstance(s["rejected"], bool) and s["proposed_loss"] is not None for s in steps)
+    assert summary["rejected_steps"] == sum(bool(s["rejected"]) for s in steps)
+    assert summary["evaluations"] == sum(int(s["evaluations"]) for s in steps) + 1
+    assert summary["recommend"] == "average"
+    assert summary["final_controls"] != summary["controls"]  # the average, not the last iterate
+    assert float(summary["final_loss"]) < float(steps[0]["loss"])
+
+
+@pytest.mark.parametrize(
+    ("fail_in_step", "evaluations_in"),
+    [(1, 40), (11, 2)],  # step 1 costs 54 evaluations with its calibration, later steps 4
+)
+def test_calibrated_run_resumes_exactly_after_a_device_error(
+    tmp_path: Path, calibrated_reference: dict[str, Any], fail_in_step: int, evaluations_in: int
+) -> None:
+    steps = calibrated_reference["steps"]
+    assert int(steps[0]["evaluations"]) > 40
+    assert int(steps[10]["evaluations"]) > 2
+    evaluations_before = sum(int(s["evaluations"]) for s in steps[: fail_in_step - 1])
+    FlakyAnalytic.fail_at = 3 * (evaluations_before + evaluations_in)  # 3 plateaus / evaluation
+    config = calibrated_experiment(tmp_path / "cfg", device_type="faulty:FlakyAnalytic")
+    outcome = start_run(config, tmp_path / "runs")
+    assert outcome.status is RunStatus.FAILED
+    assert len(_steps(outcome.path)) == fail_in_step - 1
+    FlakyAnalytic.fail_at = None
+    resumed = resume_run(outcome.path)
+    assert resumed.status is RunStatus.COMPLETED, resumed.reason
+    reference = calibrated_reference["summary"]
+    for key in ("final_controls", "final_loss", "calibration", "evaluations", "rejected_steps"):
+        assert resumed.summary[key] == reference[key], key
+    assert [s.get("calibration") for s in _steps(outcome.path)] == [
+        s.get("calibration") for s in steps
+    ]
+
+
+def test_calibrated_run_killed_mid_training_resumes_exactly(
+    tmp_path: Path, calibrated_reference: dict[str, Any]
+) -> None:
+    config = calibrated_experiment(tmp_path / "cfg", real_time=True)
+    out = tmp_path / "runs"
+    proc = _hil("run", str(config), "--out", str(out), "--quiet")
+    run = _wait_for_steps(out, 8, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert 8 <= len(_steps(run)) < 40
+    checkpoint = RunDirectory(run).checkpoint()
+    assert checkpoint is not None
+    assert checkpoint["procedure"]["calibration"] is not None
+    resumed = resume_run(run)
+    assert resumed.status is RunStatus.COMPLETED, resumed.reason
+    reference = calibrated_reference["summary"]
+    for key in ("final_controls", "final_loss", "calibration", "evaluations", "rejected_steps"):
+        assert resumed.summary[key] == reference[key], key
+    steps = _steps(run)
+    assert [s["step"] for s in steps] == list(range(1, 41))
+    assert sum("calibration" in s for s in steps) == 1  # calibrated once, not again on resume
+
+
+def test_checkpoints_from_before_calibration_still_resume(
+    tmp_path: Path, reference: dict[str, object]
+) -> None:
+    FlakyAnalytic.fail_at = 100
+    config = small_experiment(tmp_path / "cfg", device_type="faulty:FlakyAnalytic")
+    outcome = start_run(config, tmp_path / "runs")
+    assert outcome.status is RunStatus.FAILED
+    FlakyAnalytic.fail_at = None
+    path = outcome.path / "checkpoint.json"
+    checkpoint = json.loads(path.read_text())
+    procedure = checkpoint["procedure"]
+    for key in ("prepared", "calibration", "allowed_increase", "sigma", "rejected_steps", "rng"):
+        del procedure[key]
+    for key in ("lr", "horizon", "previous", "rejections", "average", "average_count"):
+        del procedure["optimizer"][key]
+    path.write_text(json.dumps(checkpoint))
+    resumed = resume_run(outcome.path)
+    assert resumed.status is RunStatus.COMPLETED, resumed.reason
+    assert resumed.summary["final_controls"] == reference["final_controls"]
+
+
+def test_calibrating_a_perturbation_the_estimator_does_not_have_is_refused(
+    tmp_path: Path,
+) -> None:
+    config = small_experiment(tmp_path / "cfg")
+    text = config.read_text().replace(
+        "  steps: 40\n", "  steps: 40\n  calibration:\n    perturbation: true\n"
+    )
+    start, end = text.index("estimator:"), text.index("optimizer:")
+    config.write_text(text[:start] + "estimator:\n  type: homodyne\n" + text[end:])
+    with pytest.raises(ConfigError, match=r"calibration\.perturbation.*no `c` or `h` setting"):
+        start_run(config, tmp_path / "runs")

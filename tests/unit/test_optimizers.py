@@ -20,7 +20,14 @@ from hypothesis import strategies as st
 
 from hil.core import FloatArray
 from protocols.base import Optimizer
-from protocols.optimizers import SGD, Adam, BoxOptimizer
+from protocols.optimizers import SGD, Adam, BoxOptimizer, Recommendation
+from protocols.schedules import (
+    ConstantSchedule,
+    CosineSchedule,
+    ExponentialSchedule,
+    SpallSchedule,
+    StepSchedule,
+)
 
 CURVATURES = np.array([0.5, 1.0, 2.0])
 REPLICATES = 500
@@ -233,3 +240,182 @@ def test_settings_are_validated() -> None:
         Adam.Settings(beta2=1.0)
     with pytest.raises(ValueError, match="extra"):
         Adam.Settings.model_validate({"learning_rate": 0.1})
+
+
+# -- schedules, learning rate, reject, recommendation ------------------------------------------
+
+
+def test_the_schedule_sets_each_steps_rate() -> None:
+    opt = SGD(SGD.Settings(lr=0.1, schedule=ExponentialSchedule(decay=0.5)))
+    opt.start(np.zeros(1), -np.ones(1), np.ones(1))
+    rates = []
+    for _ in range(3):
+        rates.append(opt.learning_rate)
+        opt.tell(np.ones(1))
+    assert rates == [0.1, 0.05, 0.025]
+    np.testing.assert_allclose(opt.x, [-0.175])
+    adam = Adam(Adam.Settings(lr=0.2, eps=1e-12, schedule=StepSchedule(every=1, gamma=0.5)))
+    adam.start(np.zeros(1), -np.ones(1), np.ones(1))
+    adam.tell(np.ones(1))
+    adam.tell(np.ones(1))  # constant gradient: every bias-corrected step is lr_k
+    np.testing.assert_allclose(adam.x, [-0.3])
+
+
+def test_spall_schedule_takes_its_stability_constant_from_the_horizon() -> None:
+    opt = SGD(SGD.Settings(lr=1.0, schedule=SpallSchedule()))
+    with pytest.raises(ValueError, match="give `A` or a horizon"):
+        opt.start(np.zeros(2), -np.ones(2), np.ones(2))
+    opt.horizon = 100  # A = 10
+    opt.start(np.zeros(2), -np.ones(2), np.ones(2))
+    assert opt.learning_rate == 1.0
+    for _ in range(5):
+        opt.tell(np.zeros(2))
+    assert opt.learning_rate == pytest.approx((11 / 16) ** 0.602)
+    with pytest.raises(ValueError, match="horizon"):
+        opt.horizon = 0
+
+
+def test_set_learning_rate_rescales_the_schedule() -> None:
+    opt = SGD(SGD.Settings(lr=0.1, schedule=ExponentialSchedule(decay=0.5)))
+    opt.start(np.zeros(1), -np.ones(1), np.ones(1))
+    opt.tell(np.zeros(1))
+    opt.set_learning_rate(0.8)
+    assert opt.base_learning_rate == 0.8
+    assert opt.learning_rate == 0.4
+    assert opt.settings.lr == 0.1  # the configuration is left as written
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="finite and > 0"):
+            opt.set_learning_rate(bad)
+
+
+def test_first_step_rate_gives_the_target_first_step() -> None:
+    g = np.array([0.5, -2.0])
+    for opt in (
+        SGD(SGD.Settings(lr=1.0)),
+        SGD(SGD.Settings(lr=1.0, momentum=0.5, nesterov=True)),
+        Adam(Adam.Settings(lr=1.0, eps=1e-12)),
+    ):
+        opt.start(np.zeros(2), -np.full(2, 10.0), np.full(2, 10.0))
+        scale = float(np.mean(np.abs(g)))
+        opt.set_learning_rate(opt.first_step_rate(0.3, scale))
+        opt.tell(g)
+        assert np.mean(np.abs(opt.x)) == pytest.approx(0.3), type(opt).__name__
+
+
+def test_reject_restores_the_previous_iterate() -> None:
+    opt = SGD(SGD.Settings(lr=0.1, momentum=0.5))
+    opt.start(np.array([0.2, -0.1]), -np.ones(2), np.ones(2))
+    with pytest.raises(RuntimeError, match="no step to take back"):
+        opt.reject()
+    opt.tell(np.array([1.0, -1.0]))
+    before = opt.x
+    opt.tell(np.array([3.0, 2.0]))
+    assert not np.array_equal(opt.x, before)
+    opt.reject()
+    np.testing.assert_array_equal(opt.x, before)
+    assert (opt.iterations, opt.rejections) == (2, 1)  # the step still counts for the schedule
+    with pytest.raises(RuntimeError, match="once, after tell"):
+        opt.reject()
+
+
+def test_recommend_average_is_the_mean_of_the_late_iterates() -> None:
+    opt = SGD(SGD.Settings(lr=1.0))
+    opt.set_recommendation(Recommendation(policy="average", average_from=0.5))
+    opt.horizon = 4  # iterates x_2, x_3, x_4 enter the mean
+    opt.start(np.zeros(1), -np.full(1, 10.0), np.full(1, 10.0))
+    for k in range(4):
+        if k <= 2:  # until x_2 has a successor the mean is the iterate itself
+            np.testing.assert_array_equal(opt.recommend(), opt.x)
+        opt.tell(np.array([-1.0]))
+    np.testing.assert_allclose(opt.recommend(), [(2 + 3 + 4) / 3])
+    np.testing.assert_array_equal(opt.x, [4.0])
+    opt.tell(np.array([-1.0]))
+    opt.reject()  # x_5 is x_4 again
+    np.testing.assert_allclose(opt.recommend(), [(2 + 3 + 4 + 4) / 4])
+    assert Recommendation.model_validate("average").policy == "average"
+    assert Recommendation(policy="average", average_from_step=3).start_step(100) == 3
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    case=box_and_start,
+    name=st.sampled_from(sorted(FACTORIES)),
+    rejects=st.lists(st.booleans(), min_size=8, max_size=8),
+)
+def test_iterates_and_averages_stay_in_the_box_with_schedules_and_rejects(
+    case: tuple[list[float], list[float], list[float], list[list[float]]],
+    name: str,
+    rejects: list[bool],
+) -> None:
+    low, width, fraction, gradients = case
+    lower = np.array(low)
+    upper = lower + np.array(width)
+    x0 = np.clip(lower + np.array(fraction) * (upper - lower), lower, upper)
+    opt = FACTORIES[name]()
+    opt.schedule = SpallSchedule()
+    opt.horizon = len(gradients)
+    opt.set_recommendation(Recommendation(policy="average", average_from=0.0))
+    opt.start(x0, lower, upper)
+    for g, reject in zip(gradients, rejects, strict=False):
+        opt.tell(np.array(g))
+        if reject:
+            opt.reject()
+        for x in (opt.ask(), opt.recommend()):
+            assert np.all(np.isfinite(x))
+            assert np.all(x >= lower)
+            assert np.all(x <= upper)
+
+
+def test_state_round_trip_keeps_rate_rejection_and_average() -> None:
+    rng = np.random.default_rng(5)
+    gradients = rng.normal(size=(20, 3))
+
+    def make() -> SGD:
+        opt = SGD(SGD.Settings(lr=0.05, momentum=0.5, schedule=SpallSchedule()))
+        opt.horizon = 20
+        opt.set_recommendation(Recommendation(policy="average"))
+        return opt
+
+    original = make()
+    original.start(np.zeros(3), -np.ones(3), np.ones(3))
+    original.set_learning_rate(0.2)
+    for g in gradients[:12]:
+        original.tell(g)
+    restored = make()
+    restored.load_state_dict(json.loads(json.dumps(original.state_dict(), allow_nan=False)))
+    assert restored.learning_rate == original.learning_rate
+    for r in (original, restored):
+        r.reject()
+    for g in gradients[12:]:
+        original.tell(g)
+        restored.tell(g)
+    np.testing.assert_array_equal(restored.recommend(), original.recommend())
+    assert restored.state_dict() == original.state_dict()
+
+
+def test_states_from_before_schedules_still_load() -> None:
+    opt = Adam(Adam.Settings(lr=0.3))
+    opt.start(np.array([0.1, 0.2]), -np.ones(2), np.ones(2))
+    opt.tell(np.array([1.0, 1.0]))
+    old = {
+        k: v
+        for k, v in opt.state_dict().items()
+        if k not in {"lr", "horizon", "previous", "rejections", "average", "average_count"}
+    }
+    restored = Adam(Adam.Settings(lr=0.3))
+    restored.load_state_dict(old)
+    np.testing.assert_array_equal(restored.x, opt.x)
+    assert restored.learning_rate == 0.3
+    with pytest.raises(RuntimeError, match="no step to take back"):
+        restored.reject()
+    broken = {**opt.state_dict(), "average": [0.0]}
+    with pytest.raises(ValueError, match="'average' has shape"):
+        restored.load_state_dict(broken)
+
+
+def test_schedule_settings_in_files() -> None:
+    sgd = SGD.Settings.model_validate({"lr": 0.1, "schedule": {"type": "cosine", "lr_min": 0.01}})
+    assert isinstance(sgd.schedule, CosineSchedule)
+    assert isinstance(Adam.Settings().schedule, ConstantSchedule)  # existing configs unchanged
+    with pytest.raises(ValueError, match="schedule"):
+        Adam.Settings.model_validate({"schedule": {"type": "spall", "alpha": 2}})
