@@ -49,6 +49,7 @@ BUILTIN: dict[Kind, dict[str, str]] = {
         "gaussian-smoothing": "protocols.evolution:GaussianSmoothing",
         "antithetic-es": "protocols.evolution:AntitheticES",
         "weight-perturbation": "protocols.evolution:WeightPerturbation",
+        "node-perturbation": "protocols.node_perturbation:NodePerturbation",
         "delta-rule": "protocols.pulsed:DeltaRule",
         "intrinsic-node-perturbation": "protocols.pulsed:IntrinsicNodePerturbation",
     },

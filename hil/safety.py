@@ -703,6 +703,12 @@ class NodeSafetyGuard(SafetyGuard):
         assert isinstance(device, NodePerturbable)  # guaranteed by SafetyGuard.__new__
         return device.layer_shapes
 
+    @property
+    def layer_gains(self) -> tuple[float, ...]:
+        device = self._device
+        assert isinstance(device, NodePerturbable)
+        return device.layer_gains
+
     def measure_nodes(
         self, inputs: FloatArray, offsets: Sequence[FloatArray]
     ) -> tuple[FloatArray, tuple[FloatArray, ...]]:
@@ -736,6 +742,7 @@ _CAPABILITY_OF: dict[str, type] = {
     "read_state": ProgrammableState,
     "measure_nodes": NodePerturbable,
     "layer_shapes": NodePerturbable,
+    "layer_gains": NodePerturbable,
 }
 
 

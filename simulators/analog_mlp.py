@@ -32,6 +32,15 @@ chip's protocol, not non-idealities; their widths are settings. Each layer has i
 tiled chip); BrainScaleS-2 runs the layers one after another on one array, which would share the
 fixed pattern between layers.
 
+Node perturbation (the `NodePerturbable` capability): `measure_nodes(inputs, offsets)` is `measure`
+with an extra offset per case and neuron added to every layer's pre-activation, in output LSB (the
+membrane units), before settling, membrane noise and the ADC floor; on BrainScaleS-2 this is a
+per-neuron offset current (a DAC on the neuron's membrane), which, unlike the synapse drive, does
+not go through the column gain. It is injected on the first analog pass of a layer, so the
+layer's summed output moves by the offset once. It also reports what every layer received: the
+input codes for layer 0 and the converted ReLU codes for the later layers (readable on the chip
+through the CADC). Offsets beyond ±`max_node_offset` are refused like any out-of-range request.
+
 Time: one evaluation takes `timing.settle_time + timing.conversion_time` per analog pass (every
 pass of every layer, in turn); `measure` advances the virtual clock by that per input row, and
 `spec.plateau_time()` is that time. Writing weights costs no device time.
@@ -40,6 +49,7 @@ pass of every layer, in turn); `measure` advances the virtual clock by that per 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Annotated
 
 import numpy as np
@@ -174,6 +184,12 @@ class AnalogMLPDevice(DeviceBase):
             default=128, description="inputs per analog pass; wider layers take several passes"
         )
         saturation: bool = Field(default=True, description="clamp each pass and sum to the rails")
+        max_node_offset: float | None = Field(
+            default=None,
+            ge=0,
+            description="largest |offset| measure_nodes accepts, output LSB; None: "
+            "2^(output_bits−1), the output range (128 for int8)",
+        )
         mismatch: Mismatch = Field(default_factory=Mismatch)
         noise: AnalogNoise = Field(default_factory=AnalogNoise)
         timing: AnalogTiming = Field(default_factory=AnalogTiming)
@@ -213,6 +229,9 @@ class AnalogMLPDevice(DeviceBase):
         self._w_max = 2 ** (s.weight_bits - 1) - 1
         self._y_min = -(2 ** (s.output_bits - 1))
         self._y_max = 2 ** (s.output_bits - 1) - 1
+        self._node_offset_limit = (
+            s.max_node_offset if s.max_node_offset is not None else float(2 ** (s.output_bits - 1))
+        )
         self._shift = (
             s.activation_shift
             if s.activation_shift is not None
@@ -307,19 +326,52 @@ class AnalogMLPDevice(DeviceBase):
     def measure(self, inputs: FloatArray) -> FloatArray:
         """One network evaluation per input row, with every non-ideality; n_cases × n_outputs."""
         self._check_open()
-        x = np.array(inputs, dtype=float)
-        n_in = self.settings.layers[0]
-        if x.ndim != 2 or x.shape[1] != n_in or x.shape[0] < 1:
-            raise ValueError(f"measure: expected shape (n_cases, {n_in}), got {x.shape}")
-        self._check_range(x, self._spec.inputs)
-        n_cases = x.shape[0]
-        slow = self._flicker.samples(n_cases, self._eval_time) + self._drift.samples(
-            n_cases, self._eval_time
-        )
-        y = self._forward(np.rint(x), self._weights, slow)
-        self._clock.advance(n_cases * self._eval_time)
-        self._evaluations += n_cases
+        x = self._checked_inputs(inputs, "measure")
+        y, _ = self._evaluate(x, None)
         return y
+
+    # -- NodePerturbable ---------------------------------------------------------------------------
+
+    @property
+    def layer_shapes(self) -> tuple[tuple[int, int], ...]:
+        """(n_in, n_out) of every layer, first to last (the controls are W_l row-major)."""
+        return tuple((n_in, n_out) for n_in, n_out in self._sizes)
+
+    @property
+    def node_offset_limit(self) -> float:
+        """Largest |offset| `measure_nodes` accepts, output LSB (`settings.max_node_offset`)."""
+        return self._node_offset_limit
+
+    def measure_nodes(
+        self, inputs: FloatArray, offsets: Sequence[FloatArray]
+    ) -> tuple[FloatArray, tuple[FloatArray, ...]]:
+        """`measure` with offsets[l] (n_cases × n_out_l, output LSB) added to layer l's
+        pre-activations before settling, membrane noise and the ADC floor (a per-neuron offset
+        current, on the layer's first analog pass). Same checks, noise, device time and
+        evaluation count as `measure`; zero offsets give exactly what `measure` gives.
+
+        Returns the outputs (n_cases × n_outputs) and each layer's input codes (n_cases × n_in_l:
+        the rounded input codes for layer 0, the converted ReLU codes after). Offsets of the
+        wrong shape or not finite raise ValueError; beyond ±`node_offset_limit`, SafetyViolation.
+        Nothing is evaluated (no noise drawn, no time spent) when a check fails.
+        """
+        self._check_open()
+        x = self._checked_inputs(inputs, "measure_nodes")
+        node = self._checked_offsets(offsets, x.shape[0], "measure_nodes")
+        limit = self._node_offset_limit
+        for layer, o in enumerate(node):
+            bad = np.abs(o) > limit
+            if bad.any():
+                row, unit = (int(i) for i in np.argwhere(bad)[0])
+                raise SafetyViolation(
+                    f"offset{layer}_{unit}",
+                    float(o[row, unit]),
+                    f"the node-offset range ±{limit:g} LSB (settings.max_node_offset)",
+                    f"case {row}; the simulator refuses it as the chip's offset DAC would; "
+                    "nothing was applied",
+                )
+        y, seen = self._evaluate(x, node)
+        return y, tuple(seen)
 
     def idle(self, seconds: float) -> None:
         """Let device time pass without evaluating: 1/f noise and drift evolve, and the column
@@ -386,11 +438,17 @@ class AnalogMLPDevice(DeviceBase):
         """Input rows evaluated so far."""
         return self._evaluations
 
-    def true_output(self, theta: FloatArray, inputs: FloatArray) -> FloatArray:
+    def true_output(
+        self,
+        theta: FloatArray,
+        inputs: FloatArray,
+        offsets: Sequence[FloatArray] | None = None,
+    ) -> FloatArray:
         """The nominal chip's output: the same quantisation (input and weight codes, floor, rails,
         converting ReLU) without mismatch, noise or settling error. n_cases × n_outputs.
 
         θ and the inputs are rounded like the DACs do; values outside the ranges raise ValueError.
+        `offsets` (as in `measure_nodes`, any finite size) are added to the pre-activations.
         """
         x = np.array(inputs, dtype=float)
         n_in, n_ctrl = self.settings.layers[0], len(self._spec.controls)
@@ -403,7 +461,9 @@ class AnalogMLPDevice(DeviceBase):
             raise ValueError(f"inputs must be finite and within [0, {self._x_max}] LSB")
         if not np.all(np.isfinite(t) & (np.abs(t) <= self._w_max)):
             raise ValueError(f"theta must be finite and within ±{self._w_max} LSB")
-        return self._forward(np.rint(x), self._unflatten(np.rint(t).astype(np.int64)), None)
+        node = None if offsets is None else self._checked_offsets(offsets, x.shape[0], "offsets")
+        y, _ = self._forward(np.rint(x), self._unflatten(np.rint(t).astype(np.int64)), None, node)
+        return y
 
     # -- checkpoint --------------------------------------------------------------------------------
 
@@ -456,14 +516,69 @@ class AnalogMLPDevice(DeviceBase):
 
     # -- internals ---------------------------------------------------------------------------------
 
+    def _checked_inputs(self, inputs: FloatArray, what: str) -> FloatArray:
+        """The input rows as floats, shape and range checked (refused, never clamped)."""
+        x = np.array(inputs, dtype=float)
+        n_in = self.settings.layers[0]
+        if x.ndim != 2 or x.shape[1] != n_in or x.shape[0] < 1:
+            raise ValueError(f"{what}: expected shape (n_cases, {n_in}), got {x.shape}")
+        self._check_range(x, self._spec.inputs)
+        return x
+
+    def _checked_offsets(
+        self, offsets: Sequence[FloatArray], n_cases: int, what: str
+    ) -> list[FloatArray]:
+        """Offsets as float copies, one n_cases × n_out per layer, all finite (else ValueError)."""
+        n_layers = len(self._sizes)
+        if isinstance(offsets, np.ndarray) or len(offsets) != n_layers:
+            raise ValueError(
+                f"{what}: give a sequence of {n_layers} offset arrays, one per layer "
+                f"(shapes {[(n_cases, n_out) for _, n_out in self._sizes]})"
+            )
+        out = []
+        for layer, (o, (_, n_out)) in enumerate(zip(offsets, self._sizes, strict=True)):
+            arr = np.array(o, dtype=float)
+            if arr.shape != (n_cases, n_out):
+                raise ValueError(
+                    f"{what}: offsets[{layer}] must have shape ({n_cases}, {n_out}) "
+                    f"(n_cases × units of layer {layer}), got {arr.shape}"
+                )
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"{what}: offsets[{layer}] must be finite")
+            out.append(arr)
+        return out
+
+    def _evaluate(
+        self, x: FloatArray, offsets: list[FloatArray] | None
+    ) -> tuple[FloatArray, list[FloatArray]]:
+        """One evaluation of checked input rows on the real chip: slow noise, forward, time."""
+        n_cases = x.shape[0]
+        slow = self._flicker.samples(n_cases, self._eval_time) + self._drift.samples(
+            n_cases, self._eval_time
+        )
+        y, seen = self._forward(np.rint(x), self._weights, slow, offsets)
+        self._clock.advance(n_cases * self._eval_time)
+        self._evaluations += n_cases
+        return y, seen
+
     def _forward(
-        self, x: FloatArray, weights: list[IntArray], slow: FloatArray | None
-    ) -> FloatArray:
-        """The layers on input codes x (n × n_in); `slow` None = the nominal (oracle) chip."""
+        self,
+        x: FloatArray,
+        weights: list[IntArray],
+        slow: FloatArray | None,
+        offsets: list[FloatArray] | None = None,
+    ) -> tuple[FloatArray, list[FloatArray]]:
+        """The layers on input codes x (n × n_in); `slow` None = the nominal (oracle) chip.
+
+        Returns the last layer's output and every layer's input codes; `offsets` (one
+        n × n_out per layer) are added to the pre-activations of each layer's first pass.
+        """
         s = self.settings
         n_cases = x.shape[0]
         y = x
+        seen: list[FloatArray] = []
         for layer, w in enumerate(weights):
+            seen.append(x)
             n_out = w.shape[1]
             k = self._passes[layer]
             acc = np.zeros((n_cases, k, n_out))
@@ -471,8 +586,11 @@ class AnalogMLPDevice(DeviceBase):
                 rows = slice(p * s.rows_per_block, (p + 1) * s.rows_per_block)
                 acc[:, p, :] = x[:, rows] @ w[rows, :].astype(float)
             u = self._layer_gains[layer] * acc
+            node = None if offsets is None else offsets[layer]
             if slow is not None:
-                u = self._analog(u, layer, slow)
+                u = self._analog(u, layer, slow, node)
+            elif node is not None:
+                u[:, 0, :] += node
             y = np.floor(u)
             if s.saturation:
                 y = np.clip(y, self._y_min, self._y_max)
@@ -482,12 +600,17 @@ class AnalogMLPDevice(DeviceBase):
             if layer < len(weights) - 1:
                 x = np.minimum(np.floor(np.maximum(y, 0.0) / 2**self._shift), self._x_max)
         out: FloatArray = y
-        return out
+        return out, seen
 
-    def _analog(self, u: FloatArray, layer: int, slow: FloatArray) -> FloatArray:
-        """Mismatch, slow noise, settling and membrane noise on the passes u (n × passes × cols)."""
+    def _analog(
+        self, u: FloatArray, layer: int, slow: FloatArray, node: FloatArray | None = None
+    ) -> FloatArray:
+        """Mismatch, slow noise, node offsets (first pass), settling and membrane noise on the
+        passes u (n × passes × cols)."""
         cols = slice(int(self._col_start[layer]), int(self._col_start[layer + 1]))
         v = self._gains[layer] * u + self._offsets[layer] + slow[:, np.newaxis, cols]
+        if node is not None:
+            v[:, 0, :] += node
         if self._settling is not None:
             n, k, c = v.shape
             v = self._settling[layer].filter(v.reshape(n * k, c)).reshape(n, k, c)

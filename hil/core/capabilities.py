@@ -90,6 +90,11 @@ class NodePerturbable(Protocol):
         """(n_in, n_out) of every layer, first to last."""
         ...
 
+    @property
+    def layer_gains(self) -> tuple[float, ...]:
+        """∂(pre-activation)/∂(input · weight) of every layer, in offset units."""
+        ...
+
     def measure_nodes(
         self, inputs: FloatArray, offsets: Sequence[FloatArray]
     ) -> tuple[FloatArray, tuple[FloatArray, ...]]:

@@ -19,6 +19,7 @@ from hil.core import (
     Device,
     FloatArray,
     InstrumentDisconnected,
+    NodePerturbable,
     Role,
     SafetyViolation,
     Stateful,
@@ -494,3 +495,116 @@ def test_idle_lets_the_column_memory_relax() -> None:
     assert np.any(settling[0].state != 0)
     device.idle(1.0)  # a million time constants
     np.testing.assert_array_equal(settling[0].state, 0.0)
+
+
+# -- node perturbation (NodePerturbable) -----------------------------------------------------------
+
+
+def test_node_perturbable_capability_and_layer_shapes() -> None:
+    device = make(layers=[4, 8, 3, 2])
+    assert isinstance(device, NodePerturbable)
+    assert device.layer_shapes == ((4, 8), (8, 3), (3, 2))
+    assert sum(a * b for a, b in device.layer_shapes) == len(device.spec.controls)
+    assert device.node_offset_limit == 128.0  # the int8 output range by default
+    assert make(layers=[2, 1], output_bits=10).node_offset_limit == 512.0
+    assert make(layers=[2, 1], max_node_offset=7.5).node_offset_limit == 7.5
+
+
+def test_measure_nodes_with_zero_offsets_is_measure_bit_for_bit() -> None:
+    """Same seed, every non-ideality on (1/f, drift, settling, two passes in the first layer):
+    zero offsets give measure's outputs, time, evaluation count and noise state exactly."""
+    settings: dict[str, Any] = {
+        "layers": [40, 6, 3],
+        "rows_per_block": 32,
+        "noise": {"flicker_psd": 1e-2},
+    }
+    a, b = build(settings, seed=4), build(settings, seed=4)
+    rng = np.random.default_rng(3)
+    w = random_weights(a, rng)
+    a.set_controls(w)
+    b.set_controls(w)
+    for n in (5, 1, 12):
+        x = rng.uniform(0, 31, (n, 40))
+        zeros = [np.zeros((n, 6)), np.zeros((n, 3))]
+        y_nodes, seen = b.measure_nodes(x, zeros)
+        np.testing.assert_array_equal(y_nodes, a.measure(x))
+        assert [s.shape for s in seen] == [(n, 40), (n, 6)]
+    assert b.clock.now() == a.clock.now() == pytest.approx(18 * a.evaluation_time, rel=1e-12)
+    assert b.evaluations == a.evaluations == 18
+    assert b.state_dict() == a.state_dict()
+
+
+def test_node_offsets_add_to_the_pre_activation_before_the_floor() -> None:
+    """Noise-free 1-layer chip: y = floor(gain·x·W + offset), the offset in output LSB; with two
+    analog passes the offset is injected once (on the first)."""
+    device = make(layers=[3, 2], quiet=True, n_sends=10)  # 0.02 LSB per input·weight
+    gain = device.layer_gains[0]
+    theta = np.array([5.0, -7.0, 12.0, 3.0, -20.0, 9.0])
+    device.set_controls(theta)
+    x = np.array([[1.0, 2.0, 3.0], [31.0, 0.0, 17.0], [4.0, 30.0, 8.0]])
+    offset = np.array([[0.3, -0.3], [10.7, -25.2], [-3.5, 0.0]])
+    expected = np.floor(gain * x @ theta.reshape(3, 2) + offset)
+    y, seen = device.measure_nodes(x, [offset])
+    np.testing.assert_array_equal(y, expected)
+    np.testing.assert_array_equal(seen[0], x)
+    np.testing.assert_array_equal(device.true_output(theta, x, [offset]), expected)
+    assert not np.array_equal(expected, device.measure(x))  # the offsets did something
+    split = make(layers=[3, 2], quiet=True, n_sends=10, rows_per_block=2)
+    split.set_controls(theta)
+    w = theta.reshape(3, 2)
+    two_passes = np.floor(gain * x[:, :2] @ w[:2] + offset) + np.floor(gain * x[:, 2:] @ w[2:])
+    np.testing.assert_array_equal(split.measure_nodes(x, [offset])[0], two_passes)
+
+
+def test_measure_nodes_reports_each_layers_input_codes() -> None:
+    """Layer 0 sees the rounded input codes, later layers the converted ReLU codes of the
+    (offset) layer before; the last output follows the same chain."""
+    device = make(layers=[4, 6, 5, 2], quiet=True)
+    rng = np.random.default_rng(5)
+    theta = random_weights(device, rng)
+    device.set_controls(theta)
+    x = rng.uniform(0, 31, (9, 4))
+    offsets = [rng.normal(0, 20, (9, n)) for n in (6, 5, 2)]
+    y, seen = device.measure_nodes(x, offsets)
+    weights = [w.astype(float) for w in device.weights]
+    gains = device.layer_gains
+    h = np.rint(x)
+    for layer, w in enumerate(weights):
+        np.testing.assert_array_equal(seen[layer], h)
+        a = np.clip(np.floor(gains[layer] * (h @ w) + offsets[layer]), -128, 127)
+        h = np.clip(np.floor(np.clip(a, 0, 127) / 4), 0, 31)
+    np.testing.assert_array_equal(y, a)
+    assert seen[1].max() > 0  # the hidden layers are not all dead
+    assert seen[2].max() > 0
+
+
+def test_measure_nodes_refuses_bad_offsets_and_costs_nothing() -> None:
+    device = make(layers=[3, 4, 2], max_node_offset=10.0)
+    x = np.full((2, 3), 5.0)
+    good = [np.zeros((2, 4)), np.zeros((2, 2))]
+    white = json.dumps(device.state_dict())
+    with pytest.raises(ValueError, match="one per layer"):
+        device.measure_nodes(x, good[:1])
+    with pytest.raises(ValueError, match=r"offsets\[1\] must have shape \(2, 2\)"):
+        device.measure_nodes(x, [good[0], np.zeros((2, 3))])
+    with pytest.raises(ValueError, match=r"offsets\[0\] must have shape"):
+        device.measure_nodes(x, [np.zeros(4), good[1]])
+    for bad in (math.nan, math.inf):
+        nonfinite = np.zeros((2, 4))
+        nonfinite[1, 2] = bad
+        with pytest.raises(ValueError, match="finite"):
+            device.measure_nodes(x, [nonfinite, good[1]])
+    big = np.zeros((2, 2))
+    big[1, 1] = -10.5
+    with pytest.raises(SafetyViolation, match=r"offset1_1.*±10 LSB"):
+        device.measure_nodes(x, [good[0], big])
+    with pytest.raises(SafetyViolation, match="x0"):
+        device.measure_nodes(np.full((2, 3), 32.0), good)
+    assert json.dumps(device.state_dict()) == white  # nothing evaluated, no noise drawn
+    assert device.clock.now() == 0.0
+    at_limit = [np.full((2, 4), 10.0), np.full((2, 2), -10.0)]
+    assert device.measure_nodes(x, at_limit)[0].shape == (2, 2)
+    assert device.evaluations == 2
+    device.close()
+    with pytest.raises(InstrumentDisconnected):
+        device.measure_nodes(x, good)
