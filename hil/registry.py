@@ -45,6 +45,8 @@ BUILTIN: dict[Kind, dict[str, str]] = {
     Kind.ESTIMATOR: {
         "central-difference": "protocols.estimators:CentralDifference",
         "spsa": "protocols.estimators:SPSA",
+        "spsa2": "protocols.estimators:SPSA2",
+        "forward-difference": "protocols.estimators:ForwardDifference",
         "homodyne": "protocols.homodyne:Homodyne",
         "gaussian-smoothing": "protocols.evolution:GaussianSmoothing",
         "antithetic-es": "protocols.evolution:AntitheticES",
