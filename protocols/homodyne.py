@@ -5,7 +5,15 @@ on a plateau, ramped in from 0 V and out to 0 V. Over a window of whole periods 
 demodulated, X_i = (2/N)Σ y·sin(2πf_i t), Y_i = (2/N)Σ y·cos(2πf_i t), and
 ∂y/∂θ_i = (X_i cos φ_i + Y_i sin φ_i)/A_i, φ_i being the phase of the output chain at f_i. The same
 demodulation at free grid frequencies between the tones gives the noise floor, hence the standard
-errors. The loss gradient follows by the chain rule with ∂L/∂y from the task.
+errors. The loss gradient follows by the chain rule with ∂L/∂y from the task; its standard error
+includes the noise of the outputs ∂L/∂y is evaluated at (see `Homodyne.estimate`).
+
+Modes: `parallel` dithers all controls in one stream per case (the default), `sequential` one
+control per stream (the others held at DC), `grouped` `group_size` controls per stream. Tones are
+planned per group, so fewer tones fit lower frequencies; the device time grows with the streams.
+
+`Homodyne.calibrate_amplitudes` sweeps the tone amplitudes and picks them per control, by the
+third-harmonic rule or by the bias–variance optimum A = (32 S/(T F'''²))^{1/6} (algorithms.md §1.5).
 """
 
 from __future__ import annotations
@@ -15,17 +23,24 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations_with_replacement
+from typing import Literal
 
 import numpy as np
+from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
+from scipy.stats import chi2, norm
 
 from hil.core import ConfigError, FloatArray, JSONDict, Streaming
-from protocols.base import GradientEstimate, Objective
-from protocols.tones import check_plan, plan_tones
+from protocols.base import GradientEstimate, Objective, Task
+from protocols.tones import check_plan, near_mains, plan_tones
 
 log = logging.getLogger(__name__)
 
 _WHOLE = 1e-6  # how far a duration·fs may be from an integer and still count as whole samples
+_NEAREST_BINS = 4  # noise bins nearest a tone that give the noise density S at that tone
+
+Mode = Literal["parallel", "sequential", "grouped"]
+Method = Literal["harmonic", "optimal"]
 
 
 @dataclass(frozen=True)
@@ -44,11 +59,41 @@ class DeviceGradient:
 
     gradient: FloatArray  # n_cases × n_outputs × d
     stderr: FloatArray  # n_cases × n_outputs × d
-    window_mean: FloatArray  # n_cases × n_outputs
+    window_mean: FloatArray  # n_cases × n_outputs (mean over the case's streams)
     response: FloatArray  # n_cases × n_outputs × d × 2: X and Y per tone
-    tones: tuple[float, ...]
+    tones: tuple[float, ...]  # per control
     amplitudes: FloatArray  # physical, per control
     shifted: int  # controls whose DC level was moved inward so the tone fits the range
+    # one-sided noise density S (output units²/Hz) per case and output, from the off-tone floor
+    noise_density: FloatArray | None = None
+    groups: tuple[tuple[int, ...], ...] = ()  # the controls dithered together in one stream
+    window: float = math.nan  # s demodulated per stream
+
+
+@dataclass(frozen=True)
+class AmplitudeCalibration:
+    """What `Homodyne.calibrate_amplitudes` measured, chose, and what it cost.
+
+    Physical units unless said otherwise; K sweep points, d controls.
+    """
+
+    method: Method
+    amplitudes: FloatArray  # d, chosen, in parameter units (what the estimator now uses)
+    physical: FloatArray  # d, chosen
+    grid: FloatArray  # K × d, the swept amplitudes (ascending)
+    harmonic_choice: FloatArray  # d, largest swept A with |H3|/|H1| below the threshold
+    optimal_choice: FloatArray  # d, (32 S/(T F'''²))^{1/6} clipped to the swept range
+    third_ratio: FloatArray  # K × d, |H3|/|H1| (noise power subtracted)
+    second_ratio: FloatArray  # K × d, |H2|/|H1|; NaN where 2·f_i was not free
+    slope: FloatArray  # K × n_cases × n_outputs × d, the apparent gradient X(A)/A
+    third_derivative: FloatArray  # n_cases × n_outputs × d, F''' from the fit of X/A on A²
+    third_derivative_se: FloatArray  # n_cases × n_outputs × d
+    noise_density: FloatArray  # n_cases × n_outputs × d, S at each control's estimation tone
+    resolved: NDArray[np.bool_]  # d, F''' resolved above noise (else the optimum is a bound)
+    tones: tuple[float, ...]  # calibration tone per control (3·f_i kept free)
+    window: float  # s per calibration stream
+    evaluations: int  # streams played
+    device_seconds: float
 
 
 def _samples(seconds: float, rate: float, name: str) -> int:
@@ -77,7 +122,8 @@ def synthesize(
     """Ramp 0 → levels, settle, a window of whole tone periods, ramp back to 0 V.
 
     Controls carry θ_i + A_i·sin(2π f_i t) (t = 0 at the end of the ramp up) from the settle
-    period on; data inputs hold `inputs`. Channels: inputs first, then controls.
+    period on; data inputs hold `inputs`. A control with A_i = 0 holds θ_i (its tone is ignored).
+    Channels: inputs first, then controls.
     """
     theta = np.asarray(controls, dtype=float)
     amps = np.broadcast_to(np.asarray(amplitudes, dtype=float), theta.shape)
@@ -95,17 +141,18 @@ def synthesize(
     n_window = _samples(window, sample_rate, "window")
     if n_ramp < 1 or n_window < 1:
         raise ConfigError("homodyne ramp_time and window must each be at least one sample")
-    cycles = freqs * window
+    active = amps != 0
+    cycles = freqs[active] * window
     if np.any(np.abs(cycles - np.round(cycles)) > _WHOLE) or np.any(np.round(cycles) < 1):
         raise ConfigError(
-            f"homodyne tones {freqs.tolist()} Hz must complete whole cycles in the window "
-            f"{window} s (f·T = {cycles.tolist()})"
+            f"homodyne tones {freqs[active].tolist()} Hz must complete whole cycles in the "
+            f"window {window} s (f·T = {cycles.tolist()})"
         )
     t = np.arange(n_settle + n_window) / sample_rate
     body = np.hstack(
         [
             np.broadcast_to(x, (t.size, x.size)),
-            theta + amps * np.sin(2.0 * math.pi * np.outer(t, freqs)),
+            theta + amps * np.sin(2.0 * math.pi * np.outer(t, np.where(active, freqs, 0.0))),
         ]
     )
     start = np.concatenate([x, theta])
@@ -148,11 +195,14 @@ def noise_frequencies(
     *,
     order: int = 3,
     mains: float | None = 50.0,
+    mains_harmonics: int = 20,
+    mains_guard: float = 0.5,
 ) -> list[float]:
     """Up to `count` grid frequencies m/T clear of DC, the tones and their low-order products.
 
     Taken evenly from the free bins up to the top tone; bins above it (below Nyquist) only when
-    too few are free. Mains harmonics (within 1/T) are avoided too.
+    too few are free. Bins near mains are avoided by the planner's rule (`tones.near_mains`, the
+    same `mains_harmonics` and `mains_guard` defaults).
     """
     bins = [round(f * window) for f in tones]
     signed = [*bins, *(-b for b in bins)]
@@ -160,8 +210,11 @@ def noise_frequencies(
     for k in range(2, order + 1):
         taken.update(abs(sum(c)) for c in combinations_with_replacement(signed, k))
     n_half = math.floor(window * sample_rate / 2)
-    if mains:
-        taken.update(m for m in range(n_half) if _near_mains(m / window, window, mains))
+    grid = np.arange(n_half)
+    hum = near_mains(
+        grid / window, window=window, mains=mains, harmonics=mains_harmonics, guard=mains_guard
+    )
+    taken.update(grid[hum].tolist())
     top = max(bins, default=n_half)
     free = [m for m in range(1, top) if m not in taken]
     if len(free) < count:
@@ -172,33 +225,116 @@ def noise_frequencies(
     return [free[i] / window for i in pick]
 
 
-def _near_mains(f: float, window: float, mains: float) -> bool:
-    h = round(f / mains)
-    return h >= 1 and abs(f - h * mains) < 1.0 / window * (1 - 1e-9)
+def _fold(phi: FloatArray) -> FloatArray:
+    """Phases folded to (−π/2, π/2]: the sign of a derivative is not a phase."""
+    p = np.where(phi > math.pi / 2, phi - math.pi, phi)
+    folded: FloatArray = np.where(p <= -math.pi / 2, p + math.pi, p)
+    return folded
+
+
+def _output_jacobian(task: Task, outputs: FloatArray, step: FloatArray) -> FloatArray:
+    """∂(∂L/∂y)/∂y by central differences, n_cases × n_out × n_cases × n_out (software only).
+
+    Column (c', o') uses the step `step[c', o']` (the output's noise σ: the slope averaged over
+    the noise scale; exact for losses quadratic in y); a zero step leaves the column 0.
+    """
+    y = np.asarray(outputs, dtype=float)
+    jac = np.zeros((*y.shape, *y.shape))
+    for c, o in zip(*np.nonzero(step > 0), strict=True):
+        h = float(step[c, o])
+        up, down = y.copy(), y.copy()
+        up[c, o] += h
+        down[c, o] -= h
+        hi = np.asarray(task.output_gradient(up), dtype=float)
+        lo = np.asarray(task.output_gradient(down), dtype=float)
+        jac[:, :, c, o] = (hi - lo) / (2.0 * h)
+    return jac
+
+
+class CalibrationSettings(BaseModel):
+    """How `calibrate_amplitudes` sweeps the tone amplitudes and picks one per control."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Method = Field(
+        default="harmonic",
+        description="'harmonic': the largest swept A whose third harmonic stays below "
+        "`threshold` of the fundamental; 'optimal': A = (32 S/(T F'''²))^(1/6) from the "
+        "measured noise density S and third derivative F'''",
+    )
+    auto: bool = Field(
+        default=False,
+        description="calibrate at the first estimate that has no calibrated amplitudes; "
+        "its cost is counted in that estimate's evaluations and device seconds",
+    )
+    points: int = Field(default=6, ge=3, description="amplitudes swept per control (geometric)")
+    ratio: float = Field(default=32.0, gt=1, description="largest over smallest swept amplitude")
+    max_amplitude: float | None = Field(
+        default=None,
+        gt=0,
+        description="largest swept amplitude, parameter units; default a quarter of each "
+        "control's range. The sweep's DC level moves inward where the tone would not fit",
+    )
+    threshold: float = Field(
+        default=0.01,
+        gt=0,
+        description="harmonic method: largest |H3|/|H1| accepted (the relative bias of the "
+        "gradient is about 3× this ratio)",
+    )
+    resolve: float = Field(
+        default=3.0,
+        gt=0,
+        description="standard errors above noise for a measured effect to count. optimal "
+        "method: F''' is resolved when Σ F'''² exceeds this many; else its upper bound is "
+        "used (a smaller, conservative amplitude). harmonic method: a third harmonic counts "
+        "against an amplitude only when its power is this far above the noise power",
+    )
+    window: float | None = Field(
+        default=None, gt=0, description="s per calibration stream; default: the estimator's"
+    )
+    noise_records: int = Field(
+        default=2,
+        ge=1,
+        description="streams per case with every tone off, for the noise density at each "
+        "tone and harmonic",
+    )
 
 
 class Homodyne:
-    """Gradient from one tone-modulated stream per input case (needs a Streaming device).
+    """Gradient from tone-modulated streams, one per input case and tone group (needs Streaming).
 
-    Costs one evaluation per case (plus one for the loss); the variance per coordinate does not
-    grow with the number of controls. `calibrate_phase` measures the output chain's phase per tone.
+    Costs one evaluation per case and group (plus one for the loss); in parallel mode the variance
+    per coordinate does not grow with the number of controls. `calibrate_phase` measures the
+    output chain's phase per tone, `calibrate_amplitudes` picks the tone amplitudes.
     """
 
     class Settings(BaseModel):
-        """Window, tone amplitudes and frequencies, waveform timing, noise floor, loss."""
+        """Window, tone amplitudes and frequencies, grouping, timing, noise floor, loss."""
 
         model_config = ConfigDict(extra="forbid")
 
-        window: float = Field(default=0.5, gt=0, description="s demodulated per case")
+        window: float = Field(default=0.5, gt=0, description="s demodulated per stream")
         amplitudes: float | list[float] = Field(
             default=0.02,
             description="tone amplitude per control (one value: all), in the objective's "
-            "parameter units",
+            "parameter units; calibrated amplitudes (`calibrate_amplitudes`) replace them",
         )
         tones: list[float] | None = Field(
             default=None, description="Hz, one per control; default: planned (`plan_tones`)"
         )
+        mode: Mode = Field(
+            default="parallel",
+            description="'parallel': all controls dithered in one stream per case; "
+            "'sequential': one control per stream, the others at DC; 'grouped': "
+            "`group_size` controls per stream. Tones are planned per group",
+        )
+        group_size: int = Field(
+            default=2, ge=1, description="controls per stream in 'grouped' mode"
+        )
         bandwidth: float = Field(default=100.0, gt=0, description="Hz, highest planned tone")
+        f_min: float | None = Field(
+            default=None, ge=0, description="Hz, lowest planned tone; default 1/window"
+        )
         mains: float | None = Field(default=50.0, ge=0, description="Hz, avoided; None: off")
         settle_time: float = Field(default=0.1, ge=0, description="s discarded before window")
         ramp_time: float = Field(default=0.05, gt=0, description="s of ramp in and out")
@@ -208,11 +344,16 @@ class Homodyne:
             description="measure the unperturbed outputs for the loss and ∂L/∂y; "
             "else use the window means",
         )
+        calibration: CalibrationSettings = Field(
+            default_factory=CalibrationSettings,
+            description="amplitude calibration (`calibrate_amplitudes`)",
+        )
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings if settings is not None else self.Settings()
         self._phase_tones: list[float] | None = None
         self._phases: list[float] | None = None
+        self._amplitudes: list[float] | None = None  # calibrated, parameter units
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -221,8 +362,19 @@ class Homodyne:
         """Calibrated output phase per tone (rad), or None (phase 0)."""
         return None if self._phases is None else np.array(self._phases)
 
+    @property
+    def calibrated_amplitudes(self) -> FloatArray | None:
+        """Amplitudes from `calibrate_amplitudes` (parameter units), or None."""
+        return None if self._amplitudes is None else np.array(self._amplitudes)
+
+    def groups(self, objective: Objective) -> list[list[int]]:
+        """The controls dithered together in one stream, by the mode."""
+        s, d = self.settings, objective.dim
+        size = {"parallel": d, "sequential": 1, "grouped": s.group_size}[s.mode]
+        return [list(range(i, min(i + size, d))) for i in range(0, d, size)]
+
     def tones(self, objective: Objective) -> list[float]:
-        """The tone per control: the explicit list, or a plan for this device."""
+        """The tone per control: the explicit list, or a plan per group for this device."""
         s, d = self.settings, objective.dim
         rate = self._sample_rate(objective)
         if s.tones is not None:
@@ -242,23 +394,56 @@ class Homodyne:
             for p in problems:
                 log.warning("homodyne tone plan: %s", p)
             return list(s.tones)
-        try:
-            return plan_tones(
-                d, window=s.window, sample_rate=rate, bandwidth=s.bandwidth, mains=s.mains
-            )
-        except ValueError as exc:
-            raise ConfigError(f"homodyne: {exc}") from None
+        return self._planned(objective, s.window, ())
+
+    def _planned(
+        self, objective: Objective, window: float, harmonics: tuple[int, ...]
+    ) -> list[float]:
+        """A plan per group (one search per group size), as one tone per control."""
+        s = self.settings
+        rate = self._sample_rate(objective)
+        plans: dict[int, list[float]] = {}
+        tones = [0.0] * objective.dim
+        for group in self.groups(objective):
+            n = len(group)
+            if n not in plans:
+                try:
+                    plans[n] = plan_tones(
+                        n,
+                        window=window,
+                        sample_rate=rate,
+                        bandwidth=s.bandwidth,
+                        mains=s.mains,
+                        f_min=s.f_min,
+                        harmonics=harmonics,
+                    )
+                except ValueError as exc:
+                    hint = "" if s.mode == "sequential" else " (or mode 'sequential'/'grouped')"
+                    if harmonics:
+                        hint = (
+                            " — this is the calibration plan, which keeps 3·f_i free: set a "
+                            "longer calibration.window" + hint
+                        )
+                    raise ConfigError(f"homodyne: {exc}{hint}") from None
+            for i, f in zip(group, plans[n], strict=True):
+                tones[i] = f
+        return tones
 
     def amplitudes(self, objective: Objective) -> FloatArray:
-        """Physical tone amplitude per control."""
-        a = np.broadcast_to(np.asarray(self.settings.amplitudes, dtype=float), (objective.dim,))
-        if a.shape != (objective.dim,) or np.any(a <= 0) or not np.all(np.isfinite(a)):
+        """Physical tone amplitude per control (the calibrated ones if calibrated)."""
+        given: float | list[float] = (
+            self._amplitudes if self._amplitudes is not None else self.settings.amplitudes
+        )
+        a = np.asarray(given, dtype=float)
+        if a.ndim > 1 or a.size not in (1, objective.dim):
             raise ConfigError(
-                f"homodyne amplitudes {self.settings.amplitudes}: give one positive value or "
-                f"one per control ({objective.dim})"
+                f"homodyne amplitudes {given}: give one positive value or one per control "
+                f"({objective.dim})"
             )
-        scale = self._scale(objective)
-        physical: FloatArray = a * scale
+        a = np.broadcast_to(a, (objective.dim,))
+        if np.any(a <= 0) or not np.all(np.isfinite(a)):
+            raise ConfigError(f"homodyne amplitudes {given}: must be positive and finite")
+        physical: FloatArray = a * self._scale(objective)
         return physical
 
     @staticmethod
@@ -292,13 +477,44 @@ class Homodyne:
 
     # -- measurement ---------------------------------------------------------------------------
 
-    def device_gradient(self, objective: Objective, theta: FloatArray) -> DeviceGradient:
-        """∂y/∂V per case and selected output from one stream per case (physical units).
+    def _play(
+        self,
+        objective: Objective,
+        dc: FloatArray,
+        amplitudes: FloatArray,
+        tones: Sequence[float],
+        case: FloatArray,
+        window: float,
+    ) -> tuple[FloatArray, float]:
+        """Stream one waveform (one evaluation): the window's selected outputs and its t0."""
+        s, spec = self.settings, objective.device.spec
+        rate = self._sample_rate(objective)
+        wave = synthesize(
+            dc,
+            amplitudes,
+            tones,
+            case,
+            control_names=[c.name for c in spec.controls],
+            input_names=[c.name for c in spec.inputs],
+            sample_rate=rate,
+            window=window,
+            settle_time=s.settle_time,
+            ramp_time=s.ramp_time,
+        )
+        out = self._streamer(objective).stream(wave.samples, wave.channels)
+        objective.evaluations += 1
+        a, b = wave.window
+        y: FloatArray = np.asarray(out, dtype=float)[a:b][:, objective.output_columns]
+        return y, (a - wave.tone_start) / rate
 
-        Each stream counts as one objective evaluation.
+    def device_gradient(self, objective: Objective, theta: FloatArray) -> DeviceGradient:
+        """∂y/∂V per case and selected output, one stream per case and group (physical units).
+
+        Each stream counts as one objective evaluation. Every stream holds the same DC levels
+        (moved inward where a tone would not fit), so all groups see one operating point.
         """
         s = self.settings
-        streamer = self._streamer(objective)
+        self._streamer(objective)
         rate = self._sample_rate(objective)
         t = np.asarray(theta, dtype=float)
         if t.shape != (objective.dim,):
@@ -315,45 +531,50 @@ class Homodyne:
         requested = objective.physical(t)
         dc = np.clip(requested, lo + amps, hi - amps)
         shifted = int(np.sum(dc != requested))
-        spec = objective.device.spec
-        input_names = [c.name for c in spec.inputs]
-        control_names = [c.name for c in spec.controls]
-        noise = noise_frequencies(tones, s.window, rate, s.noise_bins, mains=s.mains)
-        freqs = [*tones, *noise]
+        groups = self.groups(objective)
         cases = objective.device_inputs
         n_cases, n_out, d = cases.shape[0], len(objective.output_columns), objective.dim
         gradient = np.zeros((n_cases, n_out, d))
         stderr = np.zeros((n_cases, n_out, d))
         response = np.zeros((n_cases, n_out, d, 2))
         means = np.zeros((n_cases, n_out))
+        density = np.zeros((n_cases, n_out))
+        plans = []
+        for group in groups:
+            g_tones = [tones[i] for i in group]
+            noise = noise_frequencies(g_tones, s.window, rate, s.noise_bins, mains=s.mains)
+            active = np.zeros(d)
+            active[group] = amps[group]
+            plans.append((group, g_tones, noise, active))
         for c in range(n_cases):
-            wave = synthesize(
-                dc,
-                amps,
-                tones,
-                cases[c],
-                control_names=control_names,
-                input_names=input_names,
-                sample_rate=rate,
-                window=s.window,
-                settle_time=s.settle_time,
-                ramp_time=s.ramp_time,
-            )
-            out = streamer.stream(wave.samples, wave.channels)
-            objective.evaluations += 1
-            a, b = wave.window
-            y = np.asarray(out, dtype=float)[a:b][:, objective.output_columns]
-            x, q = demodulate(y, freqs, rate, (a - wave.tone_start) / rate)
-            xt, qt = x[:d].T, q[:d].T  # n_out × d
-            response[c, :, :, 0], response[c, :, :, 1] = xt, qt
-            gradient[c] = (xt * np.cos(phases) + qt * np.sin(phases)) / amps
-            if noise:
-                floor = np.sqrt(np.mean((x[d:] ** 2 + q[d:] ** 2) / 2.0, axis=0))  # n_out
-                stderr[c] = floor[:, np.newaxis] / amps
-            else:
-                stderr[c] = np.nan
-            means[c] = y.mean(axis=0)
-        return DeviceGradient(gradient, stderr, means, response, tuple(tones), amps, shifted)
+            for group, g_tones, noise, active in plans:
+                y, t0 = self._play(objective, dc, active, tones, cases[c], s.window)
+                x, q = demodulate(y, [*g_tones, *noise], rate, t0)
+                k = len(group)
+                xt, qt = x[:k].T, q[:k].T  # n_out × k
+                response[c, :, group, 0], response[c, :, group, 1] = xt.T, qt.T
+                g = (xt * np.cos(phases[group]) + qt * np.sin(phases[group])) / amps[group]
+                gradient[c, :, group] = g.T
+                if noise:
+                    floor2 = np.mean((x[k:] ** 2 + q[k:] ** 2) / 2.0, axis=0)  # n_out
+                    stderr[c, :, group] = (np.sqrt(floor2)[:, np.newaxis] / amps[group]).T
+                    density[c] += s.window * floor2 / len(groups)  # S = T·E[X²]
+                else:
+                    stderr[c, :, group] = np.nan
+                    density[c] = np.nan
+                means[c] += y.mean(axis=0) / len(groups)
+        return DeviceGradient(
+            gradient,
+            stderr,
+            means,
+            response,
+            tuple(tones),
+            amps,
+            shifted,
+            noise_density=density,
+            groups=tuple(tuple(g) for g in groups),
+            window=s.window,
+        )
 
     def calibrate_phase(self, objective: Objective, theta: FloatArray) -> FloatArray:
         """Measure and store the output chain's phase per tone (one stream per case at θ).
@@ -372,9 +593,7 @@ class Homodyne:
         magnitude = np.hypot(flat[..., 0], flat[..., 1])
         best = np.argmax(magnitude, axis=0)
         idx = np.arange(r.shape[2])
-        phi = np.arctan2(flat[best, idx, 1], flat[best, idx, 0])
-        phi = np.where(phi > math.pi / 2, phi - math.pi, phi)
-        phi = np.where(phi <= -math.pi / 2, phi + math.pi, phi)
+        phi = _fold(np.arctan2(flat[best, idx, 1], flat[best, idx, 0]))
         snr = magnitude[best, idx] / (
             measured.stderr.reshape(-1, r.shape[2])[best, idx] * measured.amplitudes
         )
@@ -395,45 +614,352 @@ class Homodyne:
             )
         return np.array(self._phases)
 
+    # -- amplitude calibration -----------------------------------------------------------------
+
+    def calibrate_amplitudes(
+        self, objective: Objective, theta: FloatArray, *, method: Method | None = None
+    ) -> AmplitudeCalibration:
+        """Sweep the tone amplitudes at θ, pick one per control, store it; return the record.
+
+        First `calibration.noise_records` streams per case with every tone off give the noise
+        density S(f) at every grid frequency (the off-tone floor, read at the bins nearest each
+        tone or harmonic). Then each control's amplitude runs over a geometric grid
+        (`calibration.points`, largest over smallest `calibration.ratio`) up to
+        `calibration.max_amplitude` (default a quarter of the control's range), dithered as the
+        estimates dither (parallel, sequential or grouped), one stream per grid point, group and
+        case, at a DC level that fits the largest tone. The calibration plan keeps 3·f_i free of
+        every tone and product up to third order (and reads 2·f_i where that is free too).
+        Per control:
+
+        - harmonic: the largest swept A with |H3|/|H1| < `threshold`, the powers summed over
+          cases and outputs with the expected noise power at each frequency subtracted; a
+          harmonic power not `resolve` standard errors above the noise does not count (noise
+          alone never shrinks A). For a cubic response H3/H1 = A²F'''/(24 F') while the
+          fundamental's relative bias is A²F'''/(8 F'): the bias is about 3 × the ratio. A
+          low-pass output chain attenuates H3 more than H1, so there the rule errs towards
+          larger amplitudes.
+        - optimal: the apparent gradient X(A)/A = F' + A²F'''/8 is fitted against A² by
+          weighted least squares per case and output, giving F''' and its SE; with S the noise
+          density at the control's estimation tone and T the estimation window,
+          A = (32 ΣS/(T ΣF'''²))^{1/6}, the sums over cases and outputs minimising the summed
+          MSE (A²F'''/8)² + S/(T A²). ΣF'''² is debiased by the fit variances; when it is not
+          above `resolve` standard errors the upper bound max(ΣF'''², 0) + resolve·SE is used
+          instead (logged; a conservative, smaller A). Clipped to the swept range (logged when
+          below it). In parallel mode the fitted slope includes the cross terms ∂³y/∂θ_i∂θ_j²
+          at the swept amplitude ratios, i.e. the bias parallel estimates see; `sequential`
+          gives the pure ∂³y/∂θ_i³.
+
+        Every stream counts as an evaluation on the objective and as device time; the record
+        says what the calibration cost.
+        """
+        s, cs = self.settings, self.settings.calibration
+        chosen_method: Method = method if method is not None else cs.method
+        self._streamer(objective)
+        rate = self._sample_rate(objective)
+        t = np.asarray(theta, dtype=float)
+        if t.shape != (objective.dim,):
+            raise ValueError(f"theta: expected shape ({objective.dim},), got {t.shape}")
+        t_start, e_start = objective.device_time(), objective.evaluations
+        window = cs.window if cs.window is not None else s.window
+        d, scale = objective.dim, self._scale(objective)
+        lo, hi = objective.control_lower, objective.control_upper
+        top = (
+            cs.max_amplitude * scale
+            if cs.max_amplitude is not None
+            else np.asarray((hi - lo) / 4.0, dtype=float)
+        )
+        if np.any(2 * top > hi - lo):
+            raise ConfigError(
+                f"homodyne calibration max_amplitude {cs.max_amplitude}: the largest tone "
+                f"{top.tolist()} V does not fit the control ranges "
+                f"{np.stack([lo, hi], axis=1).tolist()}"
+            )
+        k_pts = cs.points
+        grid = top * cs.ratio ** (-(k_pts - 1 - np.arange(k_pts))[:, np.newaxis] / (k_pts - 1))
+        dc = np.clip(objective.physical(t), lo + top, hi - top)
+        cal_tones = self._planned(objective, window, (3,))
+        groups = self.groups(objective)
+        cases = objective.device_inputs
+        n_cases, n_out = cases.shape[0], len(objective.output_columns)
+
+        # Unperturbed records first (all tones off): every grid bin is free there, so the noise
+        # density can be read right next to each tone and harmonic. (In a parallel plan the
+        # products of the tones occupy nearly every bin below the top tone, and 1/f noise
+        # differs a lot between a low tone and the few free bins far above it.)
+        power = np.zeros((n_cases, math.floor(window * rate / 2), n_out))  # E[X²] per bin
+        for _ in range(cs.noise_records):
+            for c in range(n_cases):
+                y, _t0 = self._play(objective, dc, np.zeros(d), cal_tones, cases[c], window)
+                spectrum = np.fft.rfft(y - y.mean(axis=0), axis=0)[: power.shape[1]]
+                power[c] += 2.0 * np.abs(spectrum) ** 2 / y.shape[0] ** 2 / cs.noise_records
+        bins = np.arange(power.shape[1])
+        usable = (bins > 0) & ~near_mains(bins / window, window=window, mains=s.mains)
+
+        def local(frequencies: Sequence[float]) -> FloatArray:
+            """E[X²] per case, output and control at its frequency: the nearest usable bins."""
+            out = np.zeros((n_cases, n_out, d))
+            candidates = bins[usable]
+            for i, f in enumerate(frequencies):
+                near = candidates[np.argsort(np.abs(candidates / window - f))[:_NEAREST_BINS]]
+                out[:, :, i] = power[:, near, :].mean(axis=1)
+            return out
+
+        h1 = np.zeros((k_pts, n_cases, n_out, d), dtype=complex)
+        h2 = np.full((k_pts, n_cases, n_out, d), np.nan, dtype=complex)
+        h3 = np.zeros((k_pts, n_cases, n_out, d), dtype=complex)
+        plans = []
+        for group in groups:
+            g_tones = [cal_tones[i] for i in group]
+            problems = check_plan(
+                g_tones,
+                window=window,
+                sample_rate=rate,
+                bandwidth=rate / 2,
+                mains=s.mains,
+                nyquist_fraction=1.0,
+                harmonics=(2,),
+            )
+            busy = {p.index for p in problems if p.product.startswith("2·f")}
+            free2 = [j for j in range(len(group)) if j not in busy]
+            freqs = [*g_tones, *(3 * f for f in g_tones), *(2 * g_tones[j] for j in free2)]
+            plans.append((group, free2, freqs))
+        for k in range(k_pts):
+            for group, free2, freqs in plans:
+                active = np.zeros(d)
+                active[group] = grid[k, group]
+                n_g = len(group)
+                for c in range(n_cases):
+                    y, t0 = self._play(objective, dc, active, cal_tones, cases[c], window)
+                    x, q = demodulate(y, freqs, rate, t0)
+                    z = x + 1j * q  # len(freqs) × n_out
+                    h1[k, c, :, group] = z[:n_g]
+                    h3[k, c, :, group] = z[n_g : 2 * n_g]
+                    for m, j in enumerate(free2):
+                        h2[k, c, :, group[j]] = z[2 * n_g + m]
+
+        # the noise where each quantity is read: 1/f noise makes it differ from tone to tone
+        noise2 = local(cal_tones)
+        noise3 = local([3 * f for f in cal_tones])
+        noise_2f = local([2 * f for f in cal_tones])
+        # the phase of the chain at each calibration tone: the strongest top-amplitude response
+        top_resp = h1[-1].reshape(-1, d)
+        phi = _fold(np.angle(top_resp[np.argmax(np.abs(top_resp), axis=0), np.arange(d)]))
+        slope = np.real(h1 * np.exp(-1j * phi)) / grid[:, np.newaxis, np.newaxis, :]
+        third, third_se = self._fit_third(slope, grid, noise2)
+
+        # harmonic ratios, noise power subtracted (E|noise|² = 2·E[X²] per output and case)
+        p1 = np.sum(np.abs(h1) ** 2, axis=(1, 2)) - 2.0 * noise2.sum(axis=(0, 1))
+        p3 = np.sum(np.abs(h3) ** 2, axis=(1, 2)) - 2.0 * noise3.sum(axis=(0, 1))
+        p2 = np.sum(np.abs(h2) ** 2, axis=(1, 2)) - 2.0 * noise_2f.sum(axis=(0, 1))
+        third_ratio = self._ratio(p3, p1)
+        second_ratio = self._ratio(p2, p1)  # NaN where 2f was not free
+        # a harmonic counts against an amplitude only when it is resolved above the noise: the
+        # noise part of Σ|H3|² is a sum of scaled χ²₂ terms, taken as χ² with the effective
+        # degrees of freedom ν = 2(Σn)²/Σn²; its upper quantile at the one-sided normal level of
+        # `resolve` SDs is what H3 must beat
+        n3 = 2.0 * noise3.sum(axis=(0, 1))  # expected noise power in Σ|H3|², per control
+        with np.errstate(divide="ignore", invalid="ignore"):
+            nu = 2.0 * n3**2 / np.sum((2.0 * noise3) ** 2, axis=(0, 1))
+            quantile = n3 * chi2.ppf(norm.cdf(cs.resolve), nu) / nu
+        excess = np.sum(np.abs(h3) ** 2, axis=(1, 2)) - np.nan_to_num(quantile)
+        too_big = excess > cs.threshold**2 * np.maximum(p1, 0.0)  # K × d
+        harmonic_choice = np.empty(d)
+        for i in range(d):
+            ok = np.flatnonzero(~too_big[:, i])
+            if ok.size == 0:
+                log.warning(
+                    "homodyne amplitude calibration: control %d has |H3|/|H1| >= %g even at "
+                    "the smallest swept amplitude %g; using that",
+                    i,
+                    cs.threshold,
+                    grid[0, i],
+                )
+                harmonic_choice[i] = grid[0, i]
+            else:
+                harmonic_choice[i] = grid[ok[-1], i]
+
+        # the bias–variance optimum at the estimation tones and window
+        density = window * local(self.tones(objective))  # S = T·E[X²]
+        q_sum = np.sum(third**2 - third_se**2, axis=(0, 1))
+        q_sd = np.sqrt(np.sum(4 * third**2 * third_se**2 + 2 * third_se**4, axis=(0, 1)))
+        resolved = q_sum > cs.resolve * q_sd
+        bound = np.maximum(q_sum, 0.0) + cs.resolve * np.sqrt(np.sum(2 * third_se**4, axis=(0, 1)))
+        f3_squared = np.where(resolved, q_sum, bound)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            optimal = (32.0 * density.sum(axis=(0, 1)) / (s.window * f3_squared)) ** (1.0 / 6.0)
+        # no F''' at all (0/0) leaves the variance term alone: the largest amplitude
+        optimal = np.where(np.isfinite(optimal), optimal, top)
+        optimal_choice = np.clip(optimal, grid[0], top)
+        if chosen_method == "optimal":
+            if not np.all(resolved):
+                log.warning(
+                    "homodyne amplitude calibration: F''' not resolved above noise on controls "
+                    "%s; their optimal amplitude uses the upper bound of ΣF'''² (a conservative, "
+                    "smaller amplitude, at most the top of the sweep)",
+                    np.flatnonzero(~resolved).tolist(),
+                )
+            below = np.flatnonzero(optimal < grid[0])
+            if below.size:
+                log.warning(
+                    "homodyne amplitude calibration: the optimal amplitude of controls %s lies "
+                    "below the sweep (noise-free outputs?); using the smallest swept amplitude",
+                    below.tolist(),
+                )
+
+        physical = harmonic_choice if chosen_method == "harmonic" else optimal_choice
+        amplitudes = physical / scale
+        self._amplitudes = amplitudes.tolist()
+        result = AmplitudeCalibration(
+            method=chosen_method,
+            amplitudes=amplitudes,
+            physical=physical,
+            grid=grid,
+            harmonic_choice=harmonic_choice,
+            optimal_choice=optimal_choice,
+            third_ratio=third_ratio,
+            second_ratio=second_ratio,
+            slope=slope,
+            third_derivative=third,
+            third_derivative_se=third_se,
+            noise_density=density,
+            resolved=resolved,
+            tones=tuple(cal_tones),
+            window=window,
+            evaluations=objective.evaluations - e_start,
+            device_seconds=objective.device_time() - t_start,
+        )
+        log.info(
+            "homodyne amplitude calibration (%s): %s V in %d streams, %.3g device s",
+            chosen_method,
+            np.array2string(physical, precision=4),
+            result.evaluations,
+            result.device_seconds,
+        )
+        return result
+
+    @staticmethod
+    def _ratio(numerator: FloatArray, denominator: FloatArray) -> FloatArray:
+        """√(num/den) with negative (noise-dominated) powers as 0; 0/0 = 0, x/0 = inf."""
+        num, den = np.maximum(numerator, 0.0), np.maximum(denominator, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.sqrt(num / den)
+        ratio: FloatArray = np.where(num == 0, 0.0, np.where(den == 0, np.inf, r))
+        return np.where(np.isnan(numerator), np.nan, ratio)
+
+    @staticmethod
+    def _fit_third(
+        slope: FloatArray, grid: FloatArray, noise2: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
+        """F''' and its SE per case, output and control from X(A)/A = g + b·A², F''' = 8b.
+
+        Weighted least squares with Var(X/A) = E[X²]/A² (the off-tone floor), so the largest
+        amplitudes carry the fit. The fifth-order term A⁴F⁽⁵⁾/192 is not modelled: on wide sweeps
+        it bends the line (on the analytic device by up to about 15 % of F''' at A = 0.5), while
+        fitting it as well costs about ten times the standard error.
+        """
+        k_pts, n_cases, n_out, d = slope.shape
+        third = np.zeros((n_cases, n_out, d))
+        third_se = np.zeros((n_cases, n_out, d))
+        for i in range(d):
+            design = np.stack([np.ones(k_pts), grid[:, i] ** 2], axis=1)
+            w = grid[:, i, np.newaxis]  # 1/SE up to the floor, which is common to the K points
+            weighted = design * w
+            columns = slope[:, :, :, i].reshape(k_pts, -1) * w
+            coef = np.linalg.lstsq(weighted, columns, rcond=None)[0]
+            cov = np.linalg.inv(weighted.T @ weighted)
+            third[:, :, i] = 8.0 * coef[1].reshape(n_cases, n_out)
+            third_se[:, :, i] = 8.0 * np.sqrt(cov[1, 1] * noise2[:, :, i])
+        return third, third_se
+
+    # -- the estimate ----------------------------------------------------------------------------
+
     def estimate(self, objective: Objective, theta: FloatArray) -> GradientEstimate:
-        """∂L/∂θ = Σ_c ∂L/∂y_c · ∂y_c/∂θ, one stream per case (+1 loss measurement)."""
+        """∂L/∂θ = Σ_c ∂L/∂y_c · ∂y_c/∂θ, one stream per case and group (+1 loss measurement).
+
+        The standard error combines, per coordinate, the demodulation noise, Σ (∂L/∂y)²·SE(∂y/∂θ)²,
+        and the noise of the outputs ŷ that ∂L/∂y is evaluated at: with J = ∂(∂L/∂y)/∂y (central
+        differences of `task.output_gradient`, software only) and v the variance of ŷ, to first
+        order Σ_{c'} v_{c'} (Σ_c J_{c c'} ∂y_c/∂θ)², with the measured ∂y/∂θ plugged in (its own
+        noise then adds, in expectation, the product term Σ_c (Σ_{c'} J_{c c'}² v_{c'}) SE²).
+        The ŷ are assumed independent of the demodulated noise (separate plateaus, or the window
+        mean, which white noise leaves uncorrelated with the tones). v comes from the off-tone
+        noise density S of each case (white-noise approximation):
+        S·fs/(2 n) for a plateau mean of n samples (`measure_loss`, n = spec.plateau_samples or 1),
+        S/(2 T·streams) for the window means. Slow (1/f, drift) noise on the plateaus is not in it.
+        """
+        s = self.settings
         self._streamer(objective)
         t = np.asarray(theta, dtype=float)
         t0, e0 = objective.device_time(), objective.evaluations
-        outputs = objective.outputs(t) if self.settings.measure_loss else None
+        extras: dict[str, float] = {}
+        if s.calibration.auto and self._amplitudes is None:
+            calibration = self.calibrate_amplitudes(objective, t)
+            extras["calibration_evaluations"] = float(calibration.evaluations)
+            extras["calibration_seconds"] = calibration.device_seconds
+        outputs = objective.outputs(t) if s.measure_loss else None
         measured = self.device_gradient(objective, t)
+        density = (
+            measured.noise_density
+            if measured.noise_density is not None
+            else np.full(measured.window_mean.shape, np.nan)
+        )
+        spec = objective.device.spec
         if outputs is None:
             outputs = measured.window_mean
-        loss = objective.task.loss(outputs)
-        dl_dy = np.asarray(objective.task.output_gradient(outputs), dtype=float)
+            out_var = density / (2.0 * s.window * len(measured.groups))
+        else:
+            n_plateau = spec.plateau_samples or 1
+            out_var = density * self._sample_rate(objective) / (2.0 * n_plateau)
+        task = objective.task
+        loss = task.loss(outputs)
+        dl_dy = np.asarray(task.output_gradient(outputs), dtype=float)
         scale = self._scale(objective)
         gradient = np.einsum("co,cod->d", dl_dy, measured.gradient) * scale
-        variance = np.einsum("co,cod->d", dl_dy**2, measured.stderr**2)
+        var_device = np.einsum("co,cod->d", dl_dy**2, measured.stderr**2)
+        jac = _output_jacobian(task, outputs, np.sqrt(np.nan_to_num(out_var)))
+        through = np.einsum("coab,cod->abd", jac, measured.gradient)  # ∂G/∂ŷ_ab
+        var_outputs = np.einsum("ab,abd->d", out_var, through**2)
+        variance = var_device + var_outputs
+        total = float(np.sum(variance))
+        extras.update(
+            {
+                "window": s.window,
+                "f_min": min(measured.tones),
+                "f_max": max(measured.tones),
+                "shifted": float(measured.shifted),
+                "groups": float(len(measured.groups)),
+                "streams": float(len(measured.groups) * objective.device_inputs.shape[0]),
+                "output_noise_share": float(np.sum(var_outputs)) / total if total > 0 else 0.0,
+            }
+        )
         return GradientEstimate(
             gradient=gradient,
             loss=float(loss),
             evaluations=objective.evaluations - e0,
             device_seconds=objective.device_time() - t0,
             stderr=np.sqrt(variance) * scale,
-            extras={
-                "window": self.settings.window,
-                "f_min": min(measured.tones),
-                "f_max": max(measured.tones),
-                "shifted": float(measured.shifted),
-            },
+            extras=extras,
         )
 
     # -- checkpoint ----------------------------------------------------------------------------
 
     def state_dict(self) -> JSONDict:
-        """The calibrated phases and the tones they belong to (None: uncalibrated)."""
-        return {"tones": self._phase_tones, "phases": self._phases}
+        """Calibrated phases with their tones, and calibrated amplitudes (None: uncalibrated)."""
+        return {"tones": self._phase_tones, "phases": self._phases, "amplitudes": self._amplitudes}
 
     def load_state_dict(self, state: JSONDict) -> None:
         tones, phases = state.get("tones"), state.get("phases")
-        extra = sorted(set(state) - {"tones", "phases"})
+        amplitudes = state.get("amplitudes")  # absent in checkpoints from before calibration
+        extra = sorted(set(state) - {"tones", "phases", "amplitudes"})
         if extra:
             raise ValueError(f"Homodyne state: unknown keys {extra}")
+        if amplitudes is not None:
+            values = [float(a) for a in amplitudes]
+            if not values or not all(math.isfinite(a) and a > 0 for a in values):
+                raise ValueError("Homodyne state: amplitudes must be positive and finite")
+            self._amplitudes = values
+        else:
+            self._amplitudes = None
         if tones is None and phases is None:
             self._phase_tones = self._phases = None
             return

@@ -13,8 +13,15 @@ import pytest
 from hil.core import ConfigError, DeviceBase, DeviceSpec, FloatArray, Streaming, VirtualClock
 from hil.safety import SafetyGuard, SafetyLimits
 from protocols.base import GradientEstimator, Objective
-from protocols.homodyne import Homodyne, demodulate, noise_frequencies, synthesize
+from protocols.homodyne import (
+    Homodyne,
+    _output_jacobian,
+    demodulate,
+    noise_frequencies,
+    synthesize,
+)
 from protocols.tasks import RegressionTask
+from protocols.tones import check_plan, near_mains
 from simulators.analytic import AnalyticDevice
 
 N_CASES = 4
@@ -150,6 +157,40 @@ def test_noise_frequencies_avoid_tones_and_their_products() -> None:
         assert abs(f - 50.0 * round(f / 50.0)) >= 2.0 or round(f / 50.0) == 0
 
 
+def test_noise_bins_follow_the_planners_mains_rule() -> None:
+    # T = 10 s: 1/T = 0.1 Hz, so the planner's guard of 0.5 Hz is what keeps bins off mains.
+    window, tones = 10.0, [2.0, 60.0]
+    noise = np.array(noise_frequencies(tones, window, FS, 500))
+    assert noise.size == 500
+    assert noise.min() < 45.0
+    assert noise.max() > 55.0
+    assert not np.any(near_mains(noise, window=window))  # ... but keep the planner's distance
+    assert np.min(np.abs(noise - 50.0)) >= 0.5
+    # The planner refuses a tone there by the same rule, and accepts one just outside.
+    assert check_plan([2.0, 50.3], window=window, sample_rate=FS, bandwidth=100.0)
+    assert check_plan([2.0, 50.5], window=window, sample_rate=FS, bandwidth=100.0) == []
+    assert near_mains(50.3, window=window)
+    assert not near_mains(50.5, window=window)
+
+
+def test_a_zero_amplitude_control_holds_its_level_whatever_its_tone() -> None:
+    wave = synthesize(
+        np.array([0.5, -0.3]),
+        np.array([0.05, 0.0]),
+        [2.0, 0.0],  # the second tone is ignored: not coherent, but silent
+        np.zeros(0),
+        control_names=["c0", "c1"],
+        input_names=[],
+        sample_rate=FS,
+        window=0.5,
+        settle_time=0.0,
+        ramp_time=0.01,
+    )
+    a, b = wave.window
+    np.testing.assert_array_equal(wave.samples[a:b, 1], -0.3)
+    assert float(np.ptp(wave.samples[a:b, 0])) == pytest.approx(0.1, abs=1e-3)
+
+
 # -- the demodulated device gradient ---------------------------------------------------------------
 
 
@@ -233,6 +274,103 @@ def test_loss_gradient_is_the_chain_rule_of_the_true_gradient() -> None:
     assert est.stderr.shape == (5,)
 
 
+def test_output_jacobian_of_the_mse_is_its_constant_hessian() -> None:
+    device = make_device()
+    task = make_task(device)
+    outputs = device.true_output(THETA, task.inputs)
+    jac = _output_jacobian(task, outputs, np.full(outputs.shape, 0.1))
+    expected = np.eye(N_CASES).reshape(N_CASES, 1, N_CASES, 1) * 2.0 / N_CASES
+    np.testing.assert_allclose(jac, expected, atol=1e-12)
+    # a zero step (a noise-free output) leaves its column out
+    step = np.full(outputs.shape, 0.1)
+    step[1] = 0.0
+    np.testing.assert_array_equal(_output_jacobian(task, outputs, step)[:, :, 1], 0.0)
+
+
+def test_loss_gradient_is_unbiased_and_its_standard_error_includes_the_output_noise() -> None:
+    """Repeated estimates: the mean is the true loss gradient, the spread the reported SE.
+
+    Targets 0.05 from the outputs make ∂L/∂y small, so most of the variance comes from the
+    noise of the measured outputs ∂L/∂y is evaluated at — the part an SE of
+    Σ(∂L/∂y)²SE(∂y/∂θ)² alone would miss.
+    """
+    repeats = 120
+    device = make_device(seed=7, noise={"white": 0.02})
+    x = np.random.default_rng(42).uniform(-0.8, 0.8, size=(N_CASES, 2))
+    signs = np.array([1.0, -1.0, 1.0, -1.0])[:, np.newaxis]
+    task = RegressionTask.from_arrays(x, device.true_output(THETA, x) + 0.05 * signs)
+    objective = Objective(device, task)
+    estimator = make_estimator()
+    runs = [estimator.estimate(objective, THETA) for _ in range(repeats)]
+    grads = np.array([r.gradient for r in runs])
+    stderr = np.array([r.stderr for r in runs if r.stderr is not None])
+    share = float(np.mean([r.extras["output_noise_share"] for r in runs]))
+    spread = grads.std(axis=0, ddof=1)
+    # Unbiased: the mean within 3.5 standard errors of the mean (5 coordinates; the third-order
+    # bias A²F‴/8 ≈ 5e-5·F‴ is far below spread/√repeats ≥ 3e-4).
+    true = true_loss_gradient(device, task, THETA)
+    z = (grads.mean(axis=0) - true) / (spread / math.sqrt(repeats))
+    assert np.all(np.abs(z) < 3.5), z
+    # A sample SD over n repeats has relative SD 1/√(2(n−1)) = 0.065 here; the reported SE is
+    # averaged over the repeats (its own scatter is negligible). The coordinates share the
+    # output noise, so the pooled ratio gets no more degrees of freedom than one coordinate:
+    # 3 SDs pooled, 3.5 per coordinate.
+    rel = 1 / math.sqrt(2 * (repeats - 1))
+    per_coordinate = spread / np.sqrt(np.mean(stderr**2, axis=0))
+    pooled = math.sqrt(float(np.sum(spread**2) / np.sum(np.mean(stderr**2, axis=0))))
+    assert np.all(np.abs(per_coordinate - 1) < 3.5 * rel), per_coordinate
+    assert abs(pooled - 1) < 3 * rel, pooled
+    # Without the output-noise term the pooled ratio would be pooled/√(1 − share): far out.
+    assert share > 0.5
+    assert pooled / math.sqrt(1 - share) - 1 > 3 * rel
+
+
+def test_sequential_and_grouped_modes_agree_with_parallel_and_cost_more_streams() -> None:
+    device = make_device(seed=5, noise={"white": 0.01})
+    task = make_task(device)
+    objective = Objective(device, task)
+    stream = 0.05 + 0.1 + 0.5 + 0.05  # ramp, settle, window, ramp
+    plateau = N_CASES * device.spec.plateau_time()  # the loss measurement
+    runs = {}
+    for mode, groups in (("parallel", 1), ("grouped", 3), ("sequential", 5)):
+        estimator = make_estimator(mode=mode, group_size=2)
+        assert len(estimator.groups(objective)) == groups
+        est = estimator.estimate(objective, THETA)
+        assert est.evaluations == N_CASES * groups + 1
+        assert est.extras["streams"] == N_CASES * groups
+        assert est.device_seconds == pytest.approx(N_CASES * groups * stream + plateau)
+        runs[mode] = est
+    # One tone per stream: the plan is the lowest bin; groups of two need fewer, lower tones.
+    assert runs["sequential"].extras["f_max"] == 2.0
+    assert runs["grouped"].extras["f_max"] < runs["parallel"].extras["f_max"]
+    # Same gradient within noise: each difference is between independent estimates, so its SD
+    # is √(SE₁² + SE₂²); 3.5 of those over 10 comparisons. (The cross-term bias of parallel
+    # dithering, A²F_ijj/4 ≈ 1e-4·F_ijj, is far below.)
+    base = runs["parallel"]
+    assert base.stderr is not None
+    for mode in ("grouped", "sequential"):
+        other = runs[mode]
+        assert other.stderr is not None
+        z = (other.gradient - base.gradient) / np.hypot(other.stderr, base.stderr)
+        assert np.all(np.abs(z) < 3.5), (mode, z)
+    # And noise-free, all three agree with the true gradient to the O(A²) bias.
+    quiet = make_device()
+    quiet_objective = Objective(quiet, make_task(quiet))
+    expected = true_loss_gradient(quiet, make_task(quiet), THETA)
+    for mode in ("parallel", "grouped", "sequential"):
+        got = make_estimator(mode=mode, group_size=2).estimate(quiet_objective, THETA).gradient
+        np.testing.assert_allclose(got, expected, rtol=0, atol=2e-3 * np.abs(expected).max())
+
+
+def test_phase_calibration_works_per_group() -> None:
+    device = make_device(cutoff=150.0)
+    objective = Objective(device, make_task(device))
+    estimator = make_estimator(mode="grouped", group_size=2)
+    tones = np.array(estimator.tones(objective))
+    phases = estimator.calibrate_phase(objective, THETA)
+    np.testing.assert_allclose(phases, np.angle(device.lowpass_response(tones)), atol=1e-3)
+
+
 def test_normalized_objective_gets_the_gradient_in_parameter_space() -> None:
     device = make_device(control_min=-1.0, control_max=0.6)
     task = make_task(device)
@@ -300,7 +438,7 @@ def test_state_dict_round_trips_the_calibrated_phases() -> None:
     device = make_device(cutoff=150.0)
     objective = Objective(device, make_task(device))
     estimator = make_estimator()
-    assert estimator.state_dict() == {"tones": None, "phases": None}
+    assert estimator.state_dict() == {"tones": None, "phases": None, "amplitudes": None}
     estimator.calibrate_phase(objective, THETA)
     state = json.loads(json.dumps(estimator.state_dict()))
     other = make_estimator()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocols.tones import Collision, check_plan, plan_tones
+from protocols.tones import Collision, check_plan, near_mains, plan_tones
 
 FS, BW = 1000.0, 100.0  # the rig: 1 kHz sampling, 100 Hz device bandwidth
 
@@ -91,6 +92,55 @@ def test_mains_harmonics_are_caught() -> None:
     assert check_plan([150], window=1.0, sample_rate=2000.0, bandwidth=200.0, mains=None) == []
 
 
+def test_near_mains_is_the_rule_the_check_uses() -> None:
+    # reach max(1/T, guard): 1 Hz at T = 1 s, the 0.5 Hz guard at T = 10 s; exclusive
+    f = np.array([49.01, 49.0, 150.4, 150.5, 1000.0, 1050.0])
+    np.testing.assert_array_equal(near_mains(f, window=1.0), [True, False, True, True, True, False])
+    np.testing.assert_array_equal(
+        near_mains(f, window=10.0), [False, False, True, False, True, False]
+    )
+    # 1050 Hz is the 21st harmonic: beyond the default 20
+    assert near_mains(1050.0, window=1.0, harmonics=21)
+    assert not near_mains(f, window=1.0, mains=None).any()
+    for fk, window in ((49.01, 1.0), (150.4, 10.0), (150.5, 10.0)):
+        flagged = any(
+            "mains" in c.product
+            for c in check_plan([fk], window=window, sample_rate=4000.0, bandwidth=2000.0)
+        )
+        assert flagged == bool(near_mains(fk, window=window))
+
+
+def test_harmonic_bins_are_checked() -> None:
+    # 3·10 = 30 = 13 + 17: the third harmonic of f0 meets a product of the other tones
+    found = check_plan([10, 13, 17], window=1.0, sample_rate=FS, bandwidth=BW, harmonics=(3,))
+    assert (0, "3·f0 = 30 Hz meets f1+f2") in products(found)
+    # without harmonics the plan is sound
+    assert check_plan([10, 13, 17], window=1.0, sample_rate=FS, bandwidth=BW) == []
+    # 2·11 = 22 is another tone; with 37 no tone or product up to third order is 22
+    assert check_plan([11, 37], window=1.0, sample_rate=FS, bandwidth=BW, harmonics=(2,)) == []
+    found = check_plan([11, 22], window=1.0, sample_rate=FS, bandwidth=BW, harmonics=(2,))
+    assert (0, "2·f0 = 22 Hz meets f1") in products(found)
+    # harmonics must lie below Nyquist and away from mains
+    found = check_plan([90], window=1.0, sample_rate=500.0, bandwidth=BW, harmonics=(3,))
+    assert (0, "3·f0 = 270 Hz not below fs/2 = 250 Hz") in products(found)
+    found = check_plan([16.8], window=10.0, sample_rate=FS, bandwidth=BW, harmonics=(3,))
+    assert (0, "3·f0 = 50.4 Hz near mains 50 Hz") in products(found)
+    with pytest.raises(ValueError, match="harmonics"):
+        check_plan([10], window=1.0, sample_rate=FS, bandwidth=BW, harmonics=(1,))
+
+
+def test_a_plan_can_keep_third_harmonics_free() -> None:
+    plain = plan_tones(5, window=0.5, sample_rate=FS, bandwidth=BW)
+    # the default plan has 3·f0 = 6 Hz = f1 − f0
+    assert check_plan(plain, window=0.5, sample_rate=FS, bandwidth=BW, harmonics=(3,))
+    free = plan_tones(5, window=0.5, sample_rate=FS, bandwidth=BW, harmonics=(3,))
+    assert check_plan(free, window=0.5, sample_rate=FS, bandwidth=BW, harmonics=(3,)) == []
+    both = plan_tones(4, window=0.5, sample_rate=FS, bandwidth=BW, harmonics=(2, 3))
+    assert check_plan(both, window=0.5, sample_rate=FS, bandwidth=BW, harmonics=(2, 3)) == []
+    with pytest.raises(ValueError, match="harmonics"):
+        plan_tones(7, window=0.2, sample_rate=FS, bandwidth=BW, harmonics=(3,))
+
+
 def test_incoherent_tones_are_caught() -> None:
     found = check_plan([12.5, 31], window=1.0, sample_rate=FS, bandwidth=BW)
     assert products(found) == {(0, "not coherent: f·T = 12.5")}
@@ -153,14 +203,27 @@ def test_impossible_plan_says_what_to_change() -> None:
     bandwidth=st.floats(5.0, 500.0),
     order=st.integers(1, 3),
     mains=st.sampled_from([50.0, 60.0, None]),
+    harmonics=st.sampled_from([(), (), (3,), (2, 3)]),
 )
 def test_every_plan_passes_the_check(
-    n: int, window: float, sample_rate: float, bandwidth: float, order: int, mains: float | None
+    n: int,
+    window: float,
+    sample_rate: float,
+    bandwidth: float,
+    order: int,
+    mains: float | None,
+    harmonics: tuple[int, ...],
 ) -> None:
     failure = ""
     try:
         plan = plan_tones(
-            n, window=window, sample_rate=sample_rate, bandwidth=bandwidth, order=order, mains=mains
+            n,
+            window=window,
+            sample_rate=sample_rate,
+            bandwidth=bandwidth,
+            order=order,
+            mains=mains,
+            harmonics=harmonics,
         )
     except ValueError as error:
         failure, plan = str(error), []
@@ -176,6 +239,7 @@ def test_every_plan_passes_the_check(
             bandwidth=bandwidth,
             order=order,
             mains=mains,
+            harmonics=harmonics,
         )
         == []
     )
