@@ -12,6 +12,7 @@ from simulators.analog_mlp import AnalogMLPDevice
 from simulators.analytic import AnalyticDevice
 from simulators.crossbar import CrossbarDevice
 from simulators.dnpu import DNPUDevice
+from simulators.landscape import LandscapeDevice
 
 QUIET = {"white": 0.0, "relative": 0.0, "flicker_psd": 0.0, "drift_std": 0.0}
 
@@ -54,11 +55,17 @@ def crossbar(seed: int, noise: bool) -> Device:
     )
 
 
+def landscape(seed: int, noise: bool) -> Device:
+    settings = {"dim": 4, "noise": 0.1 if noise else 0.0}
+    return LandscapeDevice(LandscapeDevice.Settings.model_validate(settings), seed=seed)
+
+
 FACTORIES: dict[str, DeviceFactory] = {
     "analytic": analytic,
     "dnpu": dnpu,
     "analog-mlp": analog_mlp,
     "crossbar": crossbar,
+    "landscape": landscape,
 }
 CASES = [
     pytest.param(check, id=f"{device}-{name}")
