@@ -37,7 +37,7 @@ def test_each_estimator_runs_from_a_config_and_checkpoints(tmp_path: Path, name:
     json.dumps(checkpoint, allow_nan=False)  # strict JSON: no NaN or inf smuggled in
     steps = [r for r in RunDirectory(outcome.path).events() if r["event"] == "step"]
     assert len(steps) == 6
-    assert all(int(s["evaluations"]) > 0 for s in steps)  # type: ignore[call-overload]
+    assert all(int(s["evaluations"]) > 0 for s in steps)
 
 
 def test_node_perturbation_trains_the_analog_chip_through_the_guard(tmp_path: Path) -> None:
@@ -53,4 +53,4 @@ def test_node_perturbation_trains_the_analog_chip_through_the_guard(tmp_path: Pa
     outcome = start_run(config, tmp_path / "runs")
     assert outcome.status is RunStatus.COMPLETED, outcome.reason
     steps = [r for r in RunDirectory(outcome.path).events() if r["event"] == "step"]
-    assert float(outcome.summary["best_loss"]) < float(steps[0]["loss"])  # type: ignore[arg-type]
+    assert float(outcome.summary["best_loss"]) < float(steps[0]["loss"])
