@@ -117,6 +117,13 @@ class Objective:
         theta: FloatArray = 2.0 * (c - self.control_lower) / span - 1.0
         return theta
 
+    def parameter_scale(self) -> FloatArray:
+        """dV/dθ per control: half the span when normalized, else 1 (for chain rules)."""
+        if self.normalized:
+            half: FloatArray = (self.control_upper - self.control_lower) / 2.0
+            return half
+        return np.ones(self.dim)
+
     @property
     def dim(self) -> int:
         return int(self.control_lower.size)

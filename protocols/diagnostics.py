@@ -108,7 +108,7 @@ def oracle_gradient(objective: Objective, theta: FloatArray, oracle: GradientOra
     outputs = np.asarray(oracle.true_output(controls, inputs), dtype=float)[:, [column]]
     dl_dy = np.asarray(objective.task.output_gradient(outputs), dtype=float)[:, 0]
     jacobian = np.asarray(oracle.true_gradient(controls, inputs), dtype=float)
-    gradient: FloatArray = dl_dy @ jacobian * _scale(objective)
+    gradient: FloatArray = dl_dy @ jacobian * objective.parameter_scale()
     return Reference(gradient=gradient, stderr=None, kind="oracle")
 
 
@@ -159,14 +159,6 @@ def assess(estimates: list[GradientEstimate], reference: Reference) -> GradientQ
         evaluations=float(np.mean([e.evaluations for e in estimates])),
         device_seconds=float(np.mean([e.device_seconds for e in estimates])),
     )
-
-
-def _scale(objective: Objective) -> FloatArray:
-    """dV/dθ per control: span/2 for normalized parameters, else 1."""
-    if objective.normalized:
-        half: FloatArray = (objective.control_upper - objective.control_lower) / 2.0
-        return half
-    return np.ones(objective.dim)
 
 
 def _finite_median(values: FloatArray) -> float | None:

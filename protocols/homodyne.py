@@ -443,16 +443,8 @@ class Homodyne:
         a = np.broadcast_to(a, (objective.dim,))
         if np.any(a <= 0) or not np.all(np.isfinite(a)):
             raise ConfigError(f"homodyne amplitudes {given}: must be positive and finite")
-        physical: FloatArray = a * self._scale(objective)
+        physical: FloatArray = a * objective.parameter_scale()
         return physical
-
-    @staticmethod
-    def _scale(objective: Objective) -> FloatArray:
-        """dV/dθ per control: span/2 when normalized, else 1."""
-        if objective.normalized:
-            half: FloatArray = (objective.control_upper - objective.control_lower) / 2.0
-            return half
-        return np.ones(objective.dim)
 
     @staticmethod
     def _streamer(objective: Objective) -> Streaming:
@@ -661,7 +653,7 @@ class Homodyne:
             raise ValueError(f"theta: expected shape ({objective.dim},), got {t.shape}")
         t_start, e_start = objective.device_time(), objective.evaluations
         window = cs.window if cs.window is not None else s.window
-        d, scale = objective.dim, self._scale(objective)
+        d, scale = objective.dim, objective.parameter_scale()
         lo, hi = objective.control_lower, objective.control_upper
         top = (
             cs.max_amplitude * scale
@@ -913,7 +905,7 @@ class Homodyne:
         task = objective.task
         loss = task.loss(outputs)
         dl_dy = np.asarray(task.output_gradient(outputs), dtype=float)
-        scale = self._scale(objective)
+        scale = objective.parameter_scale()
         gradient = np.einsum("co,cod->d", dl_dy, measured.gradient) * scale
         var_device = np.einsum("co,cod->d", dl_dy**2, measured.stderr**2)
         jac = _output_jacobian(task, outputs, np.sqrt(np.nan_to_num(out_var)))

@@ -133,9 +133,7 @@ class NodePerturbation:
         else:
             samples, loss, extras = self._intrinsic(objective, device, gains)
         self._k += 1
-        scale = np.ones(objective.dim)
-        if objective.normalized:  # dV/dθ = span/2 per control
-            scale = (objective.control_upper - objective.control_lower) / 2.0
+        scale = objective.parameter_scale()
         n = samples.shape[0]
         gradient: FloatArray = samples.mean(axis=0) * scale
         stderr = samples.std(axis=0, ddof=1) / math.sqrt(n) * scale if n > 1 else None
