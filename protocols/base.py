@@ -230,6 +230,17 @@ class GradientEstimator(Protocol):
     def load_state_dict(self, state: JSONDict) -> None: ...
 
 
+class Stateless:
+    """For estimators whose result depends only on their settings: an empty checkpoint state."""
+
+    def state_dict(self) -> JSONDict:
+        return {}
+
+    def load_state_dict(self, state: JSONDict) -> None:
+        if state:
+            raise ValueError(f"{type(self).__name__} has no state, got keys {sorted(state)}")
+
+
 @runtime_checkable
 class Optimizer(Protocol):
     """Ask/tell first-order optimizer with projection onto box constraints."""

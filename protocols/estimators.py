@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hil.core import FloatArray, JSONDict, SeedLike, seed_sequence
 from hil.core.types import generator_state, restore_generator
-from protocols.base import GradientEstimate, Objective
+from protocols.base import GradientEstimate, Objective, Stateless
 
 
 def _as_theta(objective: Objective, theta: FloatArray) -> FloatArray:
@@ -34,7 +34,7 @@ def _slopes(dy: float, separation: FloatArray) -> FloatArray:
     return out
 
 
-class CentralDifference:
+class CentralDifference(Stateless):
     """One coordinate at a time: (L(θ + h e_i) − L(θ − h e_i)) / separation; 2·d evaluations.
 
     At a bound the projected pair is one-sided and the separation shrinks accordingly; a
@@ -82,16 +82,8 @@ class CentralDifference:
             device_seconds=objective.device_time() - t0,
         )
 
-    def state_dict(self) -> JSONDict:
-        """No state: the estimate depends only on the settings."""
-        return {}
 
-    def load_state_dict(self, state: JSONDict) -> None:
-        if state:
-            raise ValueError(f"CentralDifference has no state, got keys {sorted(state)}")
-
-
-class ForwardDifference:
+class ForwardDifference(Stateless):
     """Kiefer–Wolfowitz forward differences: (L(θ + h e_i) − L(θ)) / h; d + 1 evaluations.
 
     L(θ) is measured once and shared by every coordinate (it is also the reported loss). Where
@@ -142,14 +134,6 @@ class ForwardDifference:
         if room_down >= h:
             return -h
         return h if room_up >= room_down else -h
-
-    def state_dict(self) -> JSONDict:
-        """No state: the estimate depends only on the settings."""
-        return {}
-
-    def load_state_dict(self, state: JSONDict) -> None:
-        if state:
-            raise ValueError(f"ForwardDifference has no state, got keys {sorted(state)}")
 
 
 def _sylvester_hadamard(m: int) -> FloatArray:

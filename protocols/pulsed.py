@@ -33,7 +33,7 @@ from hil.core import (
     JSONDict,
     ProgrammableState,
 )
-from protocols.base import Objective, Optimizer, Task
+from protocols.base import Objective, Optimizer, Stateless, Task
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def _weights_gradient(objective: Objective, dl_dy: FloatArray) -> FloatArray:
     return gradient
 
 
-class DeltaRule:
+class DeltaRule(Stateless):
     """∂L/∂W = Xᵀ·∂L/∂Y with ∂L/∂Y from the task (one measurement of every case)."""
 
     class Settings(BaseModel):
@@ -91,15 +91,8 @@ class DeltaRule:
             device_seconds=objective.device_time() - t0,
         )
 
-    def state_dict(self) -> JSONDict:
-        return {}
 
-    def load_state_dict(self, state: JSONDict) -> None:
-        if state:
-            raise ValueError(f"DeltaRule has no state, got keys {sorted(state)}")
-
-
-class IntrinsicNodePerturbation:
+class IntrinsicNodePerturbation(Stateless):
     """Node perturbation on the output units with the device's own read noise as the probe."""
 
     class Settings(BaseModel):
@@ -144,13 +137,6 @@ class IntrinsicNodePerturbation:
                 "unprobed_outputs": float(np.sum(~probed)),
             },
         )
-
-    def state_dict(self) -> JSONDict:
-        return {}
-
-    def load_state_dict(self, state: JSONDict) -> None:
-        if state:
-            raise ValueError(f"IntrinsicNodePerturbation has no state, got keys {sorted(state)}")
 
 
 class PulseTrainingProcedure:
