@@ -2,27 +2,47 @@
 and noisyopt on noisy test landscapes (LandscapeDevice, additive Gaussian noise).
 
 Protocol (shared/reference/optimizers.md §6):
-- every method runs on a `BudgetedObjective`, which counts every measurement (calibration
-  included) and raises if a method asks for one more than the budget; our SPSA runs with
-  `measure_loss=False`, so no evaluation is spent on an unperturbed loss nobody uses;
+- every method runs on a `BudgetedObjective`, which counts every measurement and raises if a
+  method asks for one more than the budget B;
+- our methods run through the product's own machinery, as a user would run them:
+  `protocols.calibration.calibrate` (σ from unperturbed repeats, the estimator's c / h from that
+  σ, the learning rate from a target first step) and then `protocols.minimize.minimize` (the
+  optimizer's schedule over its horizon, the Polyak–Ruppert average as recommendation, and a
+  final measurement of the recommendation). Every evaluation of both counts: calibration +
+  steps × (evaluations per estimate) + the final measurement ≤ B, asserted per run, with
+  `steps` the largest count that fits (what is left over is less than one estimate);
 - score: the noise-free value f − f* (`device.true_value`) of each method's own recommendation
-  (our optimizers: the last iterate; pycma: `xfavorite`; nevergrad: `recommend()`; noisyopt: its
-  final x). Nothing is re-measured for it;
+  (ours: the Polyak average of the second half of the iterates; pycma: `xfavorite`; nevergrad:
+  `recommend()`; noisyopt: its final x). The final measurement `minimize` makes is charged to our
+  budget but not used for the score;
 - per seed s the same problem instance (`model_seed = s`) and the same device noise seed
-  (`NOISE_SEED + s`) for every method; method randomness is seeded with s;
+  (`NOISE_SEED + s`) for every method; method randomness is seeded with s (calibration
+  directions with CALIBRATION_SEED + s);
 - median [IQR] over the seeds; the ratio of our best method's median to the best peer's median
   (below 1: ours is better) per cell.
 
-Hyper-parameters are fixed in advance for all cells (no per-cell tuning): start x0 = 0 in the box
-[-5, 5]^d; one initial scale for all methods, 0.1 × the box width = 1 (§6): SPSA c0 = 1,
-central-difference h = 1 and pycma σ0 = 1; SGD uses Spall's decaying gain
-lr_k = a·((1 + A)/(k + 1 + A))^0.602, A = 10 % of the iterations, with a calibrated at x0 from a
-few gradient estimates (counted) so that the first step is 0.5 per coordinate on average (the
-qiskit/Spall calibration); Adam has lr 0.05 and no schedule (Adam normalises the gradient, so the
-gain cannot be applied through it); nevergrad and noisyopt as shipped (noisyopt a = c = 1,
-paired=False, since a device has no common random numbers). Disclosure: a first 3-seed pilot used
-c = h = 0.2 (the hand SPSA of §5); the scale was then set to §6's common rule instead, once, for
-every cell; nothing else was changed after looking at results.
+One rule for every cell, fixed before this run (no per-cell or per-method tuning):
+start x0 = 0 in the box [-5, 5]^d. Calibration (product defaults unless named): 25 unperturbed
+repeats for σ; the perturbation search starts at §6's common initial scale c0 = h0 = 0.1 × the
+box width = 1 (the same scale as pycma's σ0) and halves / doubles it (8 ± pairs per size, at most
+8 sizes, at most ¼ of the range) to the smallest c whose |ΔL| stands clear of 2·√2·σ; the gain
+calibration targets a first step of 0.05 × the box width = 0.5 per coordinate (SGD:
+lr = 0.5 / mean |ĝ_i|; Adam: lr = 0.5, the product's rule for a normalising optimizer) from
+about 20 evaluations of estimates (SPSA: 10 estimates, the product default; central
+differences: max(1, round(20 / 2d)) estimates). Both optimizers then follow the Spall schedule
+lr_k = lr·((1 + A)/(k + 1 + A))^0.602 with A = 10 % of the horizon (`SpallSchedule`, through the
+optimizer rather than by scaling the gradient), and recommend the mean of the iterates of the
+second half of the horizon. The estimators do not spend an evaluation on the unperturbed loss
+(`measure_loss: false`; there is no blocking, which would cost one evaluation per step). The
+SPSA (Hadamard) row cycles the Hadamard rows instead of random ±1 directions, everything else
+equal; it is left out if `protocols.estimators.SPSA` does not offer `directions: hadamard`.
+Not table rows and not counted in ours-best: the last iterate of the same runs (a diagnostic of
+what the average does) and an ablation with the perturbation search off (c0 = h0 = 1 kept, all
+else equal), to show what the calibrated c / h does. Disclosure: the ablation was added after
+the first full run of this version showed the low-noise cells falling behind; the rule above was
+not changed after looking at results.
+Peers: exactly as in the previous version of this bench (pycma σ0 = 1; nevergrad and noisyopt as
+shipped, noisyopt with paired=False, since a device has no common random numbers).
 
 Prints a table and writes bench/results/convergence.json.
 
@@ -40,32 +60,36 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from hil.core import FloatArray, JSONDict
+from hil.core import FloatArray, JSONDict, seed_sequence
 from hil.provenance import environment
-from protocols.base import GradientEstimator, Objective
+from protocols.base import Objective
+from protocols.calibration import CalibrationSettings, calibrate
 from protocols.estimators import SPSA, CentralDifference
 from protocols.external import CMAAdapter, NevergradAdapter, run_population
-from protocols.optimizers import SGD, Adam
+from protocols.minimize import minimize
+from protocols.optimizers import SGD, Adam, Recommendation
+from protocols.schedules import SpallSchedule
 from protocols.tasks import MinimizeOutputTask
 from simulators.landscape import LandscapeDevice
 
 RESULTS = Path(__file__).resolve().parent / "results" / "convergence.json"
 BOUND = 5.0
+BOX_WIDTH = 2 * BOUND
 NOISE_SEED = 10_000
-SPSA_C = 0.1 * 2 * BOUND  # §6's common initial scale: 0.1 × the box width, as pycma's σ0
-FD_H = SPSA_C
-STEP_TARGET = 0.5
-SPSA_CALIBRATION_ESTIMATES = 5  # 10 evaluations
-FD_CALIBRATION_ESTIMATES = 1  # 2·d evaluations
-ADAM_LR = 0.05
-GAIN_ALPHA = 0.602
-GAIN_A_FRACTION = 0.1
+CALIBRATION_SEED = 2 * NOISE_SEED
+INITIAL_SCALE = 0.1 * BOX_WIDTH  # §6's common initial scale: SPSA c0, central-difference h0
+TARGET_STEP = 0.05 * BOX_WIDTH  # the calibrated first step per coordinate
+GAIN_CALIBRATION_EVALUATIONS = 20  # evaluations of estimates for the gain (SPSA: 10 estimates)
+FINAL_REPEATS = 1  # minimize's final measurement of the recommendation
+RECOMMEND = Recommendation(policy="average", average_from=0.5)
+RECOMMEND_LABEL = "Polyak avg, 2nd half"
 CMA_SIGMA0 = 0.1 * 2 * BOUND
 
 
@@ -120,81 +144,130 @@ class BudgetedObjective(Objective):
         return super().outputs(theta)
 
 
-# -- Spall's decaying gain for SGD -------------------------------------------------------------
-# Isolated so it can be replaced by SGD's own `schedule` setting once that lands: SGD keeps a
-# constant lr = a and the gradient it is told is scaled by the gain ratio, which is exactly the
-# step a·ratio_k·ĝ for SGD without momentum (the setting used here). Not valid with momentum
-# (the scaled gradients would accumulate) nor for Adam (which divides the scale out).
+# -- our methods: product calibration, then minimize() -------------------------------------------
 
 
-def spall_gain(k: int, iterations: int) -> float:
-    """lr_k / lr_0 = ((1 + A)/(k + 1 + A))^α, α = 0.602, A = 10 % of the iterations."""
-    A = GAIN_A_FRACTION * iterations
-    return float(((1.0 + A) / (k + 1.0 + A)) ** GAIN_ALPHA)
+def hadamard_available() -> bool:
+    """Whether protocols.estimators.SPSA offers `directions: hadamard` in this checkout."""
+    try:
+        SPSA.Settings.model_validate({"directions": "hadamard"})
+    except ValidationError:
+        return False
+    return True
 
 
-def tell_with_gain(optimizer: SGD, gradient: FloatArray, k: int, iterations: int) -> None:
-    optimizer.tell(gradient * spall_gain(k, iterations))
+def calibration_settings(
+    evaluations_per_estimate: int, perturbation: bool = True
+) -> CalibrationSettings:
+    """The one calibration rule: σ, then c / h from σ, then the rate for a 0.5 first step."""
+    return CalibrationSettings(
+        target_step=TARGET_STEP,
+        perturbation=perturbation,
+        gain_samples=max(1, round(GAIN_CALIBRATION_EVALUATIONS / evaluations_per_estimate)),
+    )
 
 
-# -- our methods -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class OurMethod:
+    """A gradient estimator + optimizer pair run by `calibrate` then `minimize` within B."""
 
+    estimator: Literal["spsa", "spsa-hadamard", "central"]
+    optimizer: Literal["sgd", "adam"]
+    calibrate_perturbation: bool = True  # False only in the ablation: c0 / h0 = 1 is kept
 
-def calibrate_lr(
-    objective: Objective, estimator: GradientEstimator, x0: FloatArray, estimates: int
-) -> float:
-    """a = STEP_TARGET / mean |ĝ_i| from a few estimates at x0 (their evaluations count)."""
-    magnitudes = [
-        np.mean(np.abs(estimator.estimate(objective, x0).gradient)) for _ in range(estimates)
-    ]
-    return float(STEP_TARGET / max(float(np.mean(magnitudes)), 1e-12))
+    def evaluations_per_estimate(self, dim: int) -> int:
+        return 2 * dim if self.estimator == "central" else 2
 
+    def make_estimator(self, seed: int) -> SPSA | CentralDifference:
+        if self.estimator == "central":
+            return CentralDifference(
+                CentralDifference.Settings(h=INITIAL_SCALE, measure_loss=False)
+            )
+        directions = "hadamard" if self.estimator == "spsa-hadamard" else "rademacher"
+        settings = SPSA.Settings.model_validate(
+            {"c": INITIAL_SCALE, "directions": directions, "measure_loss": False}
+        )
+        return SPSA(settings, seed=seed)
 
-def gradient_descent(
-    objective: BudgetedObjective,
-    estimator: GradientEstimator,
-    optimizer: SGD | Adam,
-    cost: int,
-    *,
-    decay: bool,
-) -> tuple[FloatArray, JSONDict]:
-    """Estimate, step, repeat while a whole estimate (`cost` evaluations) fits the budget."""
-    x0 = np.zeros(objective.dim)
-    optimizer.start(x0, objective.lower, objective.upper)
-    iterations = (objective.budget - objective.evaluations) // cost
-    for k in range(iterations):
-        gradient = estimator.estimate(objective, optimizer.ask()).gradient
-        if decay:
-            assert isinstance(optimizer, SGD)
-            tell_with_gain(optimizer, gradient, k, iterations)
-        else:
-            optimizer.tell(gradient)
-    return optimizer.x, {"iterations": iterations, "lr": optimizer.settings.lr}
+    def make_optimizer(self) -> SGD | Adam:
+        if self.optimizer == "adam":
+            return Adam(Adam.Settings(schedule=SpallSchedule()))
+        return SGD(SGD.Settings(schedule=SpallSchedule()))
 
+    def calibration(self, dim: int) -> CalibrationSettings:
+        return calibration_settings(self.evaluations_per_estimate(dim), self.calibrate_perturbation)
 
-def spsa_settings() -> SPSA.Settings:
-    return SPSA.Settings(c=SPSA_C, measure_loss=False)
+    def settings(self) -> JSONDict:
+        """What the JSON records about this method (the rule, not per-seed values)."""
+        estimator = self.make_estimator(0)
+        optimizer = self.make_optimizer()
+        return {
+            "estimator": {"type": type(estimator).__name__, **estimator.settings.model_dump()},
+            "optimizer": {"type": type(optimizer).__name__, **optimizer.settings.model_dump()},
+            "calibration": {
+                "rule": "protocols.calibration.calibrate before minimize (same function and "
+                "settings minimize(calibrate=...) runs), counted in the budget",
+                "settings_d10": self.calibration(10).model_dump(),
+                "settings_d5": self.calibration(5).model_dump(),
+                "perturbation_start": INITIAL_SCALE,
+            },
+            "evaluations_per_step": "2·d" if self.estimator == "central" else 2,
+            "steps": f"(B − calibration evaluations − {FINAL_REPEATS}) // evaluations per step",
+            "final_repeats": FINAL_REPEATS,
+            "blocking": False,
+            "recommendation": RECOMMEND.model_dump(),
+        }
 
-
-def run_spsa_sgd(objective: BudgetedObjective, seed: int) -> tuple[FloatArray, JSONDict]:
-    x0 = np.zeros(objective.dim)
-    calibration = SPSA(spsa_settings(), seed=NOISE_SEED * 2 + seed)
-    lr = calibrate_lr(objective, calibration, x0, SPSA_CALIBRATION_ESTIMATES)
-    optimizer = SGD(SGD.Settings(lr=lr))
-    return gradient_descent(objective, SPSA(spsa_settings(), seed=seed), optimizer, 2, decay=True)
-
-
-def run_spsa_adam(objective: BudgetedObjective, seed: int) -> tuple[FloatArray, JSONDict]:
-    optimizer = Adam(Adam.Settings(lr=ADAM_LR))
-    return gradient_descent(objective, SPSA(spsa_settings(), seed=seed), optimizer, 2, decay=False)
-
-
-def run_fd_sgd(objective: BudgetedObjective, seed: int) -> tuple[FloatArray, JSONDict]:
-    del seed  # deterministic
-    estimator = CentralDifference(CentralDifference.Settings(h=FD_H, measure_loss=False))
-    lr = calibrate_lr(objective, estimator, np.zeros(objective.dim), FD_CALIBRATION_ESTIMATES)
-    optimizer = SGD(SGD.Settings(lr=lr))
-    return gradient_descent(objective, estimator, optimizer, 2 * objective.dim, decay=True)
+    def __call__(self, objective: BudgetedObjective, seed: int) -> tuple[FloatArray, JSONDict]:
+        dim = objective.dim
+        per_step = self.evaluations_per_estimate(dim)
+        estimator = self.make_estimator(seed)
+        optimizer = self.make_optimizer()
+        x0 = np.zeros(dim)
+        # Calibrated before minimize, not through minimize(calibrate=...): the perturbation
+        # search costs 1–8 sizes × 16 evaluations, known only once it ran, and minimize fixes the
+        # horizon (Spall's A, the average's start) from `steps` before it calibrates. Same
+        # function, settings and starting point as minimize's own calibration.
+        rng = np.random.default_rng(seed_sequence(CALIBRATION_SEED + seed))
+        report = calibrate(objective, estimator, optimizer, x0, self.calibration(dim), rng=rng)
+        steps = (objective.budget - objective.evaluations - FINAL_REPEATS) // per_step
+        assert steps >= 1, f"calibration left no room for a step ({objective.evaluations})"
+        result = minimize(
+            objective,
+            estimator,
+            optimizer,
+            x0,
+            steps=steps,
+            calibrate=None,
+            blocking=None,
+            recommend=RECOMMEND,
+            final_repeats=FINAL_REPEATS,
+        )
+        nfev = report.evaluations + int(result.nfev)
+        assert nfev == objective.evaluations, (nfev, objective.evaluations)
+        assert nfev <= objective.budget, (nfev, objective.budget)
+        x: FloatArray = np.asarray(result.x, dtype=float)
+        return x, {
+            "steps": steps,
+            "nit": int(result.nit),
+            "calibration_evaluations": report.evaluations,
+            "minimize_nfev": int(result.nfev),
+            "nfev": nfev,
+            "unspent": objective.budget - nfev,
+            "sigma": report.sigma,
+            "perturbation": report.setting,
+            "c": report.c if report.c is not None else INITIAL_SCALE,
+            "perturbation_converged": (
+                None if report.perturbation is None else report.perturbation.converged
+            ),
+            "learning_rate": report.learning_rate,
+            "gain_fallback": None if report.gain is None else report.gain.fallback,
+            "final_learning_rate": float(result.learning_rate),
+            "fun": float(result.fun),
+            "message": str(result.message),
+            "x_last": optimizer.x.tolist(),  # the last iterate, scored as a diagnostic only
+            "calibration": report.as_dict(),
+        }
 
 
 # -- peers -----------------------------------------------------------------------------------------
@@ -245,10 +318,18 @@ def run_noisyopt(objective: BudgetedObjective, seed: int) -> tuple[FloatArray, J
 
 Runner = Callable[[BudgetedObjective, int], tuple[FloatArray, JSONDict]]
 
-OURS: dict[str, Runner] = {
-    "ours: SPSA + SGD (Spall gains)": run_spsa_sgd,
-    "ours: SPSA + Adam": run_spsa_adam,
-    "ours: central diff + SGD (Spall gains)": run_fd_sgd,
+HADAMARD = hadamard_available()
+OURS: dict[str, OurMethod] = {
+    "ours: SPSA + SGD": OurMethod("spsa", "sgd"),
+    **({"ours: SPSA (Hadamard) + SGD": OurMethod("spsa-hadamard", "sgd")} if HADAMARD else {}),
+    "ours: SPSA + Adam": OurMethod("spsa", "adam"),
+    "ours: central diff + SGD": OurMethod("central", "sgd"),
+}
+# Not table rows and not in ours-best: the same runs with the perturbation search switched off
+# (c0 = h0 = 1, §6's common scale, kept), to show what the calibrated c / h does.
+ABLATIONS: dict[str, OurMethod] = {
+    "SPSA + SGD, c = 1 kept": OurMethod("spsa", "sgd", calibrate_perturbation=False),
+    "central diff + SGD, h = 1 kept": OurMethod("central", "sgd", calibrate_perturbation=False),
 }
 PEERS: dict[str, Runner] = {
     "pycma (xfavorite)": run_pycma,
@@ -257,28 +338,15 @@ PEERS: dict[str, Runner] = {
     "nevergrad CMA": nevergrad("CMA"),
     "noisyopt SPSA (paired=False)": run_noisyopt,
 }
-METHOD_SETTINGS: JSONDict = {
-    "x0": "zeros",
-    "box": [-BOUND, BOUND],
-    "ours: SPSA + SGD (Spall gains)": {
-        "spsa": {"c": SPSA_C, "gamma": 0.101, "resamples": 1, "measure_loss": False},
-        "sgd": {"momentum": 0.0, "lr": f"a = {STEP_TARGET} / mean|ĝ| at x0"},
-        "calibration_evaluations": 2 * SPSA_CALIBRATION_ESTIMATES,
-        "gain": f"((1 + A)/(k + 1 + A))^{GAIN_ALPHA}, A = {GAIN_A_FRACTION} × iterations",
-        "recommendation": "last iterate",
-    },
-    "ours: SPSA + Adam": {
-        "spsa": {"c": SPSA_C, "gamma": 0.101, "resamples": 1, "measure_loss": False},
-        "adam": {"lr": ADAM_LR, "beta1": 0.9, "beta2": 0.999, "schedule": None},
-        "recommendation": "last iterate",
-    },
-    "ours: central diff + SGD (Spall gains)": {
-        "central_difference": {"h": FD_H, "measure_loss": False},
-        "sgd": {"momentum": 0.0, "lr": f"a = {STEP_TARGET} / mean|ĝ| at x0"},
-        "calibration_evaluations": "2·d",
-        "gain": f"((1 + A)/(k + 1 + A))^{GAIN_ALPHA}, A = {GAIN_A_FRACTION} × iterations",
-        "recommendation": "last iterate",
-    },
+RECOMMENDATIONS: dict[str, str] = {
+    **dict.fromkeys(OURS, RECOMMEND_LABEL),
+    "pycma (xfavorite)": "xfavorite (mean)",
+    "pycma + NoiseHandler": "xfavorite (mean)",
+    "nevergrad TBPSA": "recommend()",
+    "nevergrad CMA": "recommend()",
+    "noisyopt SPSA (paired=False)": "last iterate",
+}
+PEER_SETTINGS: JSONDict = {
     "pycma (xfavorite)": {"sigma0": CMA_SIGMA0, "popsize": "default 4 + 3 ln d"},
     "pycma + NoiseHandler": {"sigma0": CMA_SIGMA0, "noise_maxevals": [1, 1, 30]},
     "nevergrad TBPSA": {"budget": "B", "noisy": True, "num_workers": 1},
@@ -293,27 +361,54 @@ METHOD_SETTINGS: JSONDict = {
 }
 
 
+def method_settings() -> JSONDict:
+    return {
+        "x0": "zeros",
+        "box": [-BOUND, BOUND],
+        **{name: method.settings() for name, method in OURS.items()},
+        **PEER_SETTINGS,
+        "ablations (not table rows, not in ours-best)": {
+            name: method.settings() for name, method in ABLATIONS.items()
+        },
+        "recommendation": RECOMMENDATIONS,
+        "hadamard": "SPSA directions: hadamard available, row included"
+        if HADAMARD
+        else "SPSA has no directions: hadamard in this checkout; row skipped",
+    }
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    q1, median, q3 = (float(v) for v in np.percentile(values, [25, 50, 75]))
+    return q1, median, q3
+
+
 def run_cell(cell: Cell, seeds: list[int], console: Console) -> JSONDict:
     methods: JSONDict = {}
     starts = []
     for seed in seeds:
         device = landscape(cell, seed)
         starts.append(device.true_value(np.zeros(cell.dim)))
-    for name, runner in {**OURS, **PEERS}.items():
-        values, nfev, device_seconds, extras = [], [], [], []
+    runners: dict[str, Runner] = {**OURS, **PEERS, **ABLATIONS}
+    ablations: JSONDict = {}
+    for name, runner in runners.items():
+        values, nfev, device_seconds, extras, last_values = [], [], [], [], []
         t0 = time.perf_counter()
         for seed in seeds:
             device = landscape(cell, seed)
             objective = BudgetedObjective(device, cell.budget)
             x, extra = runner(objective, seed)
+            assert objective.evaluations <= cell.budget, (name, seed, objective.evaluations)
             values.append(device.true_value(x))
+            if "x_last" in extra:
+                last_values.append(device.true_value(np.array(extra.pop("x_last"))))
             nfev.append(objective.evaluations)
             device_seconds.append(device.clock.now())
             extras.append(extra)
         wall = time.perf_counter() - t0
-        q1, median, q3 = (float(v) for v in np.percentile(values, [25, 50, 75]))
-        methods[name] = {
+        q1, median, q3 = quartiles(values)
+        entry: JSONDict = {
             "ours": name in OURS,
+            "recommendation": RECOMMENDATIONS.get(name, RECOMMEND_LABEL),
             "median": median,
             "q1": q1,
             "q3": q3,
@@ -323,8 +418,20 @@ def run_cell(cell: Cell, seeds: list[int], console: Console) -> JSONDict:
             "wall_seconds": wall,
             "runs": extras,
         }
+        if last_values:
+            lq1, lmedian, lq3 = quartiles(last_values)
+            entry["last_iterate"] = {
+                "note": "diagnostic only (not a table row, not in ours-best): the last iterate "
+                "of the same runs instead of the average",
+                "median": lmedian,
+                "q1": lq1,
+                "q3": lq3,
+                "values": last_values,
+            }
+        (ablations if name in ABLATIONS else methods)[name] = entry
         console.print(
-            f"  {cell.key:<32} {name:<40} {median:9.3g}  [{q1:.3g}, {q3:.3g}]  {wall:6.1f} s"
+            f"  {cell.key:<32} {name:<32} {median:9.3g}  [{q1:.3g}, {q3:.3g}]  "
+            f"nfev {min(nfev)}–{max(nfev)}  {wall:6.1f} s"
         )
     ours_best = min(OURS, key=lambda n: methods[n]["median"])
     peer_best = min(PEERS, key=lambda n: methods[n]["median"])
@@ -337,6 +444,7 @@ def run_cell(cell: Cell, seeds: list[int], console: Console) -> JSONDict:
         "start_values": starts,
         "start_median": float(np.median(starts)),
         "methods": methods,
+        "ablations": ablations,
         "ours_best": ours_best,
         "peer_best": peer_best,
         "ratio_ours_best_to_peer_best": methods[ours_best]["median"] / methods[peer_best]["median"],
@@ -356,7 +464,7 @@ def landscape(cell: Cell, seed: int) -> LandscapeDevice:
 
 def versions() -> dict[str, str | None]:
     found: dict[str, str | None] = {}
-    for name in ("numpy", "scipy", "cma", "nevergrad", "noisyopt"):
+    for name in ("hil", "numpy", "scipy", "cma", "nevergrad", "noisyopt"):
         try:
             found[name] = version(name)
         except PackageNotFoundError:
@@ -365,10 +473,16 @@ def versions() -> dict[str, str | None]:
 
 
 def print_table(console: Console, cells: dict[str, JSONDict]) -> None:
-    table = Table("method", *cells, title="noise-free f − f* of the recommendation: median [IQR]")
+    table = Table(
+        "method",
+        "recommendation",
+        *cells,
+        title="noise-free f − f* of the recommendation: median [IQR]",
+    )
     first = next(iter(cells.values()))
     table.add_row(
         "start x0 (reference)",
+        "",
         *(f"{c['start_median']:.3g}" for c in cells.values()),
         end_section=True,
     )
@@ -379,12 +493,41 @@ def print_table(console: Console, cells: dict[str, JSONDict]) -> None:
             best = name in (cell["ours_best"], cell["peer_best"])
             text = f"{m['median']:.2g} [{m['q1']:.2g}, {m['q3']:.2g}]"
             row.append(f"[bold]{text}[/bold]" if best else text)
-        table.add_row(name, *row, end_section=name == list(OURS)[-1])
+        table.add_row(name, RECOMMENDATIONS[name], *row, end_section=name == list(OURS)[-1])
     table.add_row(
         "ours best / peer best (median)",
+        "",
         *(f"{c['ratio_ours_best_to_peer_best']:.2g}" for c in cells.values()),
     )
     console.print(table)
+
+    detail = Table(
+        "ours (median over seeds)",
+        *cells,
+        title="our runs: calibrated c (or h) and first-step lr; evaluations = calibration + "
+        "steps × per step + final; last iterate f − f* (diagnostic)",
+    )
+    for name, method in {**OURS, **ABLATIONS}.items():
+        row = []
+        for cell in cells.values():
+            m = cell["methods"][name] if name in OURS else cell["ablations"][name]
+            runs = m["runs"]
+            c = float(np.median([r["c"] for r in runs]))
+            lr = float(np.median([r["learning_rate"] for r in runs]))
+            cal = int(np.median([r["calibration_evaluations"] for r in runs]))
+            steps = int(np.median([r["steps"] for r in runs]))
+            per_step = method.evaluations_per_estimate(cell["dim"])
+            ablation = f"f − f* {m['median']:.2g} [{m['q1']:.2g}, {m['q3']:.2g}]\n"
+            row.append(
+                (ablation if name in ABLATIONS else "")
+                + f"{'h' if method.estimator == 'central' else 'c'} {c:.2g} · lr {lr:.2g}\n"
+                f"{cal} + {steps}×{per_step} + {FINAL_REPEATS}; "
+                f"nfev ≤ {max(m['nfev'])}/{cell['budget']}\n"
+                f"last {m['last_iterate']['median']:.2g}"
+            )
+        label = f"ablation (not in ours-best):\n{name}" if name in ABLATIONS else name
+        detail.add_row(label, *row, end_section=name == list(OURS)[-1])
+    console.print(detail)
 
 
 def main() -> None:
@@ -393,6 +536,8 @@ def main() -> None:
     args = parser.parse_args()
     seeds = list(range(args.seeds))
     console = Console(width=None if sys.stdout.isatty() else 200)
+    if not HADAMARD:
+        console.print("SPSA has no `directions: hadamard` in this checkout: row skipped")
     t0 = time.perf_counter()
     cells = {cell.key: run_cell(cell, seeds, console) for cell in CELLS}
     wall = time.perf_counter() - t0
@@ -407,10 +552,12 @@ def main() -> None:
             "model_seed": "= seed",
             "device_noise_seed": f"{NOISE_SEED} + seed",
             "method_seed": "= seed",
+            "calibration_seed": f"{CALIBRATION_SEED} + seed",
             "score": "device.true_value(recommendation) = noise-free f − f*",
-            "evaluations": "every device evaluation counted, calibration included; none "
-            "spent on measuring the recommendation",
-            "methods": METHOD_SETTINGS,
+            "evaluations": "every device evaluation counted against B: ours = calibration + "
+            "steps + minimize's final measurement of the recommendation (asserted ≤ B); the "
+            "final measurement is not used for the score",
+            "methods": method_settings(),
         },
         "versions": versions(),
         "cells": cells,
