@@ -6,8 +6,8 @@ found and what it spent (evaluations, device seconds), and `as_dict()` gives it 
 journal, so a calibrated value can always be read back.
 
 - `measure_noise`: σ (and mean) of the loss from repeated unperturbed measurements at θ.
-- `calibrate_perturbation`: the smallest perturbation c (by halving or doubling) whose ± loss
-  differences stand clear of the noise (rule in its docstring).
+- `calibrate_perturbation`: the largest perturbation c (by halving or doubling) whose curvature
+  bias the noise still hides (rule in its docstring).
 - `calibrate_gain`: the learning rate whose first step moves each coordinate by about
   `target_step` (qiskit's SPSA calibration: lr = target / mean |ĝ_i| over a few estimates).
 - `calibrate`: all three in that order, applied to the estimator and the optimizer, configured
@@ -60,7 +60,7 @@ class PerturbationCalibration:
     c: float
     mean_difference: float  # mean |L(θ + cΔ) − L(θ − cΔ)| at the chosen c
     threshold: float  # snr·√2·σ
-    converged: bool  # False: no size up to the largest allowed met the threshold
+    converged: bool  # False: the loss differences at c do not clear the noise floor
     note: str
     trials: list[tuple[float, float]]  # (c, mean |ΔL|) in the order tried
     evaluations: int
@@ -149,30 +149,39 @@ def calibrate_perturbation(
     directions: Literal["simultaneous", "coordinate"] = "simultaneous",
     c_max: float | None = None,
     max_trials: int = 8,
+    bias_z: float = 3.0,
     rng: np.random.Generator | None = None,
 ) -> PerturbationCalibration:
-    """The smallest perturbation c whose ± loss differences stand clear of the noise.
+    """The largest perturbation c whose own nonlinearity is not yet resolved above the noise.
 
-    Rule: c passes when the mean over `pairs` random directions Δ of |L(θ + cΔ) − L(θ − cΔ)|
-    is at least snr·√2·σ (√2·σ is the standard deviation of a difference of two noisy
-    measurements; pure noise alone gives a mean of 2σ/√π ≈ 0.8·√2·σ, so snr = 2 needs a real
-    signal of about 2.6σ). Starting from c0, c is halved while it passes (a smaller c has less
-    curvature bias) or doubled until it passes, at most up to c_max (default: a quarter of the
-    narrowest finite range), within `max_trials` sizes; each size costs 2·pairs evaluations.
-    Perturbed points are projected onto the box like the estimators' points.
+    A larger c lowers the noise of a difference quotient (∝ σ/c) and raises its bias (the loss's
+    curvature along the perturbation: ∝ c² times the third derivative for a symmetric
+    difference), so the rule looks for the largest c whose bias the measurement cannot see. The
+    same `pairs` directions Δ are used at every size; per pair the slope
+    s(c) = [L(θ + cΔ) − L(θ − cΔ)] / (applied separation along Δ). Between sizes c and c/2 each
+    pair's slopes differ by ¾ of its bias at c plus noise of known variance (from σ); the bias
+    counts as resolved when the differences, in units of their noise, add up beyond the χ²
+    quantile at the one-sided level of `bias_z` standard deviations (the bias may differ in sign
+    from direction to direction, so squares are summed, not signed differences).
 
-    Δ is a random ±1 vector ('simultaneous', what SPSA applies with its `c`) or ±1 on one
-    random coordinate ('coordinate', what central differences apply with their `h`).
+    From c0: while the bias at c is resolved, halve c; otherwise double c while the doubled
+    size's bias stays unresolved and 2c ≤ c_max (default: a quarter of the narrowest finite
+    range). At most `max_trials` sizes are measured, each costing 2·pairs evaluations. Finally
+    the mean |ΔL| at c is compared with snr·√2·σ: below it the loss is flat or noise-dominated
+    here and the result says so (`converged` False). Δ is a random ±1 vector ('simultaneous',
+    SPSA's `c`) or ±1 on one random coordinate ('coordinate', finite differences' `h`);
+    perturbed points are projected onto the box like the estimators' points. A noise-free
+    objective (σ = 0) keeps c0.
 
-    Spall's advice "c ≈ the noise σ" presumes parameters and loss scaled to order one; here c is
-    in parameter units (volts, or fractions of the range) and σ in loss units, so the rule asks
-    the measured loss differences directly instead. Near a minimum the differences shrink with
-    the gradient, so calibrate where training starts. A noise-free objective (σ = 0) keeps c0.
+    Spall's advice "c ≈ the noise σ" presumes parameters and loss scaled to order one; this rule
+    asks the device instead, in the parameter units c is given in.
     """
     if not (math.isfinite(sigma) and sigma >= 0):
         raise ValueError(f"sigma must be finite and >= 0, got {sigma}")
-    if not (c0 > 0 and snr > 0 and pairs >= 1 and max_trials >= 1):
-        raise ValueError("calibrate_perturbation: c0 and snr must be > 0, pairs, max_trials >= 1")
+    if not (c0 > 0 and snr > 0 and bias_z > 0 and pairs >= 2 and max_trials >= 2):
+        raise ValueError(
+            "calibrate_perturbation: c0, snr and bias_z must be > 0, pairs and max_trials >= 2"
+        )
     spent = _Spent(objective)
     t = np.asarray(theta, dtype=float)
     threshold = snr * math.sqrt(2.0) * sigma
@@ -194,44 +203,75 @@ def calibrate_perturbation(
     movable = np.flatnonzero(objective.upper > objective.lower)
     if movable.size == 0:
         raise ValueError("calibrate_perturbation: every parameter range has zero width")
+    deltas = np.zeros((pairs, t.size))
+    for row in deltas:
+        if directions == "simultaneous":
+            row[movable] = generator.integers(0, 2, size=movable.size) * 2.0 - 1.0
+        else:
+            row[generator.choice(movable)] = 1.0
     trials: list[tuple[float, float]] = []
+    measured: dict[float, tuple[FloatArray, FloatArray, float]] = {}  # slopes, separations, |ΔL|
+    critical = float(stats.chi2.ppf(stats.norm.cdf(bias_z), pairs))
 
-    def score(c: float) -> float:
-        differences = []
-        for _ in range(pairs):
-            delta = np.zeros(t.size)
-            if directions == "simultaneous":
-                delta[movable] = generator.integers(0, 2, size=movable.size) * 2.0 - 1.0
-            else:
-                delta[generator.choice(movable)] = 1.0
-            plus, minus = objective.project(t + c * delta), objective.project(t - c * delta)
-            differences.append(abs(objective(plus) - objective(minus)))
-        value = float(np.mean(differences))
-        trials.append((c, value))
-        return value
+    def slopes(c: float) -> tuple[FloatArray, FloatArray]:
+        if c not in measured:
+            values, separations, differences = np.zeros(pairs), np.zeros(pairs), np.zeros(pairs)
+            for k, delta in enumerate(deltas):
+                plus, minus = objective.project(t + c * delta), objective.project(t - c * delta)
+                difference = objective(plus) - objective(minus)
+                separations[k] = float((plus - minus) @ delta) / float(delta @ delta)
+                values[k] = difference / separations[k] if separations[k] > 0 else 0.0
+                differences[k] = abs(difference)
+            measured[c] = (values, separations, float(np.mean(differences)))
+            trials.append((c, measured[c][2]))
+        return measured[c][0], measured[c][1]
+
+    def resolved(large: float) -> bool:
+        """Do the slopes at `large` and `large`/2 differ by more than the noise explains?
+
+        Per pair the difference has noise variance 2σ²/a² + 2σ²/a'² (a, a' the applied
+        separations); without bias Σ d²/var ~ χ²(pairs), so the bias is resolved when the sum
+        exceeds the χ² quantile at the one-sided level of `bias_z` standard deviations.
+        """
+        s_large, a_large = slopes(large)
+        s_small, a_small = slopes(large / 2.0)
+        usable = (a_large > 0) & (a_small > 0)
+        if not usable.any():
+            return False
+        d = (s_large - s_small)[usable]
+        var = 2.0 * sigma**2 * (1.0 / a_large[usable] ** 2 + 1.0 / a_small[usable] ** 2)
+        dof = int(usable.sum())
+        limit_stat = (
+            critical if dof == pairs else float(stats.chi2.ppf(stats.norm.cdf(bias_z), dof))
+        )
+        return float(np.sum(d**2 / var)) > limit_stat
 
     c = min(c0, limit)
-    value = score(c)
-    converged = value >= threshold
-    if converged:
-        while len(trials) < max_trials:
-            smaller = score(c / 2.0)
-            if smaller < threshold:
-                break
-            c, value = c / 2.0, smaller
-        note = f"smallest c with mean |ΔL| >= {snr:g}·√2·σ among {len(trials)} sizes"
-    else:
-        while len(trials) < max_trials and c < limit:
-            c = min(2.0 * c, limit)
-            value = score(c)
-            if value >= threshold:
-                converged = True
+    if resolved(c):
+        found = False
+        while len(measured) < max_trials:
+            c /= 2.0
+            if not resolved(c):
+                found = True
                 break
         note = (
-            f"first c with mean |ΔL| >= {snr:g}·√2·σ when doubling"
-            if converged
-            else f"no c up to {c:g} reached mean |ΔL| >= {snr:g}·√2·σ = {threshold:.3g}; "
-            "using the largest tried (the loss is flat here or the noise dominates)"
+            "largest c whose curvature bias is not resolved (halving)"
+            if found
+            else f"bias still resolved at c = {c:g} after {len(measured)} sizes; using it"
+        )
+    else:
+        while len(measured) < max_trials and 2.0 * c <= limit:
+            if resolved(2.0 * c):
+                break
+            c *= 2.0
+        note = "largest c whose curvature bias is not resolved (doubling, up to the limit)"
+    slopes(c)
+    value = measured[c][2]
+    converged = value >= threshold
+    if not converged:
+        note += (
+            f"; mean |ΔL| {value:.3g} < {snr:g}·√2·σ = {threshold:.3g}: the loss is flat or "
+            "noise-dominated here"
         )
     return PerturbationCalibration(
         c=c,
@@ -372,9 +412,14 @@ class CalibrationSettings(BaseModel):
     perturbation: bool = Field(
         default=False, description="calibrate the estimator's c (or h) against the noise"
     )
-    snr: float = Field(default=2.0, gt=0, description="perturbation rule: mean |ΔL| ≥ snr·√2·σ")
-    perturbation_pairs: int = Field(default=8, ge=1, description="± pairs per size tried")
-    perturbation_trials: int = Field(default=8, ge=1, description="sizes tried at most")
+    snr: float = Field(
+        default=2.0, gt=0, description="noise-floor check: mean |ΔL| at c ≥ snr·√2·σ"
+    )
+    bias_z: float = Field(
+        default=3.0, gt=0, description="perturbation rule: bias resolved beyond bias_z SE"
+    )
+    perturbation_pairs: int = Field(default=8, ge=2, description="± pairs per size tried")
+    perturbation_trials: int = Field(default=8, ge=2, description="sizes tried at most")
     max_perturbation: float | None = Field(
         default=None, gt=0, description="largest c tried; default ¼ of the narrowest range"
     )
@@ -454,6 +499,7 @@ def calibrate(
             noise.sigma,
             c0=c0,
             snr=s.snr,
+            bias_z=s.bias_z,
             pairs=s.perturbation_pairs,
             directions="simultaneous" if name == "c" else "coordinate",
             c_max=s.max_perturbation,
