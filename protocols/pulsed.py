@@ -34,6 +34,7 @@ from hil.core import (
     ProgrammableState,
 )
 from protocols.base import Objective, Optimizer, Stateless, Task
+from protocols.progress import StepProgress
 
 
 @dataclass(frozen=True)
@@ -193,15 +194,12 @@ class PulseTrainingProcedure:
         lo = np.full(weights.size, s.weight_min)
         hi = np.full(weights.size, s.weight_max)
         optimizer.start(np.clip(weights.ravel(), lo, hi), lo, hi)
-        self._steps_done = 0
-        self._best_loss = math.inf
-        self._best_step = -1
-        self._last_loss = math.nan
+        self._progress = StepProgress(s.steps)
         self._pulses = 0
 
     @property
     def steps_done(self) -> int:
-        return self._steps_done
+        return self._progress.steps_done
 
     @property
     def total_steps(self) -> int:
@@ -209,7 +207,7 @@ class PulseTrainingProcedure:
 
     @property
     def done(self) -> bool:
-        return self._steps_done >= self.settings.steps
+        return self._progress.done
 
     def step(self) -> JSONDict:
         s = self.settings
@@ -223,14 +221,11 @@ class PulseTrainingProcedure:
         t0 = self.objective.device_time()
         self.device.apply_pulses(counts.reshape(self._shape))
         self._pulses += int(np.abs(counts).sum())
-        self._steps_done += 1
-        self._last_loss = estimate.loss
-        if estimate.loss < self._best_loss:
-            self._best_loss, self._best_step = estimate.loss, self._steps_done
+        self._progress.record(estimate.loss)
         return {
-            "step": self._steps_done,
+            "step": self._progress.steps_done,
             "loss": estimate.loss,
-            "best_loss": self._best_loss,
+            "best_loss": self._progress.best_loss,
             "grad_norm": float(np.linalg.norm(estimate.gradient)),
             "evaluations": estimate.evaluations,
             "device_seconds": estimate.device_seconds + self.objective.device_time() - t0,
@@ -259,10 +254,7 @@ class PulseTrainingProcedure:
 
     def progress(self) -> JSONDict:
         return {
-            "steps_done": self._steps_done,
-            "last_loss": self._last_loss,
-            "best_loss": self._best_loss,
-            "best_step": self._best_step,
+            **self._progress.summary(),
             "pulses": self._pulses,
             "evaluations": self.objective.evaluations,
             "device_time": self.objective.device_time(),
@@ -270,10 +262,7 @@ class PulseTrainingProcedure:
 
     def state_dict(self) -> JSONDict:
         return {
-            "steps_done": self._steps_done,
-            "best_loss": self._best_loss if math.isfinite(self._best_loss) else None,
-            "best_step": self._best_step,
-            "last_loss": self._last_loss if math.isfinite(self._last_loss) else None,
+            **self._progress.state_dict(),
             "pulses": self._pulses,
             "evaluations": self.objective.evaluations,
             "optimizer": self.optimizer.state_dict(),
@@ -281,10 +270,7 @@ class PulseTrainingProcedure:
         }
 
     def load_state_dict(self, state: JSONDict) -> None:
-        self._steps_done = int(state["steps_done"])
-        self._best_loss = math.inf if state["best_loss"] is None else float(state["best_loss"])
-        self._best_step = int(state["best_step"])
-        self._last_loss = math.nan if state["last_loss"] is None else float(state["last_loss"])
+        self._progress.load_state_dict(state)
         self._pulses = int(state["pulses"])
         self.objective.evaluations = int(state["evaluations"])
         self.optimizer.load_state_dict(state["optimizer"])

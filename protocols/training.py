@@ -17,7 +17,6 @@ counted in the step's `evaluations`.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Literal
 
 import numpy as np
@@ -34,6 +33,7 @@ from protocols.calibration import (
 )
 from protocols.minimize import BlockingSettings, blocking_threshold, optimization_step
 from protocols.optimizers import Recommendation, TunableOptimizer, as_tunable
+from protocols.progress import StepProgress
 
 
 class TrainingProcedure:
@@ -119,11 +119,8 @@ class TrainingProcedure:
         self._allowed_increase: float | None = None
         self._sigma: float | None = None
         self._rejections = 0
-        self._steps_done = 0
-        self._best_loss = math.inf
-        self._best_step = -1
+        self._progress = StepProgress(settings.steps)
         self._best_controls = self.objective.physical(theta0).tolist()
-        self._last_loss = math.nan
 
     def _tunable(self, optimizer: Optimizer) -> TunableOptimizer | None:
         """The optimizer as a TunableOptimizer, or None; refuses settings that need one."""
@@ -182,7 +179,7 @@ class TrainingProcedure:
 
     @property
     def steps_done(self) -> int:
-        return self._steps_done
+        return self._progress.steps_done
 
     @property
     def total_steps(self) -> int:
@@ -190,7 +187,7 @@ class TrainingProcedure:
 
     @property
     def done(self) -> bool:
-        return self._steps_done >= self.settings.steps
+        return self._progress.done
 
     def controls(self) -> dict[str, float]:
         """The current control values by channel name."""
@@ -234,17 +231,13 @@ class TrainingProcedure:
             repeats=self.settings.blocking.repeats if self.settings.blocking else 1,
         )
         theta, estimate = outcome.theta, outcome.estimate
-        self._steps_done += 1
         self._rejections += outcome.rejected
-        self._last_loss = estimate.loss
-        if estimate.loss < self._best_loss:
-            self._best_loss = estimate.loss
-            self._best_step = self._steps_done
+        if self._progress.record(estimate.loss):
             self._best_controls = self.objective.physical(theta).tolist()
         return {
-            "step": self._steps_done,
+            "step": self._progress.steps_done,
             "loss": estimate.loss,
-            "best_loss": self._best_loss,
+            "best_loss": self._progress.best_loss,
             "grad_norm": float(np.linalg.norm(estimate.gradient)),
             "evaluations": self.objective.evaluations - e0,  # calibration, blocking included
             "device_seconds": self.objective.device_time() - t0,
@@ -275,10 +268,7 @@ class TrainingProcedure:
     def progress(self) -> JSONDict:
         """Where training stands, without measuring anything."""
         return {
-            "steps_done": self._steps_done,
-            "last_loss": self._last_loss,
-            "best_loss": self._best_loss,
-            "best_step": self._best_step,
+            **self._progress.summary(),
             "best_controls": dict(zip(self.control_names, self._best_controls, strict=True)),
             "controls": self.controls(),
             "evaluations": self.objective.evaluations,
@@ -292,11 +282,8 @@ class TrainingProcedure:
 
     def state_dict(self) -> JSONDict:
         return {
-            "steps_done": self._steps_done,
-            "best_loss": _finite_or_none(self._best_loss),
-            "best_step": self._best_step,
+            **self._progress.state_dict(),
             "best_controls": self._best_controls,
-            "last_loss": _finite_or_none(self._last_loss),
             "evaluations": self.objective.evaluations,
             "optimizer": self.optimizer.state_dict(),
             "estimator": self.estimator.state_dict(),
@@ -309,16 +296,13 @@ class TrainingProcedure:
         }
 
     def load_state_dict(self, state: JSONDict) -> None:
-        self._steps_done = int(state["steps_done"])
-        self._best_loss = _none_as(state["best_loss"], math.inf)
-        self._best_step = int(state["best_step"])
+        self._progress.load_state_dict(state)
         self._best_controls = [float(v) for v in state["best_controls"]]
-        self._last_loss = _none_as(state["last_loss"], math.nan)
         self.objective.evaluations = int(state["evaluations"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.estimator.load_state_dict(state["estimator"])
         # checkpoints from before calibration/blocking lack these keys: nothing was calibrated
-        self._prepared = bool(state.get("prepared", self._steps_done > 0))
+        self._prepared = bool(state.get("prepared", self._progress.steps_done > 0))
         self._calibration = state.get("calibration")
         self._allowed_increase = state.get("allowed_increase")
         self._sigma = state.get("sigma")
@@ -328,11 +312,3 @@ class TrainingProcedure:
         calibrated = self._calibration
         if calibrated is not None and calibrated.get("c") is not None:
             set_perturbation(self.estimator, float(calibrated["c"]))  # settings are not state
-
-
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
-def _none_as(value: float | None, default: float) -> float:
-    return default if value is None else float(value)
