@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 from scipy.optimize import OptimizeResult
 
 from hil.core import FloatArray, JSONDict
-from protocols.base import GradientEstimate, Objective
+from protocols.base import GradientEstimate, GradientEstimator, Objective
 from protocols.calibration import CalibrationSettings
 from protocols.estimators import SPSA, CentralDifference
 from protocols.minimize import BlockingSettings, minimize, optimization_step
 from protocols.optimizers import SGD, Adam, Recommendation
-from protocols.schedules import SpallSchedule
+from protocols.schedules import CosineSchedule, SpallSchedule
 from protocols.tasks import MinimizeOutputTask
 from simulators.landscape import LandscapeDevice
 
@@ -211,3 +213,240 @@ def test_plain_optimizers_step_but_cannot_block_or_drive_minimize() -> None:
         optimization_step(objective, SPSA(seed=0), plain, allowed_increase=0.1)
     with pytest.raises(TypeError, match="learning rate, reject"):
         minimize(objective, SPSA(), plain, np.zeros(2), steps=1)  # type: ignore[arg-type]
+
+
+# -- budget= -------------------------------------------------------------------------------------
+
+SPALL_ALPHA = 0.602
+
+
+def spall_rate(lr: float, k: int, horizon: int) -> float:
+    a = 0.1 * horizon
+    return float(lr * ((1 + a) / (k + 1 + a)) ** SPALL_ALPHA)
+
+
+@dataclass(frozen=True)
+class BudgetCase:
+    make_estimator: Callable[[], GradientEstimator]
+    calibration: CalibrationSettings | None
+    blocking: BlockingSettings | bool | None
+    dim: int
+    step_cost: int  # evaluations per step: estimate + blocking
+
+
+CALIBRATION = CalibrationSettings(noise_repeats=10, target_step=0.2, perturbation=True)
+BUDGET_CASES = {
+    "spsa, calibrated, blocking": BudgetCase(
+        lambda: SPSA(SPSA.Settings(c=0.1), seed=1), CALIBRATION, True, 4, 2 + 1 + 1
+    ),
+    "central differences, calibrated": BudgetCase(
+        lambda: CentralDifference(CentralDifference.Settings(h=0.1)), CALIBRATION, None, 3, 7
+    ),
+    "spsa without loss, blocking's own sigma": BudgetCase(
+        lambda: SPSA(SPSA.Settings(c=0.1, measure_loss=False), seed=1),
+        None,
+        BlockingSettings(noise_repeats=10, repeats=2),
+        4,
+        2 + 2,
+    ),
+}
+
+
+def run_budget_case(
+    case: str, *, budget: int | None = None, steps: int | None = None, seed: int = 0
+) -> tuple[OptimizeResult, CountingLandscape, SGD]:
+    c = BUDGET_CASES[case]
+    objective, device = landscape(seed=seed, dim=c.dim, noise=0.05)
+    optimizer = SGD(SGD.Settings(lr=0.05, schedule=SpallSchedule()))
+    result = minimize(
+        objective,
+        c.make_estimator(),
+        optimizer,
+        np.zeros(c.dim),
+        steps=steps,
+        budget=budget,
+        calibrate=c.calibration,
+        blocking=c.blocking,
+        recommend="average",
+        final_repeats=2,
+        seed=seed + 10,
+    )
+    return result, device, optimizer
+
+
+@pytest.mark.parametrize("case", list(BUDGET_CASES))
+@pytest.mark.parametrize("budget", [250, 401])
+def test_a_budget_runs_the_steps_it_affords_as_that_step_count_would(
+    case: str, budget: int
+) -> None:
+    result, device, optimizer = run_budget_case(case, budget=budget)
+    cost = BUDGET_CASES[case].step_cost
+    assert result.nfev == device.measurements <= budget
+    assert budget - result.nfev < cost  # within one step's cost
+    assert (result.budget, result.unspent) == (budget, budget - result.nfev)
+    assert result.success
+    assert f"budget of {budget} evaluations" in result.message
+    assert f"{budget - result.nfev} unspent" in result.message
+    steps = result.nit
+    assert steps > 5
+    assert np.all(np.diff(result.evaluations) == cost)
+    # the horizon is the number of steps that fit: Spall's A and the average's start follow it
+    assert optimizer.horizon == result.horizon == steps
+    assert isinstance(optimizer.schedule, SpallSchedule)
+    assert optimizer.schedule.stability(optimizer.horizon) == pytest.approx(0.1 * steps)
+    # ... so the run is the one steps=<that count> makes, bit for bit
+    same, same_device, _ = run_budget_case(case, steps=steps)
+    assert same.nfev == same_device.measurements == result.nfev
+    np.testing.assert_array_equal(same.x, result.x)
+    for key in ("losses", "proposed_losses", "learning_rates", "rejected", "evaluations"):
+        np.testing.assert_array_equal(same[key], result[key])
+    assert same.fun == result.fun
+
+
+def test_the_horizon_from_the_budget_sets_every_rate_and_the_average_start() -> None:
+    objective, device = landscape(dim=3, noise=0.05)
+    optimizer = SGD(SGD.Settings(lr=0.05, schedule=SpallSchedule()))
+    iterates = [np.zeros(3)]
+    result = minimize(
+        objective,
+        SPSA(SPSA.Settings(c=0.1), seed=0),
+        optimizer,
+        np.zeros(3),
+        budget=200,
+        callback=lambda _: iterates.append(optimizer.x),
+        calibrate=CalibrationSettings(noise_repeats=10, target_step=0.2),
+        recommend="average",
+    )
+    n = result.nit
+    lr = optimizer.base_learning_rate  # the calibrated rate
+    assert result.nfev == device.measurements == 10 + 10 * 3 + n * 3 + 1 <= 200 < result.nfev + 3
+    assert result.learning_rates[0] == lr  # step 0 uses lr whatever the horizon
+    expected = [spall_rate(lr, k, n) for k in range(n)]
+    np.testing.assert_allclose(result.learning_rates, expected, rtol=1e-12)
+    start = math.ceil(0.5 * n)  # the average of the iterates x_k, k >= n/2 of the horizon
+    np.testing.assert_allclose(result.x, np.mean(iterates[start:], axis=0), rtol=1e-12)
+
+
+def test_a_continued_run_plans_its_budget_from_the_optimizers_step_count() -> None:
+    objective, device = landscape(dim=2, noise=0.05)
+    optimizer = SGD(SGD.Settings(lr=0.05, schedule=SpallSchedule()))
+    minimize(objective, SPSA(seed=0), optimizer, np.zeros(2), steps=4)
+    before = device.measurements
+    result = minimize(objective, SPSA(seed=1), optimizer, budget=40)  # continues at step 4
+    assert result.nfev == device.measurements - before == 40 - 1 + 1  # 13 steps of 3, final 1
+    assert (result.nit, optimizer.iterations, optimizer.horizon) == (13, 17, 17)
+    # the horizon was fixed before the continuation's first step read its rate
+    expected = [spall_rate(0.05, 4 + k, 17) for k in range(13)]
+    np.testing.assert_allclose(result.learning_rates, expected, rtol=1e-12)
+
+
+def test_a_cosine_schedule_runs_over_the_horizon_the_budget_allows() -> None:
+    objective, _ = landscape(dim=2, noise=0.05)
+    optimizer = Adam(Adam.Settings(lr=0.1, schedule=CosineSchedule(lr_min=0.01)))
+    result = minimize(
+        objective, CentralDifference(), optimizer, np.zeros(2), budget=101, final_repeats=1
+    )
+    assert (result.nit, optimizer.horizon, result.unspent) == (20, 20, 0)  # 20 × 5 + 1
+    expected = [optimizer.schedule.learning_rate(0.1, k, 20) for k in range(20)]
+    np.testing.assert_allclose(result.learning_rates, expected, rtol=1e-12)
+    assert result.learning_rates[0] == 0.1
+    assert result.learning_rates[-1] == pytest.approx(
+        0.01 + 0.09 * 0.5 * (1 + math.cos(0.95 * math.pi))
+    )
+
+
+class OpaqueSPSA:
+    """SPSA behind a wrapper, so minimize cannot tell what its next estimate costs."""
+
+    def __init__(self, settings: SPSA.Settings) -> None:
+        self.inner = SPSA(settings, seed=0)
+
+    def estimate(self, objective: Objective, theta: FloatArray) -> GradientEstimate:
+        return self.inner.estimate(objective, theta)
+
+    def state_dict(self) -> JSONDict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: JSONDict) -> None:
+        self.inner.load_state_dict(state)
+
+
+RESAMPLED = SPSA.Settings(c=0.1, resamples={0: 1, 5: 3})  # 3 evaluations per step, then 7
+
+
+def test_a_resample_schedule_is_planned_ahead() -> None:
+    objective, device = landscape(dim=3, noise=0.05)
+    optimizer = SGD(SGD.Settings(lr=0.05, schedule=SpallSchedule()))
+    result = minimize(objective, SPSA(RESAMPLED, seed=0), optimizer, np.zeros(3), budget=60)
+    # 59 for steps: 5 × 3 + 6 × 7 = 57; the 12th step (7) does not fit in 2
+    assert np.diff(result.evaluations, prepend=0).tolist() == [3] * 5 + [7] * 6
+    assert result.nfev == device.measurements == 58
+    assert (result.nit, optimizer.horizon) == (11, 11)
+    assert "2 unspent, less than the next step's 7" in result.message
+
+
+def test_an_estimator_that_cannot_tell_its_cost_is_stopped_by_the_largest_seen() -> None:
+    objective, device = landscape(dim=3, noise=0.05)
+    optimizer = SGD(SGD.Settings(lr=0.05, schedule=SpallSchedule()))
+    result = minimize(objective, OpaqueSPSA(RESAMPLED), optimizer, np.zeros(3), budget=60)
+    assert result.nfev == device.measurements == 58
+    assert result.nit == 11
+    assert optimizer.horizon == 1 + (59 - 3) // 3  # planned from the first step's cost
+    assert "less than the largest step cost seen (7)" in result.message
+    assert "OpaqueSPSA cannot tell its next cost in advance" in result.message
+    # a cost that grows beyond every cost seen cannot be foreseen: the message says so
+    objective, device = landscape(dim=3, noise=0.05)
+    optimizer = SGD(SGD.Settings(lr=0.05))
+    over = minimize(objective, OpaqueSPSA(RESAMPLED), optimizer, np.zeros(3), budget=21)
+    assert over.nfev == device.measurements == 5 * 3 + 7 + 1
+    assert over.unspent == -2
+    assert "EXCEEDED by 2" in over.message
+
+
+def test_budget_runs_are_reproducible_with_a_seed() -> None:
+    first, _, _ = run_budget_case("spsa, calibrated, blocking", budget=200, seed=4)
+    second, _, _ = run_budget_case("spsa, calibrated, blocking", budget=200, seed=4)
+    np.testing.assert_array_equal(first.x, second.x)
+    np.testing.assert_array_equal(first.losses, second.losses)
+    assert (first.nfev, first.fun, first.message) == (second.nfev, second.fun, second.message)
+    assert first.calibration == second.calibration
+
+
+def test_steps_and_budget_exclude_each_other_and_a_budget_must_cover_the_setup() -> None:
+    objective, device = landscape(dim=2, noise=0.05)
+    with pytest.raises(ValueError, match=r"exactly one of steps= .* got both"):
+        minimize(objective, SPSA(seed=0), SGD(), np.zeros(2), steps=5, budget=50)
+    with pytest.raises(ValueError, match=r"exactly one of steps= .* got neither"):
+        minimize(objective, SPSA(seed=0), SGD(), np.zeros(2))
+    with pytest.raises(ValueError, match="budget must cover"):  # σ's 25 + the final 1
+        minimize(objective, SPSA(seed=0), SGD(), np.zeros(2), budget=20, calibrate=True)
+    assert device.measurements == 0  # refused before any evaluation
+    calibration = CalibrationSettings(noise_repeats=10, perturbation=True)  # 32+ evaluations
+    with pytest.raises(ValueError, match="calibration used"):
+        minimize(objective, SPSA(seed=0), SGD(), np.zeros(2), budget=20, calibrate=calibration)
+
+
+def test_a_budget_without_room_for_a_step_only_measures_the_start() -> None:
+    objective, device = landscape(dim=2, noise=0.05)
+    optimizer = SGD(SGD.Settings(schedule=SpallSchedule()))
+    result = minimize(objective, SPSA(seed=0), optimizer, np.zeros(2), budget=3)
+    assert (result.nit, result.nfev, device.measurements, result.unspent) == (0, 1, 1, 2)
+    assert optimizer.horizon == 1  # a schedule needs one; no step was planned
+    np.testing.assert_array_equal(result.x, np.zeros(2))
+    assert "less than the next step's 3" in result.message
+
+
+def test_stop_iteration_with_a_budget_names_the_planned_steps_and_the_budget() -> None:
+    objective, _ = landscape(dim=2, noise=0.05)
+
+    def stop_at_three(intermediate: OptimizeResult) -> None:
+        if intermediate.nit == 3:
+            raise StopIteration
+
+    result = minimize(
+        objective, SPSA(seed=0), SGD(), np.zeros(2), budget=31, callback=stop_at_three
+    )
+    assert result.status == 99
+    assert "after step 3 of 10" in result.message
+    assert "budget of 31 evaluations" in result.message
+    assert "21 unspent" in result.message  # 31 − 3 × 3 − 1
