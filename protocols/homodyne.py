@@ -4,9 +4,11 @@ Per input case one waveform is streamed: the controls at θ plus A_i·sin(2π f_
 on a plateau, ramped in from 0 V and out to 0 V. Over a window of whole periods the output is
 demodulated, X_i = (2/N)Σ y·sin(2πf_i t), Y_i = (2/N)Σ y·cos(2πf_i t), and
 ∂y/∂θ_i = (X_i cos φ_i + Y_i sin φ_i)/A_i, φ_i being the phase of the output chain at f_i. The same
-demodulation at free grid frequencies between the tones gives the noise floor, hence the standard
-errors. The loss gradient follows by the chain rule with ∂L/∂y from the task; its standard error
-includes the noise of the outputs ∂L/∂y is evaluated at (see `Homodyne.estimate`).
+demodulation at free grid frequencies around the tones gives the noise spectrum S(f), fitted as a
+power law (`fit_noise`), hence a standard error per tone, √(S(f_i)/T)/A_i (algorithms.md §1.5):
+with 1/f noise a low tone is noisier than a high one. The loss gradient follows by the chain rule
+with ∂L/∂y from the task; its standard error includes the noise of the outputs ∂L/∂y is evaluated
+at (see `Homodyne.estimate`).
 
 Modes: `parallel` dithers all controls in one stream per case (the default), `sequential` one
 control per stream (the others held at DC), `grouped` `group_size` controls per stream. Tones are
@@ -28,6 +30,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field
+from scipy.optimize import minimize_scalar
 from scipy.stats import chi2, norm
 
 from hil.core import ConfigError, FloatArray, JSONDict, Streaming
@@ -38,6 +41,8 @@ log = logging.getLogger(__name__)
 
 _WHOLE = 1e-6  # how far a duration·fs may be from an integer and still count as whole samples
 _NEAREST_BINS = 4  # noise bins nearest a tone that give the noise density S at that tone
+_EXPONENT_BOUND = 4.0  # |b| at most, for the power law S ∝ f^b fitted to the noise bins
+_RESOLVE_SLOPE = float(chi2.isf(1e-3, 1))  # likelihood-ratio statistic for b ≠ 0 (p = 0.001)
 
 Mode = Literal["parallel", "sequential", "grouped"]
 Method = Literal["harmonic", "optimal"]
@@ -64,10 +69,14 @@ class DeviceGradient:
     tones: tuple[float, ...]  # per control
     amplitudes: FloatArray  # physical, per control
     shifted: int  # controls whose DC level was moved inward so the tone fits the range
-    # one-sided noise density S (output units²/Hz) per case and output, from the off-tone floor
+    # one-sided noise density S (output units²/Hz) per case and output averaged over the noise
+    # bins (the white-noise floor; mean over the groups)
     noise_density: FloatArray | None = None
     groups: tuple[tuple[int, ...], ...] = ()  # the controls dithered together in one stream
     window: float = math.nan  # s demodulated per stream
+    # S at each control's tone, n_cases × n_outputs × d, from `noise_fit` (what `stderr` uses)
+    tone_density: FloatArray | None = None
+    noise_fit: NoiseFit | None = None  # the power law fitted to the noise bins
 
 
 @dataclass(frozen=True)
@@ -200,9 +209,11 @@ def noise_frequencies(
 ) -> list[float]:
     """Up to `count` grid frequencies m/T clear of DC, the tones and their low-order products.
 
-    Taken evenly from the free bins up to the top tone; bins above it (below Nyquist) only when
-    too few are free. Bins near mains are avoided by the planner's rule (`tones.near_mains`, the
-    same `mains_harmonics` and `mains_guard` defaults).
+    Taken evenly from the free bins up to the top tone, plus the nearest free bin above it, so
+    that the bins span the tones wherever free bins allow (the noise density at each tone is
+    interpolated between them, see `NoiseFit`); more bins above the top tone (below Nyquist)
+    only when too few are free below it. Bins near mains are avoided by the planner's rule
+    (`tones.near_mains`, the same `mains_harmonics` and `mains_guard` defaults).
     """
     bins = [round(f * window) for f in tones]
     signed = [*bins, *(-b for b in bins)]
@@ -217,12 +228,131 @@ def noise_frequencies(
     taken.update(grid[hum].tolist())
     top = max(bins, default=n_half)
     free = [m for m in range(1, top) if m not in taken]
+    above = [m for m in range(top + 1, n_half) if m not in taken]
+    extra: list[int] = []
     if len(free) < count:
-        free += [m for m in range(top + 1, n_half) if m not in taken][: count - len(free)]
+        free += above[: count - len(free)]
+    elif above and count > 1:
+        extra = above[:1]  # the nearest free bin above the top tone: the bins span every tone
     if not free:
         return []
-    pick = np.unique(np.round(np.linspace(0, len(free) - 1, min(count, len(free)))).astype(int))
-    return [free[i] / window for i in pick]
+    n_pick = min(count - len(extra), len(free))
+    pick = np.unique(np.round(np.linspace(0, len(free) - 1, n_pick)).astype(int))
+    return [free[i] / window for i in pick] + [m / window for m in extra]
+
+
+@dataclass(frozen=True)
+class NoiseFit:
+    """The off-tone noise of one `device_gradient` call as a power law per output.
+
+    S(f) = level·(f/reference)^exponent (one-sided, output units²/Hz): exponent 0 is white noise,
+    −1 flicker (1/f). The exponent is shared by all streams of the call (one device, one output
+    chain); the level is per case, group and output. Outside a group's `span` (its lowest and
+    highest noise bin) S is held at the edge value: the exponent is not known well enough from
+    ~16 bins to extrapolate, so tones below every free bin get the noise of the lowest one (under
+    1/f an underestimate; see `Homodyne.device_gradient`).
+    """
+
+    level: FloatArray  # n_cases × n_groups × n_out, S at `reference`
+    exponent: FloatArray  # n_out
+    exponent_se: FloatArray  # n_out, from the Fisher information of the fit
+    reference: float  # Hz
+    span: FloatArray  # n_groups × 2, Hz; NaN for a group without noise bins
+
+    def density(self, frequency: float, group: int) -> FloatArray:
+        """S at `frequency` for the streams of `group`, per case and output."""
+        lo, hi = self.span[group]
+        f = np.clip(frequency, lo, hi)
+        density: FloatArray = self.level[:, group, :] * (f / self.reference) ** self.exponent
+        return density
+
+    def band_power(self, bandwidth: float) -> FloatArray:
+        """∫₀^B S(f) df per case and output (the edge rule outside the span), mean over groups.
+
+        With B the noise-equivalent bandwidth of a mean (fs/(2n) for n samples, 1/(2T) for a
+        window T) this is the variance of that mean: S·B for white noise.
+        """
+        b = self.exponent  # n_out
+        total = np.zeros(self.level.shape[::2])
+        for g, (lo, hi) in enumerate(self.span):
+            s_lo = self.level[:, g, :] * (lo / self.reference) ** b
+            s_hi = self.level[:, g, :] * (hi / self.reference) ** b
+            power = s_lo * min(bandwidth, lo)
+            if bandwidth > lo:
+                ell = math.log(min(bandwidth, hi) / lo)
+                z = (b + 1.0) * ell
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    phi = np.where(np.abs(z) < 1e-12, 1.0, np.expm1(z) / z)
+                power = power + s_lo * lo * ell * phi  # ∫_lo^u f^b df in closed form
+            if bandwidth > hi:
+                power = power + s_hi * (bandwidth - hi)
+            total += power / len(self.span)
+        return total
+
+
+def fit_noise(
+    periodograms: Sequence[Sequence[FloatArray]], frequencies: Sequence[Sequence[float]]
+) -> NoiseFit:
+    """Fit S(f) = level·(f/f_ref)^b to off-tone periodograms by maximum likelihood.
+
+    `periodograms[c][g]` holds S_k = T·(X_k² + Y_k²)/2 at the noise bins `frequencies[g]` of the
+    stream of case c and group g (bins × outputs). Each S_k is its bin's density times an
+    exponential variate (two degrees of freedom), so the Whittle likelihood is exact: for a given
+    b the level of a stream is the mean of S_k·(f_k/f_ref)^(−b) (b = 0: the plain average of the
+    white-noise floor), and b maximises the likelihood profiled over the levels (a convex problem
+    in one variable, bounded to ±4). Why this and not the few bins nearest each tone: the fit
+    uses every bin for the level, so with white noise the density at a tone inside the span is
+    nearly as precise as the floor averaged over all bins (an average of 4 nearest bins has
+    twice its scatter), and pooling b over the streams keeps the slope's scatter small. Why not
+    a least-squares line through log S_k: the log of a χ²₂ variate is skewed and biased by Euler's
+    γ; the likelihood needs no such correction. A stream without power (noise-free) gets level 0
+    and does not enter b. f_ref is the geometric mean of the bins.
+    """
+    n_cases, n_groups = len(periodograms), len(frequencies)
+    spans = np.full((n_groups, 2), np.nan)
+    logs = [np.log(np.asarray(f, dtype=float)) for f in frequencies]
+    for g, f in enumerate(frequencies):
+        if len(f):
+            spans[g] = min(f), max(f)
+    every = np.concatenate(logs)
+    reference = float(np.exp(every.mean())) if every.size else 1.0
+    xs = [lf - math.log(reference) for lf in logs]
+    n_out = next((np.asarray(p).shape[1] for row in periodograms for p in row if np.size(p)), 1)
+    level = np.full((n_cases, n_groups, n_out), np.nan)
+    exponent, exponent_se = np.zeros(n_out), np.full(n_out, np.inf)
+    for o in range(n_out):
+        streams = [
+            (np.asarray(periodograms[c][g], dtype=float)[:, o], xs[g])
+            for c in range(n_cases)
+            for g in range(n_groups)
+            if xs[g].size and float(np.mean(periodograms[c][g], axis=0)[o]) > 0
+        ]
+        leverage = sum(float(np.sum((x - x.mean()) ** 2)) for _, x in streams)
+        if leverage > 0:
+            x_sum = sum(float(x.sum()) for _, x in streams)
+            best = minimize_scalar(
+                _profile_nll,
+                args=(streams, x_sum),
+                bounds=(-_EXPONENT_BOUND, _EXPONENT_BOUND),
+                method="bounded",
+                options={"xatol": 1e-6},
+            )
+            exponent_se[o] = 1.0 / math.sqrt(leverage)
+            # the slope only where the bins resolve it: white noise keeps the plain floor
+            if 2.0 * (_profile_nll(0.0, streams, x_sum) - float(best.fun)) > _RESOLVE_SLOPE:
+                exponent[o] = float(best.x)
+        for c in range(n_cases):
+            for g in range(n_groups):
+                if xs[g].size:
+                    p = np.asarray(periodograms[c][g], dtype=float)[:, o]
+                    level[c, g, o] = float(np.mean(p * np.exp(-exponent[o] * xs[g])))
+    return NoiseFit(level, exponent, exponent_se, reference, spans)
+
+
+def _profile_nll(b: float, streams: list[tuple[FloatArray, FloatArray]], x_sum: float) -> float:
+    """−log-likelihood of the exponent b, profiled over the levels (up to a constant)."""
+    levels = sum(p.size * math.log(float(np.mean(p * np.exp(-b * x)))) for p, x in streams)
+    return levels + b * x_sum
 
 
 def _fold(phi: FloatArray) -> FloatArray:
@@ -354,6 +484,7 @@ class Homodyne:
         self._phase_tones: list[float] | None = None
         self._phases: list[float] | None = None
         self._amplitudes: list[float] | None = None  # calibrated, parameter units
+        self._span_logged: set[int] = set()  # log levels of the noise-span message given
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -504,6 +635,22 @@ class Homodyne:
 
         Each stream counts as one objective evaluation. Every stream holds the same DC levels
         (moved inward where a tone would not fit), so all groups see one operating point.
+
+        Standard errors are per tone, √(S(f_i)/T)/A_i, with S(f_i) read from a power law
+        S(f) = a·f^b fitted to the off-tone bins of the call (`fit_noise`: b shared by the
+        streams, a per case, group and output; b = 0, the plain average of the bins as before,
+        unless the bins resolve a slope at p = 0.001, so white noise keeps the floor). Limits:
+
+        - S is interpolated inside the bins' span and held at the edge value outside it. In a
+          parallel plan of several planned tones every bin below the top tone carries a product,
+          so all bins lie above the tones and every tone gets the noise of the lowest free bin:
+          with 1/f noise too small a standard error (logged once). Tones on a coarser grid than
+          1/T (e.g. planned for T/5 and demodulated over T) leave free bins next to each tone.
+        - One power law does not follow a bend inside the band (a 1/f corner): the bend is not
+          resolvable from ~16 bins per stream, and it costs a few % of SE at the band edges.
+        - Drift within the window (power below 1/T, large for 1/f noise) leaks into the
+          sine quadrature of the lowest bins as 1/m (m = f·T); the fit averages the quadratures,
+          so a tone at m ≲ 3 has its SE underestimated by up to ~10 % under strong 1/f noise.
         """
         s = self.settings
         self._streamer(objective)
@@ -527,10 +674,10 @@ class Homodyne:
         cases = objective.device_inputs
         n_cases, n_out, d = cases.shape[0], len(objective.output_columns), objective.dim
         gradient = np.zeros((n_cases, n_out, d))
-        stderr = np.zeros((n_cases, n_out, d))
         response = np.zeros((n_cases, n_out, d, 2))
         means = np.zeros((n_cases, n_out))
         density = np.zeros((n_cases, n_out))
+        periodograms: list[list[FloatArray]] = [[] for _ in range(n_cases)]
         plans = []
         for group in groups:
             g_tones = [tones[i] for i in group]
@@ -547,14 +694,20 @@ class Homodyne:
                 response[c, :, group, 0], response[c, :, group, 1] = xt.T, qt.T
                 g = (xt * np.cos(phases[group]) + qt * np.sin(phases[group])) / amps[group]
                 gradient[c, :, group] = g.T
+                periodogram = s.window * (x[k:] ** 2 + q[k:] ** 2) / 2.0  # S = T·E[X²], bins × out
+                periodograms[c].append(periodogram)
                 if noise:
-                    floor2 = np.mean((x[k:] ** 2 + q[k:] ** 2) / 2.0, axis=0)  # n_out
-                    stderr[c, :, group] = (np.sqrt(floor2)[:, np.newaxis] / amps[group]).T
-                    density[c] += s.window * floor2 / len(groups)  # S = T·E[X²]
+                    density[c] += periodogram.mean(axis=0) / len(groups)
                 else:
-                    stderr[c, :, group] = np.nan
                     density[c] = np.nan
                 means[c] += y.mean(axis=0) / len(groups)
+        fit = fit_noise(periodograms, [noise for _, _, noise, _ in plans])
+        tone_density = np.full((n_cases, n_out, d), np.nan)
+        for gi, (group, g_tones, _, _) in enumerate(plans):
+            for i, f in zip(group, g_tones, strict=True):
+                tone_density[:, :, i] = fit.density(f, gi)
+        stderr = np.sqrt(tone_density / s.window) / amps  # √(S(f_i)/T)/A_i
+        self._check_noise_span(fit, plans)
         return DeviceGradient(
             gradient,
             stderr,
@@ -566,6 +719,36 @@ class Homodyne:
             noise_density=density,
             groups=tuple(tuple(g) for g in groups),
             window=s.window,
+            tone_density=tone_density,
+            noise_fit=fit,
+        )
+
+    def _check_noise_span(
+        self, fit: NoiseFit, plans: Sequence[tuple[list[int], list[float], list[float], FloatArray]]
+    ) -> None:
+        """Say once (per level) that tones lie below every noise bin; warn if the noise falls."""
+        below = sorted(
+            f
+            for g, (_, g_tones, _, _) in enumerate(plans)
+            for f in g_tones
+            if f < fit.span[g, 0] / 1.5
+        )
+        if not below:
+            return
+        falling = bool(np.any(fit.exponent < 0))  # resolved: 0 unless the bins show a slope
+        level = logging.WARNING if falling else logging.INFO
+        if level in self._span_logged:
+            return
+        self._span_logged.add(level)
+        log.log(
+            level,
+            "homodyne: the tones %s Hz lie below every free noise bin (lowest %g Hz; fitted "
+            "S ∝ f^%s): their standard errors take the noise there, too small if it rises "
+            "towards low frequencies (1/f). Tones on a grid coarser than 1/T (e.g. planned for "
+            "T/k and demodulated over T) leave free bins next to each tone",
+            below,
+            float(np.nanmin(fit.span[:, 0])),
+            ", ".join(f"{b:.2g}" for b in fit.exponent),
         )
 
     def calibrate_phase(self, objective: Objective, theta: FloatArray) -> FloatArray:
@@ -874,10 +1057,14 @@ class Homodyne:
         order Σ_{c'} v_{c'} (Σ_c J_{c c'} ∂y_c/∂θ)², with the measured ∂y/∂θ plugged in (its own
         noise then adds, in expectation, the product term Σ_c (Σ_{c'} J_{c c'}² v_{c'}) SE²).
         The ŷ are assumed independent of the demodulated noise (separate plateaus, or the window
-        mean, which white noise leaves uncorrelated with the tones). v comes from the off-tone
-        noise density S of each case (white-noise approximation):
-        S·fs/(2 n) for a plateau mean of n samples (`measure_loss`, n = spec.plateau_samples or 1),
-        S/(2 T·streams) for the window means. Slow (1/f, drift) noise on the plateaus is not in it.
+        mean, which white noise leaves uncorrelated with the tones). v is the variance of a mean
+        with noise-equivalent bandwidth B under the fitted spectrum, v = ∫₀^B S(f) df
+        (`NoiseFit.band_power`): B = fs/(2n) for a plateau mean of n samples (`measure_loss`,
+        n = spec.plateau_samples or 1), B = 1/(2T) for a window mean, divided by the streams it
+        averages. For white noise this is S·fs/(2n) and S/(2T·streams) as before; with 1/f noise
+        the plateau term weights the spectrum over its own band (mostly high frequencies for a
+        single sample) rather than at the tones. Noise below the lowest bin (1/f, drift) is
+        taken as flat there, so for slow noise v is a lower bound.
         """
         s = self.settings
         self._streamer(objective)
@@ -890,18 +1077,20 @@ class Homodyne:
             extras["calibration_seconds"] = calibration.device_seconds
         outputs = objective.outputs(t) if s.measure_loss else None
         measured = self.device_gradient(objective, t)
-        density = (
-            measured.noise_density
-            if measured.noise_density is not None
-            else np.full(measured.window_mean.shape, np.nan)
-        )
+        fit = measured.noise_fit
         spec = objective.device.spec
         if outputs is None:
             outputs = measured.window_mean
-            out_var = density / (2.0 * s.window * len(measured.groups))
+            bandwidth = 1.0 / (2.0 * s.window)
+            streams = len(measured.groups)
         else:
-            n_plateau = spec.plateau_samples or 1
-            out_var = density * self._sample_rate(objective) / (2.0 * n_plateau)
+            bandwidth = self._sample_rate(objective) / (2.0 * (spec.plateau_samples or 1))
+            streams = 1
+        out_var = (
+            fit.band_power(bandwidth) / streams
+            if fit is not None
+            else np.full(measured.window_mean.shape, np.nan)
+        )
         task = objective.task
         loss = task.loss(outputs)
         dl_dy = np.asarray(task.output_gradient(outputs), dtype=float)

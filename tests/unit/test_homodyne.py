@@ -9,14 +9,17 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
+from scipy.stats import chi2
 
 from hil.core import ConfigError, DeviceBase, DeviceSpec, FloatArray, Streaming, VirtualClock
 from hil.safety import SafetyGuard, SafetyLimits
 from protocols.base import GradientEstimator, Objective
 from protocols.homodyne import (
     Homodyne,
+    NoiseFit,
     _output_jacobian,
     demodulate,
+    fit_noise,
     noise_frequencies,
     synthesize,
 )
@@ -173,6 +176,52 @@ def test_noise_bins_follow_the_planners_mains_rule() -> None:
     assert not near_mains(50.5, window=window)
 
 
+def test_noise_fit_keeps_the_white_floor_and_recovers_a_power_law() -> None:
+    rng = np.random.default_rng(0)
+    freqs = np.arange(1.0, 65.0, 4.0)  # 16 bins, 1–61 Hz
+    # White: no resolved slope, so each stream's level is the plain average of its bins (the
+    # floor the SE used before) and the density is that level at every frequency.
+    white = [[rng.exponential(2.0, size=(16, 1))] for _ in range(N_CASES)]
+    fit = fit_noise(white, [freqs.tolist()])
+    assert fit.exponent[0] == 0.0
+    np.testing.assert_allclose(fit.level[:, 0, 0], [w[0].mean() for w in white], rtol=1e-12)
+    np.testing.assert_allclose(fit.density(3.0, 0), fit.level[:, 0, :], rtol=1e-12)
+    # 1/f, S = 10/f, 8 streams: the exponent within 3.5 of its standard errors; inside the span
+    # S averaged over the streams within 3.5 SDs of the fit (the levels' 1/√(16·8) and the
+    # slope's SE times the log distance from the bins' geometric mean); held at the edges.
+    streams = 8
+    flicker = [
+        [10.0 / freqs[:, np.newaxis] * rng.exponential(size=(16, 1))] for _ in range(streams)
+    ]
+    fit = fit_noise(flicker, [freqs.tolist()])
+    se_b = float(fit.exponent_se[0])
+    assert abs(fit.exponent[0] + 1.0) < 3.5 * se_b
+    for f in (3.0, 20.0, 55.0):
+        ratio = float(np.mean(fit.density(f, 0)[:, 0])) / (10.0 / f)
+        sd = math.sqrt(1 / (16 * streams) + (math.log(f / fit.reference) * se_b) ** 2)
+        assert abs(ratio - 1) < 3.5 * sd, (f, ratio, sd)
+    np.testing.assert_allclose(fit.density(0.1, 0), fit.density(1.0, 0), rtol=1e-12)
+    np.testing.assert_allclose(fit.density(500.0, 0), fit.density(61.0, 0), rtol=1e-12)
+
+
+def test_noise_band_power_integrates_the_fitted_spectrum() -> None:
+    """∫₀^B S df in closed form: S·B for white noise, the held edges outside the span."""
+    fit = NoiseFit(
+        level=np.array([[[2.0, 2.0, 2.0]]]),
+        exponent=np.array([0.0, -1.0, -0.4]),
+        exponent_se=np.full(3, 0.1),
+        reference=10.0,
+        span=np.array([[4.0, 40.0]]),
+    )
+    for bandwidth in (1.0, 4.0, 25.0, 40.0, 500.0):
+        f = np.linspace(0.0, bandwidth, 400_001)
+        s = 2.0 * (np.clip(f, 4.0, 40.0)[:, np.newaxis] / 10.0) ** fit.exponent
+        np.testing.assert_allclose(
+            fit.band_power(bandwidth)[0], np.trapezoid(s, f, axis=0), rtol=1e-6
+        )
+        assert fit.band_power(bandwidth)[0, 0] == pytest.approx(2.0 * bandwidth)
+
+
 def test_a_zero_amplitude_control_holds_its_level_whatever_its_tone() -> None:
     wave = synthesize(
         np.array([0.5, -0.3]),
@@ -233,6 +282,54 @@ def test_white_noise_gradient_is_unbiased_and_its_standard_error_is_calibrated()
     limit = math.sqrt(2 * sigma**2 / FS / window) / AMPLITUDE
     assert 0.85 < float(np.sqrt(np.mean(err**2))) / limit < 1.15
     assert 0.9 < float(se.mean()) / limit < 1.1
+
+
+def test_flicker_noise_standard_errors_follow_the_noise_at_each_tone() -> None:
+    """Strong 1/f noise: the SE of the lowest and the highest tone each match the spread.
+
+    The tones lie on a 5 Hz grid (what `plan_tones` gives for T = 0.2 s) and are demodulated
+    over T = 1 s, so free bins (every 1 Hz off the 5 Hz grid) lie next to every tone. With
+    S(f) = 1.6e-6/f + 2e-9 (units²/Hz; the 1/f corner at 800 Hz) S falls 22-fold from the 5 Hz
+    to the 125 Hz tone.
+
+    Over `repeats` estimates the SD of each coordinate is pooled over the cases about each case's
+    mean: ν = cases·(repeats − 1) degrees of freedom. If the reported SE (root mean square over
+    the repeats; its own scatter, ~17 % per estimate, averages to < 2 %) is right, ν·spread²/SE²
+    is χ²_ν, and SE/spread lies within the two-sided 0.1 % quantiles, ≈ [0.92, 1.09] here.
+    Measured with this seed: 0.996 at 5 Hz and 0.971 at 125 Hz (a bend the single power law
+    does not follow, ~3 % low; another seed 0.95 and 0.98). The band-averaged floor the SE used
+    before (`noise_density`: S averaged over the 16 bins, 1–126 Hz) gave 0.67 at 5 Hz and 3.1 at
+    125 Hz: far outside.
+    """
+    repeats, window = 200, 1.0
+    tones = [5.0, 25.0, 70.0, 85.0, 125.0]
+    noise = {"flicker_psd": 1.6e-7, "flicker_f_ref": 10.0, "white": 0.001}
+    device = make_device(seed=3, noise=noise)
+    task = make_task(device)
+    objective = Objective(device, task)
+    estimator = make_estimator(window=window, tones=tones)
+    bins = noise_frequencies(tones, window, FS, estimator.settings.noise_bins)
+    assert min(bins) < min(tones)  # the bins span the tones
+    assert max(bins) > max(tones)
+    grads, stderrs, floors = [], [], []
+    for _ in range(repeats):
+        measured = estimator.device_gradient(objective, THETA)
+        assert measured.noise_density is not None
+        grads.append(measured.gradient[:, 0, :])
+        stderrs.append(measured.stderr[:, 0, :])
+        floors.append(np.sqrt(measured.noise_density[:, 0] / window) / AMPLITUDE)
+    g, se = np.array(grads), np.array(stderrs)
+    dof = N_CASES * (repeats - 1)
+    spread = np.sqrt(np.sum((g - g.mean(axis=0)) ** 2, axis=(0, 1)) / dof)
+    ratio = np.sqrt(np.mean(se**2, axis=(0, 1))) / spread
+    low, high = np.sqrt(dof / chi2.ppf([1 - 5e-4, 5e-4], dof))
+    for i in (0, len(tones) - 1):  # the lowest and the highest tone
+        assert low < ratio[i] < high, (tones[i], ratio)
+    assert float(np.mean(se[:, :, 0]) / np.mean(se[:, :, -1])) > 3.0
+    # The old band-averaged floor, one SE for all tones, fails at both ends.
+    old = math.sqrt(float(np.mean(np.array(floors) ** 2))) / spread
+    assert old[0] < low, old
+    assert old[-1] > high, old
 
 
 def test_phase_calibration_recovers_the_filtered_gradient() -> None:
