@@ -51,3 +51,21 @@ class StepProgress:
         self.best_loss = math.inf if state["best_loss"] is None else float(state["best_loss"])
         self.best_step = int(state["best_step"])
         self.last_loss = math.nan if state["last_loss"] is None else float(state["last_loss"])
+
+
+class Stepped:
+    """The `Procedure` step properties of a procedure that keeps a `StepProgress`."""
+
+    _progress: StepProgress
+
+    @property
+    def steps_done(self) -> int:
+        return self._progress.steps_done
+
+    @property
+    def total_steps(self) -> int:
+        return self._progress.total
+
+    @property
+    def done(self) -> bool:
+        return self._progress.done

@@ -34,7 +34,7 @@ from hil.core import (
     ProgrammableState,
 )
 from protocols.base import Objective, Optimizer, Stateless, Task
-from protocols.progress import StepProgress
+from protocols.progress import Stepped, StepProgress
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ class IntrinsicNodePerturbation(Stateless):
         )
 
 
-class PulseTrainingProcedure:
+class PulseTrainingProcedure(Stepped):
     """Train a single-layer programmable array: measure ∂L/∂W, step, send whole pulses."""
 
     class Settings(BaseModel):
@@ -196,18 +196,6 @@ class PulseTrainingProcedure:
         optimizer.start(np.clip(weights.ravel(), lo, hi), lo, hi)
         self._progress = StepProgress(s.steps)
         self._pulses = 0
-
-    @property
-    def steps_done(self) -> int:
-        return self._progress.steps_done
-
-    @property
-    def total_steps(self) -> int:
-        return self.settings.steps
-
-    @property
-    def done(self) -> bool:
-        return self._progress.done
 
     def step(self) -> JSONDict:
         s = self.settings

@@ -33,10 +33,10 @@ from protocols.calibration import (
 )
 from protocols.minimize import BlockingSettings, blocking_threshold, optimization_step
 from protocols.optimizers import Recommendation, TunableOptimizer, as_tunable
-from protocols.progress import StepProgress
+from protocols.progress import Stepped, StepProgress
 
 
-class TrainingProcedure:
+class TrainingProcedure(Stepped):
     """Gradient-based training of a device's controls on a task, one step per optimizer update."""
 
     class Settings(BaseModel):
@@ -176,18 +176,6 @@ class TrainingProcedure:
                     key=("procedure", "initial_controls", name if isinstance(given, dict) else i),
                 )
         return theta
-
-    @property
-    def steps_done(self) -> int:
-        return self._progress.steps_done
-
-    @property
-    def total_steps(self) -> int:
-        return self.settings.steps
-
-    @property
-    def done(self) -> bool:
-        return self._progress.done
 
     def controls(self) -> dict[str, float]:
         """The current control values by channel name."""
