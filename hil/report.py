@@ -79,6 +79,7 @@ def _markdown(info: JSONDict, summary: JSONDict | None, records: list[JSONDict])
             f"- device evaluations: {summary.get('evaluations')}, "
             f"device time: {summary.get('device_time', 0.0):.4g} s"
         )
+        lines += _tuning_lines(summary)
         controls = summary.get("final_controls") or summary.get("controls") or {}
         if controls:
             lines += ["", "| control | value |", "|---|---|"]
@@ -95,6 +96,28 @@ def _markdown(info: JSONDict, summary: JSONDict | None, records: list[JSONDict])
             ]
     lines += ["", "![loss and controls](training.png)", ""]
     return "\n".join(lines)
+
+
+def _tuning_lines(summary: JSONDict) -> list[str]:
+    """Calibrated values, blocking and recommendation, when the procedure reports them."""
+    lines = []
+    calibration = summary.get("calibration")
+    if calibration:
+        parts = [f"loss noise σ {calibration['sigma']:.4g}"]
+        if calibration.get("c") is not None:
+            parts.append(f"{calibration.get('setting') or 'c'} = {calibration['c']:.4g}")
+        if calibration.get("learning_rate") is not None:
+            parts.append(f"learning rate {calibration['learning_rate']:.4g}")
+        parts.append(f"{calibration['evaluations']} evaluations")
+        lines.append("- calibration: " + ", ".join(parts))
+    if summary.get("allowed_increase") is not None:
+        lines.append(
+            f"- blocking: {summary.get('rejected_steps', 0)} steps rejected (allowed increase "
+            f"{summary['allowed_increase']:.4g})"
+        )
+    if summary.get("recommend") not in (None, "last"):
+        lines.append(f"- final controls: the {summary['recommend']} of the iterates")
+    return lines
 
 
 def write_report(run_path: Path) -> Path:

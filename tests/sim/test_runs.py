@@ -285,7 +285,7 @@ def calibrated_experiment(tmp_path: Path, **options: Any) -> Path:
 def calibrated_reference(tmp_path: Path) -> dict[str, Any]:
     outcome = start_run(calibrated_experiment(tmp_path / "cal_ref_cfg"), tmp_path / "cal_ref")
     assert outcome.status is RunStatus.COMPLETED, outcome.reason
-    return {"summary": outcome.summary, "steps": _steps(outcome.path)}
+    return {"summary": outcome.summary, "steps": _steps(outcome.path), "path": outcome.path}
 
 
 def test_calibration_and_blocking_are_logged_and_read_back(
@@ -312,6 +312,13 @@ def test_calibration_and_blocking_are_logged_and_read_back(
     assert summary["recommend"] == "average"
     assert summary["final_controls"] != summary["controls"]  # the average, not the last iterate
     assert float(summary["final_loss"]) < float(steps[0]["loss"])
+    report = (write_report(calibrated_reference["path"]) / "summary.md").read_text()
+    assert (
+        f"- calibration: loss noise σ {calibration['sigma']:.4g}, c = {calibration['c']:.4g}"
+        in (report)
+    )
+    assert f"- blocking: {summary['rejected_steps']} steps rejected" in report
+    assert "- final controls: the average of the iterates" in report
 
 
 @pytest.mark.parametrize(
