@@ -10,11 +10,14 @@ A single-layer array answers y_c = x_c W for each input row x_c, so ∂L/∂W = 
   variance over the passes. It needs nothing from the loss but its value.
 
 `PulseTrainingProcedure` keeps the optimizer's iterate as the intended weights (read from the
-array at the start), lets any optimizer (SGD, Adam, schedules) take its step, and sends the step
-as whole pulse counts Δw/pulse_step. A step that would need more than `max_pulses` on a weight is
-scaled down as a whole (direction kept) and the event says by how much: nothing is cut silently.
-The array's real weights differ from the intended ones by the pulse noise; the loop closes
-through the gradient, which is always measured on the real array.
+array at the start), lets any optimizer (SGD, Adam, schedules) take its step, and sends the
+difference between the intended weights and the nominal weights already sent as whole pulse
+counts (Δw/pulse_step, rounded): what rounding leaves over is sent later, not lost. A step that
+would need more than `max_pulses` on a weight is scaled down as a whole (direction kept), the rest
+stays pending, and the event says by how much: nothing is cut silently. The array's real weights
+differ from the nominal ones by the pulse noise; the loop closes through the gradient, which is
+always measured on the real array, and `resync_every` reads the weights back (counted on the
+clock) and restarts the intended and nominal weights from what was read.
 """
 
 from __future__ import annotations
@@ -156,6 +159,12 @@ class PulseTrainingProcedure(Stepped):
         weight_min: float = Field(default=-math.inf, description="box for the intended weights")
         weight_max: float = Field(default=math.inf, description="box for the intended weights")
         final_repeats: int = Field(default=1, ge=1, description="measurements of the final loss")
+        resync_every: int | None = Field(
+            default=None,
+            ge=1,
+            description="read the weights back every N steps and continue from them "
+            "(None: never; the final read-back always happens)",
+        )
 
     def __init__(
         self,
@@ -193,23 +202,34 @@ class PulseTrainingProcedure(Stepped):
         self._shape = shape
         lo = np.full(weights.size, s.weight_min)
         hi = np.full(weights.size, s.weight_max)
-        optimizer.start(np.clip(weights.ravel(), lo, hi), lo, hi)
+        start = np.clip(weights.ravel(), lo, hi)
+        optimizer.start(start, lo, hi)
+        if s.resync_every is not None and "x" not in optimizer.state_dict():
+            raise ConfigError(
+                f"procedure.resync_every needs an optimizer whose state holds its iterate 'x'; "
+                f"{type(optimizer).__name__} does not",
+                key=("procedure", "resync_every"),
+            )
+        self._sent: FloatArray = start.copy()  # nominal weights the pulses sent so far amount to
         self._progress = StepProgress(s.steps)
         self._pulses = 0
 
     def step(self) -> JSONDict:
         s = self.settings
         estimate = self.estimator.weight_gradient(self.objective)
-        before = self.optimizer.ask()
         self.optimizer.tell(estimate.gradient.ravel())
-        wanted = (self.optimizer.ask() - before) / s.pulse_step
+        wanted = (self.optimizer.ask() - self._sent) / s.pulse_step
         largest = float(np.max(np.abs(wanted))) if wanted.size else 0.0
         scale = min(1.0, s.max_pulses / largest) if largest > 0 else 1.0
         counts = np.rint(wanted * scale).astype(np.int64)
         t0 = self.objective.device_time()
         self.device.apply_pulses(counts.reshape(self._shape))
+        self._sent = self._sent + counts * s.pulse_step
         self._pulses += int(np.abs(counts).sum())
         self._progress.record(estimate.loss)
+        resync = {}
+        if s.resync_every is not None and self._progress.steps_done % s.resync_every == 0:
+            resync = self._resync()
         return {
             "step": self._progress.steps_done,
             "loss": estimate.loss,
@@ -222,7 +242,20 @@ class PulseTrainingProcedure(Stepped):
             "step_scaled": scale,
             "controls": [],
             **estimate.extras,
+            **resync,
         }
+
+    def _resync(self) -> JSONDict:
+        """Read the weights back; intended and nominal weights restart from what was read."""
+        state = self.optimizer.state_dict()
+        lo = np.full(self._sent.size, self.settings.weight_min)
+        hi = np.full(self._sent.size, self.settings.weight_max)
+        read = np.clip(np.asarray(self.device.read_state(), dtype=float).ravel(), lo, hi)
+        gap = float(np.sqrt(np.mean((read - np.asarray(state["x"], dtype=float)) ** 2)))
+        state["x"] = read.tolist()
+        self.optimizer.load_state_dict(state)
+        self._sent = read.copy()
+        return {"resynced": True, "intended_vs_read_rms": gap}
 
     def finish(self) -> JSONDict:
         """Measure the final loss and read the weights back (both counted on the clock)."""
@@ -251,6 +284,7 @@ class PulseTrainingProcedure(Stepped):
     def state_dict(self) -> JSONDict:
         return {
             **self._progress.state_dict(),
+            "sent": self._sent.tolist(),
             "pulses": self._pulses,
             "evaluations": self.objective.evaluations,
             "optimizer": self.optimizer.state_dict(),
@@ -259,6 +293,10 @@ class PulseTrainingProcedure(Stepped):
 
     def load_state_dict(self, state: JSONDict) -> None:
         self._progress.load_state_dict(state)
+        sent = np.asarray(state["sent"], dtype=float)
+        if sent.shape != self._sent.shape:
+            raise ValueError(f"pulse-train state: 'sent' has shape {sent.shape}")
+        self._sent = sent
         self._pulses = int(state["pulses"])
         self.objective.evaluations = int(state["evaluations"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -129,3 +130,45 @@ def test_state_round_trip_continues_identically() -> None:
         return losses + [procedure.step()["loss"] for _ in range(3)]
 
     assert run(split=False) == run(split=True)
+
+
+def test_steps_smaller_than_a_pulse_are_sent_later_not_lost() -> None:
+    """With lr so small that every step asks for under half a pulse, rounding each step alone
+    would send nothing for ever; the pending remainder is kept and sent once it adds up."""
+    procedure = _procedure(_crossbar(out_noise=0.0), estimator=DeltaRule(), steps=30, lr=0.002)
+    first = procedure.step()
+    assert first["pulses"] == 0  # the first step is below half a pulse on every weight
+    while not procedure.done:
+        procedure.step()
+    assert procedure.finish()["pulses"] > 0
+    pending = np.abs(procedure.optimizer.ask() - procedure._sent)
+    assert np.all(pending <= 0.001 / 2 + 1e-12)  # never more than half a pulse outstanding
+
+
+def test_resync_reads_the_array_back_and_continues_from_it() -> None:
+    """Noisy pulses (50 % cycle-to-cycle spread) take the array away from the intended weights;
+    reading back every 5 steps restarts from the real weights, so they end closer."""
+
+    def run(resync: int | None) -> tuple[list[dict[str, Any]], float]:
+        device = CrossbarDevice(
+            CrossbarSettings(rows=ROWS, cols=COLS, construction_seed=0, dw_min_std=0.5), seed=2
+        )
+        procedure = PulseTrainingProcedure(
+            PulseTrainingProcedure.Settings(
+                steps=28, pulse_step=0.001, max_pulses=8, resync_every=resync
+            ),
+            device=device,
+            task=_task(),
+            estimator=DeltaRule(),
+            optimizer=SGD(SGD.Settings(lr=0.05)),
+        )
+        records = [procedure.step() for _ in range(28)]
+        return records, float(procedure.finish()["weights_vs_intended_rms"])
+
+    plain, gap_plain = run(None)
+    synced, gap_synced = run(5)
+    assert all("resynced" not in r for r in plain)
+    assert [r["step"] for r in synced if r.get("resynced")] == [5, 10, 15, 20, 25]
+    assert all(r["intended_vs_read_rms"] > 0 for r in synced if r.get("resynced"))
+    # three noisy steps after the last read-back against 28 without any
+    assert gap_synced < 0.7 * gap_plain, (gap_synced, gap_plain)
