@@ -41,9 +41,12 @@ optimizer that keeps continuous parameters: the gradient is taken at the rounded
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hil.core import ConfigError, FloatArray, JSONDict, NodePerturbable, SeedLike, seed_sequence
@@ -52,6 +55,41 @@ from protocols.base import GradientEstimate, Objective
 
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 LayerIndex = Annotated[int, Field(ge=0)]
+
+
+@dataclass(frozen=True)
+class OutputProbe:
+    """∂L/∂y per noisy pass, with the device's own noise as the probe (NRL's noisy passes
+    against their running mean)."""
+
+    samples: FloatArray  # passes × cases × outputs: δ_k ξ_k / σ̂²
+    variance: FloatArray  # per output: mean ξ² over passes and cases, (P − 1)/P of σ²
+    silent: npt.NDArray[np.bool_]  # per output: no noise above min_sigma seen (gradient 0)
+    mean_loss: float  # mean of the noisy passes' losses
+
+    @property
+    def sigma(self) -> float:
+        """The noise σ, undoing the (P − 1)/P shrinkage of deviations from the passes' mean."""
+        passes = self.samples.shape[0]
+        return math.sqrt(float(np.mean(self.variance)) * passes / (passes - 1))
+
+
+def intrinsic_output_gradient(
+    passes: FloatArray, loss: Callable[[FloatArray], float], min_sigma: float = 0.0
+) -> OutputProbe:
+    """From P noisy measurements Y_k (P × cases × outputs): ξ_k = Y_k − Ȳ, δ_k = L(Y_k) − L(Ȳ),
+    ∂L/∂y ≈ δ_k ξ_k / σ̂² per pass, σ̂² the mean ξ² per output (the same (P − 1)/P shrinkage as
+    E[δ ξ], so the ratio is unbiased). Outputs with σ̂ ≤ `min_sigma` carry no probe: 0."""
+    y = np.asarray(passes, dtype=float)
+    mean = y.mean(axis=0)
+    xi = y - mean
+    losses = np.array([loss(p) for p in y])
+    delta = losses - loss(mean)
+    variance = np.mean(xi**2, axis=(0, 1))
+    silent = variance <= min_sigma**2
+    inverse = np.divide(1.0, variance, out=np.zeros_like(variance), where=~silent)
+    samples: FloatArray = delta[:, np.newaxis, np.newaxis] * xi * inverse
+    return OutputProbe(samples, variance, silent, float(np.mean(losses)))
 
 
 class NodePerturbation:
@@ -193,28 +231,21 @@ class NodePerturbation:
             y, seen = _pass(objective, device, zeros)
             ys.append(y)
             xs.append(seen[-1])
-        Y = np.stack(ys)  # P × cases × outputs scored
-        y_mean = Y.mean(axis=0)
-        xi = Y - y_mean
-        losses = np.array([objective.task.loss(y) for y in Y])
-        delta = losses - objective.task.loss(y_mean)
-        var = np.mean(xi**2, axis=(0, 1))  # per output unit
-        silent = var == 0  # no noise seen: that unit's gradient is not observable
-        inv_var = np.divide(1.0, var, out=np.zeros_like(var), where=~silent)
-        g_y = delta[:, np.newaxis, np.newaxis] * xi * inv_var  # P × cases × outputs
+        probe = intrinsic_output_gradient(np.stack(ys), objective.task.loss)
         x_last = np.mean(xs, axis=0)  # cases × n_in of the output layer
         last = len(shapes) - 1
         n_in, n_out = shapes[last]
         full = np.zeros((s.passes, n_in, n_out))
-        full[:, :, objective.output_columns] = gains[last] * np.einsum("ci,pcj->pij", x_last, g_y)
+        full[:, :, objective.output_columns] = gains[last] * np.einsum(
+            "ci,pcj->pij", x_last, probe.samples
+        )
         samples = np.zeros((s.passes, objective.dim))
         start = _starts(shapes)[last]
         samples[:, start:] = full.reshape(s.passes, -1)
-        sigma = math.sqrt(float(np.mean(var)) * s.passes / (s.passes - 1))
         return (
             samples,
-            float(np.mean(losses)),
-            {"sigma": sigma, "silent_outputs": float(np.count_nonzero(silent))},
+            probe.mean_loss,
+            {"sigma": probe.sigma, "silent_outputs": float(np.count_nonzero(probe.silent))},
         )
 
     # -- settings against the device -----------------------------------------------------------

@@ -37,6 +37,7 @@ from hil.core import (
     ProgrammableState,
 )
 from protocols.base import Objective, Optimizer, Stateless, Task
+from protocols.node_perturbation import intrinsic_output_gradient
 from protocols.progress import Stepped, StepProgress
 
 
@@ -121,24 +122,16 @@ class IntrinsicNodePerturbation(Stateless):
         t0, e0 = objective.device_time(), objective.evaluations
         theta = _no_controls(objective)
         passes = np.array([objective.outputs(theta) for _ in range(k)])  # k × cases × outputs
-        mean = passes.mean(axis=0)
-        xi = passes - mean
-        variance = xi.var(axis=(0, 1), ddof=1)  # per output, pooled over cases
-        probed = variance > self.settings.min_sigma**2
-        baseline = objective.task.loss(mean)
-        deltas = np.array([objective.task.loss(p) for p in passes]) - baseline
-        dl_dy = np.zeros_like(mean)
-        scale = np.where(probed, 1.0 / np.where(probed, variance, 1.0), 0.0)
-        dl_dy[:] = np.einsum("k,kco->co", deltas, xi) / k * scale
+        probe = intrinsic_output_gradient(passes, objective.task.loss, self.settings.min_sigma)
         return WeightGradient(
-            gradient=_weights_gradient(objective, dl_dy),
-            loss=float(np.mean(deltas) + baseline),
+            gradient=_weights_gradient(objective, probe.samples.mean(axis=0)),
+            loss=probe.mean_loss,
             evaluations=objective.evaluations - e0,
             device_seconds=objective.device_time() - t0,
             extras={
-                "sigma": float(np.sqrt(np.mean(variance))),
+                "sigma": probe.sigma,
                 "passes": float(k),
-                "unprobed_outputs": float(np.sum(~probed)),
+                "unprobed_outputs": float(np.count_nonzero(probe.silent)),
             },
         )
 
