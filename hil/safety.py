@@ -643,31 +643,32 @@ class PulsingSafetyGuard(SafetyGuard):
 
     def apply_pulses(self, pulses: Any) -> None:
         """Check every count (whole numbers, per-device and per-request limits), then pulse."""
-        try:
-            arr = np.array(pulses, dtype=np.float64, copy=True)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"apply_pulses: cannot convert to an array ({exc})") from exc
-        if not np.all(np.isfinite(arr)) or not np.all(arr == np.rint(arr)):
-            index = int(
-                np.flatnonzero(~np.isfinite(arr.ravel()) | (arr.ravel() != np.rint(arr.ravel())))[0]
-            )
+        arr = _as_array(pulses, "apply_pulses")
+        flat = arr.ravel()
+
+        def weight(index: int) -> str:
+            return f"weight {tuple(int(i) for i in np.unravel_index(index, arr.shape))}"
+
+        fractional = np.flatnonzero(~np.isfinite(flat) | (flat != np.rint(flat)))
+        if fractional.size:
+            index = int(fractional[0])
             self._refuse(
                 SafetyViolation(
-                    f"weight {np.unravel_index(index, arr.shape)}",
-                    float(arr.ravel()[index]),
+                    weight(index),
+                    float(flat[index]),
                     "whole pulse counts",
                     "pulse counts are integers; nothing was sent",
                 )
             )
         limits = self._limits
-        magnitude = np.abs(arr)
+        magnitude = np.abs(flat)
         if limits.max_pulses_per_device is not None and magnitude.size:
             index = int(np.argmax(magnitude))
-            if magnitude.ravel()[index] > limits.max_pulses_per_device:
+            if magnitude[index] > limits.max_pulses_per_device:
                 self._refuse(
                     SafetyViolation(
-                        f"weight {tuple(int(i) for i in np.unravel_index(index, arr.shape))}",
-                        float(arr.ravel()[index]),
+                        weight(index),
+                        float(flat[index]),
                         f"limits.max_pulses_per_device {limits.max_pulses_per_device}",
                         "split the update into several requests or lower the learning rate; "
                         "nothing was sent",
