@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from recording import RecordingObjective
 
-from hil.core import Device, FloatArray
-from protocols.base import GradientEstimator, Objective, Task
+from hil.core import FloatArray
+from protocols.base import GradientEstimator, Objective
 from protocols.estimators import SPSA, SPSA2, CentralDifference, ForwardDifference
 from protocols.optimizers import SGD
 from protocols.tasks import MinimizeOutputTask, RegressionTask
@@ -24,18 +25,6 @@ from simulators.landscape import LandscapeDevice
 
 N_CASES = 6
 THETA = np.array([0.3, -0.2, 0.5, -0.6, 0.1])
-
-
-class RecordingObjective(Objective):
-    """An objective that remembers every control vector it was asked to measure."""
-
-    def __init__(self, device: Device, task: Task) -> None:
-        super().__init__(device, task)
-        self.points: list[FloatArray] = []
-
-    def outputs(self, theta: FloatArray) -> FloatArray:
-        self.points.append(np.array(theta, dtype=float))
-        return super().outputs(theta)
 
 
 def make_objective(noise_std: float = 0.0, seed: int = 0) -> RecordingObjective:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pytest
+from recording import RecordingObjective
 
 from hil.core import FloatArray
 from protocols.base import GradientEstimator, Objective
@@ -31,18 +32,6 @@ Estimator = GaussianSmoothing | AntitheticES | WeightPerturbation
 Factory = Callable[[int], Estimator]
 
 
-class SpyObjective(Objective):
-    """An objective that remembers every control vector it was asked to measure."""
-
-    def __init__(self, device: LandscapeDevice) -> None:
-        super().__init__(device, MinimizeOutputTask())
-        self.points: list[FloatArray] = []
-
-    def outputs(self, theta: FloatArray) -> FloatArray:
-        self.points.append(np.array(theta, dtype=float))
-        return super().outputs(theta)
-
-
 class ExpObjective(Objective):
     """exp(L): a strictly increasing transform of the loss."""
 
@@ -54,8 +43,8 @@ def landscape(seed: int = 0, **settings: Any) -> LandscapeDevice:
     return LandscapeDevice(LandscapeDevice.Settings(**settings), seed=seed)
 
 
-def spy(seed: int = 0, **settings: Any) -> SpyObjective:
-    return SpyObjective(landscape(seed, **settings))
+def spy(seed: int = 0, **settings: Any) -> RecordingObjective:
+    return RecordingObjective(landscape(seed, **settings), MinimizeOutputTask())
 
 
 def device_of(objective: Objective) -> LandscapeDevice:
@@ -308,7 +297,7 @@ def test_reduces_the_noise_free_loss_of_a_noisy_10d_quadratic(name: str) -> None
 # -- bounds --------------------------------------------------------------------------------------
 
 
-def _assert_inside(objective: SpyObjective) -> None:
+def _assert_inside(objective: RecordingObjective) -> None:
     for p in objective.points:
         assert np.all(p >= objective.lower), p
         assert np.all(p <= objective.upper), p

@@ -16,34 +16,23 @@ import numpy as np
 import pytest
 import scipy.linalg
 from pydantic import ValidationError
+from recording import RecordingObjective
 
-from hil.core import Device, FloatArray
-from protocols.base import Objective, Task
+from hil.core import FloatArray
+from protocols.base import Objective
 from protocols.estimators import SPSA, SPSA2, hadamard_directions
 from protocols.optimizers import SGD
 from protocols.tasks import MinimizeOutputTask
 from simulators.landscape import LandscapeDevice
 
 
-class Spy(Objective):
-    """An objective that remembers every point it measured."""
-
-    def __init__(self, device: Device, task: Task) -> None:
-        super().__init__(device, task)
-        self.points: list[FloatArray] = []
-
-    def outputs(self, theta: FloatArray) -> FloatArray:
-        self.points.append(np.array(theta, dtype=float))
-        return super().outputs(theta)
-
-
 def landscape(
     dim: int = 5, noise: float = 0.0, condition: float = 10.0, seed: int = 0, model_seed: int = 0
-) -> Spy:
+) -> RecordingObjective:
     settings = LandscapeDevice.Settings(
         dim=dim, noise=noise, condition=condition, model_seed=model_seed
     )
-    return Spy(LandscapeDevice(settings, seed=seed), MinimizeOutputTask())
+    return RecordingObjective(LandscapeDevice(settings, seed=seed), MinimizeOutputTask())
 
 
 def device_of(objective: Objective) -> LandscapeDevice:
