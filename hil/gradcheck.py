@@ -22,6 +22,7 @@ from hil.config import resolve_experiment
 from hil.core import ConfigError, JSONDict
 from hil.yamlfile import load_yaml
 from protocols.base import GradientEstimator, Objective
+from protocols.calibration import narrowest_range
 from protocols.diagnostics import (
     GradientQuality,
     Reference,
@@ -127,17 +128,17 @@ def _reference(
             return oracle_gradient(objective, theta, oracle)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
-    h = step if step is not None else (0.05 if objective.normalized else _default_step(objective))
+    h = step if step is not None else _default_step(objective)
     return averaged_gradient(
         objective, theta, CentralDifference(CentralDifference.Settings(h=h)), repeats
     )
 
 
 def _default_step(objective: Objective) -> float:
-    """5 % of the narrowest finite control span (0.05 when no range is finite)."""
-    span = objective.control_upper - objective.control_lower
-    finite = span[np.isfinite(span)]
-    return 0.05 * float(finite.min()) / 2 if finite.size else 0.05
+    """5 % of half the narrowest parameter range (0.05 with normalized parameters, and when
+    no range is finite)."""
+    narrowest = narrowest_range(objective)
+    return 0.05 if narrowest is None else 0.05 * narrowest / 2
 
 
 def _scatter(quality: GradientQuality, path: Path, *, title: str) -> None:

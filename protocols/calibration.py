@@ -131,11 +131,17 @@ def measure_noise(objective: Objective, theta: FloatArray, repeats: int = 25) ->
     )
 
 
-def default_max_perturbation(objective: Objective) -> float | None:
-    """A quarter of the narrowest finite parameter range (None if every range is infinite)."""
+def narrowest_range(objective: Objective) -> float | None:
+    """The narrowest finite, non-empty parameter range (None if there is none)."""
     widths = objective.upper - objective.lower
     finite = widths[np.isfinite(widths) & (widths > 0)]
-    return float(finite.min()) / 4.0 if finite.size else None
+    return float(finite.min()) if finite.size else None
+
+
+def default_max_perturbation(objective: Objective) -> float | None:
+    """A quarter of the narrowest finite parameter range (None if every range is infinite)."""
+    narrowest = narrowest_range(objective)
+    return None if narrowest is None else narrowest / 4.0
 
 
 def calibrate_perturbation(
