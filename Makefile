@@ -17,8 +17,8 @@ demo: $(STAMP)
 	$(BIN)/hil run configs/quickstart.yaml
 
 lint: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check --no-cache .
+	$(BIN)/ruff format --no-cache --check .
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from faulty import FlakyAnalytic
-from runs import QUICKSTART, experiment_text, small_experiment
+from experiments import QUICKSTART, experiment_text, small_experiment
 from typer.testing import CliRunner
 
 from hil.cli import app

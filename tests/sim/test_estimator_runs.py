@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from runs import QUICKSTART, ROOT, experiment_text
+from experiments import QUICKSTART, ROOT, experiment_text
 
 from hil.rundir import RunDirectory
 from hil.runner import RunStatus, start_run

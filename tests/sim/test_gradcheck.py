@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from runs import QUICKSTART, experiment_text
+from experiments import QUICKSTART, experiment_text
 from typer.testing import CliRunner
 
 from hil.cli import app

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runs import ROOT
+from experiments import ROOT
 
 from hil.report import write_report
 from hil.rundir import RunDirectory

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from faulty import FlakyAnalytic
-from runs import QUICKSTART, ROOT, small_experiment
+from experiments import QUICKSTART, ROOT, small_experiment
 
 from hil.core import ConfigError, RunError
 from hil.report import write_report
