@@ -7,12 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faulty import FlakyAnalytic
-from experiments import QUICKSTART, experiment_text, small_experiment
 from typer.testing import CliRunner
 
 from hil.cli import app
 from hil.core import ConfigError
+
+from experiments import QUICKSTART, experiment_text, small_experiment
+from faulty import FlakyAnalytic
 
 runner = CliRunner()
 

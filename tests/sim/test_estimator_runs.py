@@ -6,10 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from experiments import QUICKSTART, ROOT, experiment_text
 
 from hil.rundir import RunDirectory
 from hil.runner import RunStatus, start_run
+
+from experiments import QUICKSTART, ROOT, experiment_text
 
 ESTIMATORS = {
     "central-difference": "type: central-difference\n  h: 0.05",

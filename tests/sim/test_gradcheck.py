@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from experiments import QUICKSTART, experiment_text
 from typer.testing import CliRunner
 
 from hil.cli import app
+
+from experiments import QUICKSTART, experiment_text
 
 runner = CliRunner()
 

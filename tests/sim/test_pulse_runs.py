@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from experiments import ROOT
-
 from hil.report import write_report
 from hil.rundir import RunDirectory
 from hil.runner import RunStatus, start_run
+
+from experiments import ROOT
 
 CONFIG = ROOT / "configs" / "crossbar-pulses.yaml"
 

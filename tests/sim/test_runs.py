@@ -14,13 +14,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from faulty import FlakyAnalytic
-from experiments import QUICKSTART, ROOT, small_experiment
 
 from hil.core import ConfigError, RunError
 from hil.report import write_report
 from hil.rundir import RunDirectory
 from hil.runner import RunStatus, resume_run, start_run
+
+from experiments import QUICKSTART, ROOT, small_experiment
+from faulty import FlakyAnalytic
 
 
 def _only_run(out: Path) -> Path:

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from recording import RecordingObjective
 
 from hil.core import FloatArray
 from protocols.base import GradientEstimator, Objective
@@ -22,6 +21,8 @@ from protocols.optimizers import SGD
 from protocols.tasks import MinimizeOutputTask, RegressionTask
 from simulators.analytic import AnalyticDevice
 from simulators.landscape import LandscapeDevice
+
+from recording import RecordingObjective
 
 N_CASES = 6
 THETA = np.array([0.3, -0.2, 0.5, -0.6, 0.1])

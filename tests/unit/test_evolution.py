@@ -14,7 +14,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pytest
-from recording import RecordingObjective
 
 from hil.core import FloatArray
 from protocols.base import GradientEstimator, Objective
@@ -27,6 +26,8 @@ from protocols.evolution import (
 from protocols.optimizers import SGD, Adam, BoxOptimizer
 from protocols.tasks import MinimizeOutputTask
 from simulators.landscape import LandscapeDevice
+
+from recording import RecordingObjective
 
 Estimator = GaussianSmoothing | AntitheticES | WeightPerturbation
 Factory = Callable[[int], Estimator]

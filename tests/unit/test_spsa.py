@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import scipy.linalg
 from pydantic import ValidationError
-from recording import RecordingObjective
 
 from hil.core import FloatArray
 from protocols.base import Objective
@@ -24,6 +23,8 @@ from protocols.estimators import SPSA, SPSA2, hadamard_directions
 from protocols.optimizers import SGD
 from protocols.tasks import MinimizeOutputTask
 from simulators.landscape import LandscapeDevice
+
+from recording import RecordingObjective
 
 
 def landscape(
