@@ -19,7 +19,18 @@ from hil.build import build_device, build_run
 from hil.config import is_station_document, json_schema, resolve_experiment, resolve_station
 from hil.core import ConfigError, HilError
 from hil.registry import Kind, available
-from hil.runner import RunOutcome, RunStatus, resume_run, start_run
+from hil.runner import (
+    Phase,
+    RunInterrupted,
+    RunOutcome,
+    RunStatus,
+    Signals,
+    install_signal_handlers,
+    resume_run,
+    signal_handling,
+    start_run,
+)
+from hil.safety import Terminated
 from hil.yamlfile import load_yaml
 
 app = typer.Typer(
@@ -45,14 +56,52 @@ EXIT_CODES = {
 
 @contextmanager
 def _errors() -> Iterator[None]:
-    """Known errors become one clear message and a non-zero exit; tracebacks only with --debug."""
+    """Every error becomes one clear message and a non-zero exit; tracebacks only with --debug."""
     try:
         yield
+    except typer.Exit:
+        raise
+    except RunInterrupted as exc:
+        stderr.print(f"[yellow]{exc.status.value}:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_CODES[exc.status]) from None
     except HilError as exc:
         if _state["debug"]:
             raise
         stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
+    except (KeyboardInterrupt, Terminated) as exc:
+        name = "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
+        stderr.print(f"[yellow]aborted:[/] by {name}", highlight=False)
+        raise typer.Exit(EXIT_CODES[RunStatus.ABORTED]) from None
+    except Exception as exc:
+        if _state["debug"]:
+            raise
+        stderr.print(
+            f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc} "
+            "(hil --debug ... shows the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from None
+
+
+class _Brief(logging.Formatter):
+    """One line per record on the console: tracebacks go to run.log (or show with --debug)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.exc_info, record.exc_text, record.stack_info
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        try:
+            return super().format(record)
+        finally:
+            record.exc_info, record.exc_text, record.stack_info = saved
+
+
+def _on_console(record: logging.LogRecord) -> bool:
+    return bool(getattr(record, "console", True))
+
+
+_console_handler: list[logging.Handler] = []
 
 
 @app.callback()
@@ -60,26 +109,56 @@ def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
 ) -> None:
     _state["debug"] = debug
+    root = logging.getLogger()
+    for old in _console_handler:
+        root.removeHandler(old)
     handler = logging.StreamHandler()
     handler.setLevel(logging.DEBUG if debug else logging.WARNING)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    handler.setFormatter(logging.Formatter(fmt) if debug else _Brief(fmt))
+    if not debug:
+        handler.addFilter(_on_console)
+    _console_handler[:] = [handler]
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
 
 
-def _finish(outcome: RunOutcome) -> None:
+def _write_report(outcome: RunOutcome, signals: Signals) -> None:
+    """The report of a completed run; if it cannot be written, say so (the run stays done)."""
+    from hil.report import write_report
+
+    signals.phase = Phase.REPORT
+    try:
+        report = write_report(outcome.path)
+    except (KeyboardInterrupt, Terminated) as exc:
+        name = "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
+        stderr.print(
+            f"report not written (stopped by {name}); write it with: hil report {outcome.path}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    except Exception as exc:
+        if _state["debug"]:
+            raise
+        stderr.print(f"[bold red]report not written:[/] {exc}", highlight=False, soft_wrap=True)
+        return
+    finally:
+        signals.phase = Phase.STOPPING
+    stderr.print(f"report: {report / 'summary.md'}", highlight=False, soft_wrap=True)
+
+
+def _finish(outcome: RunOutcome, signals: Signals) -> None:
     colour = {"completed": "green", "paused": "yellow"}.get(outcome.status.value, "red")
     stderr.print(
         f"[{colour}]{outcome.status.value}[/]: {outcome.reason}\nrun directory: {outcome.path}",
         highlight=False,
         soft_wrap=True,
     )
+    for problem in outcome.problems:
+        stderr.print(f"[bold red]warning:[/] {problem}", highlight=False, soft_wrap=True)
     if outcome.status is RunStatus.COMPLETED:
-        from hil.report import write_report
-
-        report = write_report(outcome.path)
-        stderr.print(f"report: {report / 'summary.md'}", highlight=False, soft_wrap=True)
+        _write_report(outcome, signals)
     else:
         stderr.print(f"continue with: hil resume {outcome.path}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_CODES[outcome.status])
@@ -94,8 +173,8 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Run an experiment; Ctrl-C pauses at the next step (twice aborts), the device is made safe."""
-    with _errors():
-        _finish(start_run(config, out, console=None if quiet else stderr))
+    with signal_handling() as signals, _errors():
+        _finish(start_run(config, out, console=None if quiet else stderr), signals)
 
 
 @app.command()
@@ -104,8 +183,8 @@ def resume(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Continue a paused, aborted, failed or killed run from its last checkpoint."""
-    with _errors():
-        _finish(resume_run(run_dir, console=None if quiet else stderr))
+    with signal_handling() as signals, _errors():
+        _finish(resume_run(run_dir, console=None if quiet else stderr), signals)
 
 
 @app.command()
@@ -186,30 +265,45 @@ def gradcheck(
 def config_check(
     files: Annotated[list[Path], typer.Argument(help="Experiment or station YAML files.")],
 ) -> None:
-    """Validate files completely: syntax, keys, types, and each component's own settings."""
+    """Validate files completely: read and build everything a run would, dry (no run directory).
+
+    Syntax, keys, types and bounds, each component's settings, and the build of device, guard,
+    task, estimator, optimizer and procedure with their cross-checks: what passes here passes
+    the same checks at the start of `hil run`.
+    """
     failed = 0
     for path in files:
         try:
-            doc = load_yaml(path)
-            if is_station_document(doc):
-                station = resolve_station(doc, doc.data)
-                build_device(station, np.random.SeedSequence(0)).close()  # limits vs. channels
-                stdout.print(f"ok: {path} (station {station.config.name!r})", highlight=False)
-            else:
-                experiment = resolve_experiment(doc)
-                build_run(experiment, entropy=0).guard.close()  # device, limits, start values
-                stdout.print(
-                    f"ok: {path} (experiment {experiment.config.name!r} on station "
-                    f"{experiment.station.config.name!r})",
-                    highlight=False,
-                )
+            stdout.print(f"ok: {path} ({_check_file(path)})", highlight=False, soft_wrap=True)
         except HilError as exc:
             if _state["debug"]:
                 raise
             failed += 1
             stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        except Exception as exc:  # a bug, not a bad file: say so, on one line
+            if _state["debug"]:
+                raise
+            failed += 1
+            stderr.print(
+                f"[bold red]error:[/] {path}: unexpected {type(exc).__name__} while checking "
+                f"({' '.join(str(exc).split())}); this is a bug, run with --debug and report it",
+                highlight=False,
+                soft_wrap=True,
+            )
     if failed:
         raise typer.Exit(2)
+
+
+def _check_file(path: Path) -> str:
+    """Check one station or experiment file the way `hil run` does; what it is, for the log."""
+    doc = load_yaml(path)
+    if is_station_document(doc):
+        station = resolve_station(doc, doc.data)
+        build_device(station, np.random.SeedSequence(0)).close()
+        return f"station {station.config.name!r}"
+    experiment = resolve_experiment(doc)
+    build_run(experiment, entropy=0).guard.close()
+    return f"experiment {experiment.config.name!r} on station {experiment.station.config.name!r}"
 
 
 @config_app.command("schema")
@@ -222,4 +316,6 @@ def config_schema(
 
 
 def main() -> None:
+    """The `hil` program: signals are handled (never a default kill) from here until exit."""
+    install_signal_handlers()
     app()

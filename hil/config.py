@@ -9,6 +9,7 @@ Every component is `type:` plus that class's own settings; unknown keys are reje
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hil.core import ConfigError, RegistryError
+from hil.core.paths import UnreadableFile
 from hil.registry import Kind, resolve
 from hil.safety import SafetyLimits
-from hil.yamlfile import KeyPath, YamlDocument, load_yaml
+from hil.yamlfile import KeyPath, YamlDocument, dotted, load_yaml, one_line
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+MAX_NAME = 64  # a run directory's name holds it
+MAX_DESCRIPTION = 10_000
 
 
 class Component(BaseModel):
@@ -28,7 +32,9 @@ class Component(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    type: str = Field(min_length=1, description="registered name or 'package.module:Class'")
+    type: str = Field(
+        min_length=1, max_length=200, description="registered name or 'package.module:Class'"
+    )
 
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -39,8 +45,8 @@ class StationConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=NAME_PATTERN)
-    description: str = ""
+    name: str = Field(pattern=NAME_PATTERN, max_length=MAX_NAME)
+    description: str = Field(default="", max_length=MAX_DESCRIPTION)
     device: Component
     limits: SafetyLimits
 
@@ -50,8 +56,10 @@ class ExperimentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=NAME_PATTERN, description="used in the run directory name")
-    description: str = ""
+    name: str = Field(
+        pattern=NAME_PATTERN, max_length=MAX_NAME, description="used in the run directory name"
+    )
+    description: str = Field(default="", max_length=MAX_DESCRIPTION)
     station: str | dict[str, Any] = Field(
         description="path to a station file (relative to this file) or the station inline "
         "(validated as a station file)"
@@ -99,8 +107,21 @@ class ResolvedComponent:
 
 @dataclass(frozen=True)
 class ResolvedStation:
+    """A station whose device class is found and whose settings and limits are validated.
+
+    `doc` and `prefix` say where it was written (its own file, or inline in an experiment under
+    `station:`), so errors found later, when it is built, can point there.
+    """
+
     config: StationConfig
     device: ResolvedComponent
+    doc: YamlDocument
+    prefix: KeyPath = ()
+
+    def where(self, key: KeyPath) -> str:
+        """`file:line: station.key` for a key inside the station."""
+        loc = (*self.prefix, *key)
+        return f"{self.doc.where(loc)}: {dotted(loc)}"
 
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = _json_floats(self.config.model_dump(mode="json"))
@@ -126,31 +147,78 @@ class ResolvedExperiment:
         return data
 
 
-def _dotted(loc: KeyPath) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
+_HINTS = {
+    "missing": "a required key is missing; add it",
+    "extra_forbidden": "unknown key; remove it or check its spelling",
+    "int_type": "give a whole number (no quotes, no decimal point, not true/false)",
+    "int_from_float": "give a whole number (no decimal point)",
+    "float_type": "give a number (no quotes, not true/false)",
+    "bool_type": "give true or false",
+    "string_type": "give text",
+    "list_type": "give a list",
+    "dict_type": "give a mapping of keys to values",
+    "model_type": "give a mapping of keys to values",
+    "model_attributes_type": "give a mapping of keys to values",
+}
+_MAX_SHOWN_INPUT = 60
+_MAX_SHOWN_ERRORS = 3
 
 
-def _format_errors(exc: ValidationError, doc: YamlDocument, prefix: KeyPath) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = (*prefix, *(p for p in err["loc"] if not isinstance(p, str) or "[" not in p))
-        message = err["msg"]
-        if err["type"] == "extra_forbidden":
-            message = "unknown key; remove it or check its spelling"
-        elif err["type"] != "missing" and "input" in err:
-            message += f" (got {err['input']!r})"
-        lines.append(f"{doc.where(loc)}: {_dotted(loc)}: {message}")
-    return "\n".join(lines)
+def _key_path(data: Any, loc: tuple[str | int, ...]) -> KeyPath:
+    """The keys of a pydantic error location that exist in the data (pydantic adds the names of
+    union members, validators and tagged-union tags), plus a final missing or unknown key."""
+    out: list[str | int] = []
+    current = data
+    for n, part in enumerate(loc):
+        if isinstance(part, str) and "[" in part:
+            continue
+        exists = (isinstance(current, dict) and part in current) or (
+            isinstance(current, list) and isinstance(part, int) and 0 <= part < len(current)
+        )
+        if exists:
+            out.append(part)
+            current = current[part]
+        elif isinstance(current, dict) and n == len(loc) - 1:
+            out.append(part)  # a missing key
+    return tuple(out)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN_INPUT else text[: _MAX_SHOWN_INPUT - 3] + "..."
+
+
+def _format_errors(exc: ValidationError, doc: YamlDocument, prefix: KeyPath, data: Any) -> str:
+    """One line: the first errors, each with file:line, key path, what is wrong and what to do."""
+    parts = []
+    errors = exc.errors()
+    for err in errors[:_MAX_SHOWN_ERRORS]:
+        loc = (*prefix, *_key_path(data, tuple(err["loc"])))
+        message = err["msg"].removeprefix("Value error, ")
+        hint = _HINTS.get(err["type"])
+        if err["type"] in ("missing", "extra_forbidden"):
+            message = hint or message
+        else:
+            if hint:
+                message += f"; {hint}"
+            if "input" in err and not isinstance(err["input"], dict | list):
+                message += f" (got {_shown(err['input'])})"
+        parts.append(f"{doc.where(loc)}: {dotted(loc)}: {message}")
+    if len(errors) > _MAX_SHOWN_ERRORS:
+        parts.append(f"and {len(errors) - _MAX_SHOWN_ERRORS} more problems")
+    return one_line("; ".join(parts))
 
 
 def _validate(model: type[BaseModel], data: Any, doc: YamlDocument, prefix: KeyPath) -> Any:
+    """Validate strictly for files a person wrote (see `YamlDocument.strict`)."""
     try:
-        return model.model_validate(data, context={"base_dir": doc.path.parent.resolve()})
+        return model.model_validate(
+            data, strict=doc.strict, context={"base_dir": Path(os.path.abspath(doc.path.parent))}
+        )
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, doc, prefix)) from None
+        raise ConfigError(_format_errors(exc, doc, prefix, data), key=prefix) from None
+    except RecursionError:
+        raise ConfigError(f"{doc.where(prefix)}: {dotted(prefix)}: nested too deeply") from None
 
 
 def _resolve_component(
@@ -160,23 +228,30 @@ def _resolve_component(
         cls = resolve(kind, component.type)
     except RegistryError as exc:
         raise ConfigError(
-            f"{doc.where((*prefix, 'type'))}: {_dotted(prefix)}.type: {exc}"
+            one_line(f"{doc.where((*prefix, 'type'))}: {dotted(prefix)}.type: {exc}"),
+            key=(*prefix, "type"),
         ) from None
     settings_model = getattr(cls, "Settings", None)
     if not (isinstance(settings_model, type) and issubclass(settings_model, BaseModel)):
         raise ConfigError(
-            f"{doc.where((*prefix, 'type'))}: {_dotted(prefix)}.type: {component.type!r} has no "
-            "pydantic `Settings` class, so it cannot be configured from a file"
+            f"{doc.where((*prefix, 'type'))}: {dotted(prefix)}.type: {component.type!r} has no "
+            "pydantic `Settings` class, so it cannot be configured from a file; name a "
+            "configurable class",
+            key=(*prefix, "type"),
         )
     settings = _validate(settings_model, component.params(), doc, prefix)
     return ResolvedComponent(name=component.type, cls=cls, settings=settings)
 
 
 def _mapping(doc: YamlDocument, what: str) -> dict[str, Any]:
+    if doc.data is None:
+        raise ConfigError(
+            f"{doc.path}: the {what} file is empty; write its keys (see hil config schema)"
+        )
     if not isinstance(doc.data, dict):
         raise ConfigError(
-            f"{doc.path}: expected a mapping of keys to values at the top of the {what} file, "
-            f"got {type(doc.data).__name__}"
+            f"{doc.where(())}: expected a mapping of keys to values at the top of the {what} "
+            f"file, got a {type(doc.data).__name__}; write `key: value` lines"
         )
     return doc.data
 
@@ -184,7 +259,7 @@ def _mapping(doc: YamlDocument, what: str) -> dict[str, Any]:
 def resolve_station(doc: YamlDocument, data: Any, prefix: KeyPath = ()) -> ResolvedStation:
     config: StationConfig = _validate(StationConfig, data, doc, prefix)
     device = _resolve_component(Kind.DEVICE, config.device, doc, (*prefix, "device"))
-    return ResolvedStation(config=config, device=device)
+    return ResolvedStation(config=config, device=device, doc=doc, prefix=prefix)
 
 
 def resolve_experiment(doc: YamlDocument) -> ResolvedExperiment:
@@ -192,8 +267,13 @@ def resolve_experiment(doc: YamlDocument) -> ResolvedExperiment:
     data = _mapping(doc, "experiment")
     config: ExperimentConfig = _validate(ExperimentConfig, data, doc, ())
     if isinstance(config.station, str):
-        station_path = (doc.path.parent / config.station).resolve()
-        station_doc = load_yaml(station_path)
+        station_path = Path(os.path.abspath(doc.path.parent / config.station))
+        try:
+            station_doc = load_yaml(station_path, what="station file")
+        except UnreadableFile as exc:
+            raise ConfigError(
+                f"{doc.where(('station',))}: station: {exc}", key=("station",)
+            ) from None
         station = resolve_station(station_doc, _mapping(station_doc, "station"))
     else:
         station = resolve_station(doc, config.station, ("station",))
@@ -205,11 +285,11 @@ def resolve_experiment(doc: YamlDocument) -> ResolvedExperiment:
 
 
 def load_experiment(path: Path) -> ResolvedExperiment:
-    return resolve_experiment(load_yaml(path))
+    return resolve_experiment(load_yaml(path, what="experiment file"))
 
 
 def load_station(path: Path) -> ResolvedStation:
-    doc = load_yaml(path)
+    doc = load_yaml(path, what="station file")
     return resolve_station(doc, _mapping(doc, "station"))
 
 

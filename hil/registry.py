@@ -89,24 +89,30 @@ def available(kind: Kind) -> list[Entry]:
 
 
 def _import(target: str, *, what: str) -> type:
+    """The class at `target`; any failure to import it (a module that raises on import, a bad
+    name) is a RegistryError that says what was wrong."""
     if ":" in target:
         module_name, _, attr = target.partition(":")
     else:
         module_name, _, attr = target.rpartition(".")
-    if not module_name or not attr:
+    if not module_name or not attr or module_name.startswith("."):
         raise RegistryError(f"{what}: {target!r} is not an import path like 'package.module:Class'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise RegistryError(f"{what}: cannot import module {module_name!r} ({exc})") from exc
+    except Exception as exc:
+        raise RegistryError(
+            f"{what}: importing module {module_name!r} failed ({type(exc).__name__}: {exc})"
+        ) from exc
     obj = module
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
-        except AttributeError as exc:
+        except Exception as exc:
             raise RegistryError(f"{what}: module {module_name!r} has no {attr!r}") from exc
     if not isinstance(obj, type):
-        raise RegistryError(f"{what}: {target!r} is not a class")
+        raise RegistryError(f"{what}: {target!r} is not a class; name a class")
     return obj
 
 

@@ -7,11 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from hil.core import ConfigError, FloatArray
-from hil.core.paths import from_config_dir
+from hil.core.paths import DATA_LIMIT, ConfigPath, UnreadableFile, float_array, load_npz
 from protocols.base import ChannelMapping
+
+MAX_CASES = 100_000
+"""Most input rows (cases) a task may have: every loss evaluation measures all of them."""
 
 _FORMS = (
     "give either `inputs` (list of rows) and `targets` (list of numbers or of rows) inline, "
@@ -31,12 +34,11 @@ class RegressionTask:
 
         inputs: list[list[float]] | None = None
         targets: list[float] | list[list[float]] | None = None
-        data: Path | None = None
-
-        @field_validator("data")
-        @classmethod
-        def _resolve_data(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-            return from_config_dir(value, info)
+        data: ConfigPath | None = Field(
+            default=None,
+            description="an .npz file with arrays 'inputs' and 'targets' (relative to the config "
+            "file; at most 64 MiB, also uncompressed)",
+        )
 
         @model_validator(mode="after")
         def _one_form(self) -> RegressionTask.Settings:
@@ -149,30 +151,33 @@ def _check_data(inputs: FloatArray, targets: FloatArray, source: str) -> None:
             f"{source}: {inputs.shape[0]} input rows but {targets.shape[0]} targets; "
             "give one target (or target row) per input row"
         )
+    if inputs.shape[0] > MAX_CASES:
+        raise ValueError(
+            f"{source}: {inputs.shape[0]} cases, more than {MAX_CASES}; use fewer cases"
+        )
     for name, arr in (("inputs", inputs), ("targets", targets)):
         if not np.isfinite(arr).all():
             raise ValueError(f"{source}: `{name}` contains NaN or infinite values")
 
 
 def _load_npz(path: Path) -> tuple[FloatArray, FloatArray]:
-    if not path.is_file():
-        raise ConfigError(f"task data file {str(path)!r} does not exist")
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in ("inputs", "targets") if k not in npz.files]
-            if missing:
-                raise ConfigError(
-                    f"task data file {str(path)!r} has no array(s) {missing}; "
-                    f"it holds {sorted(npz.files)}"
-                )
-            inputs = np.asarray(npz["inputs"], dtype=float)
-            targets = _as_targets(npz["targets"])
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"task data file {str(path)!r} is not a readable .npz: {exc}") from exc
+        arrays = load_npz(path, limit=DATA_LIMIT, what="task data file")
+    except UnreadableFile as exc:
+        exc.key = ("task", "data")
+        raise
+    missing = [k for k in ("inputs", "targets") if k not in arrays]
+    if missing:
+        raise ConfigError(
+            f"task data file {str(path)!r} has no array(s) {missing}; it holds {sorted(arrays)}",
+            key=("task", "data"),
+        )
     try:
+        inputs = float_array(arrays, "inputs", path, "task data file")
+        targets = _as_targets(float_array(arrays, "targets", path, "task data file"))
         _check_data(inputs, targets, str(path))
     except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(str(exc), key=("task", "data")) from None
     return inputs, targets
 
 

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from hil.core import Channel, DeviceSpec, FloatArray, Role, SeedLike, seed_sequence
-from hil.core.paths import from_config_dir
+from hil.core.paths import DATA_LIMIT, ConfigPath, float_array, load_npz
 from simulators.sampled import Chain, Noise, SampledDevice, SampledSettings, Timing
 
 Activation = Literal["tanh", "softplus", "relu"]
@@ -106,7 +105,10 @@ class DNPUDevice(SampledDevice):
             default=None, description="default: tanh for the random core, relu for a file"
         )
         output_scale: float = Field(default=100.0, gt=0, description="nA, max |I| of the core")
-        weights_file: Path | None = Field(default=None, description=".npz surrogate network")
+        weights_file: ConfigPath | None = Field(
+            default=None,
+            description=".npz surrogate network (relative to the config file; at most 64 MiB)",
+        )
         weights_scale: float = Field(default=1.0, description="nA per unit of the file network")
         amplification: float = Field(default=28.5, gt=0, description="nA per ADC volt")
         adc_full_scale: float = Field(default=4.0, gt=0, description="V, the ADC clips here")
@@ -118,10 +120,13 @@ class DNPUDevice(SampledDevice):
         timing: Timing = Field(default_factory=Timing)
         noise: DNPUNoise = Field(default_factory=lambda: DNPUNoise())
 
-        @field_validator("weights_file")
+        @field_validator("electrode_ranges", mode="before")
         @classmethod
-        def _resolve(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-            return from_config_dir(value, info)
+        def _pairs(cls, value: Any) -> Any:
+            """[lo, hi] lists as the pairs they stand for (YAML has no tuples)."""
+            if isinstance(value, list):
+                return [tuple(v) if isinstance(v, list) else v for v in value]
+            return value
 
         @model_validator(mode="after")
         def _consistent(self) -> DNPUDevice.Settings:
@@ -236,23 +241,33 @@ def _load_core(s: DNPUDevice.Settings) -> MLPCore:
     """A surrogate network from an .npz file (weight_j out × in, bias_j), scaled to nA."""
     path = s.weights_file
     assert path is not None
-    try:
-        data = np.load(path)
-    except FileNotFoundError:
-        raise ValueError(f"weights_file {path}: no such file") from None
-    n_layers = sum(1 for k in data.files if k.startswith("weight_"))
+    data = load_npz(path, limit=DATA_LIMIT, what="weights_file")
+    n_layers = sum(1 for k in data if k.startswith("weight_"))
     if n_layers == 0:
         raise ValueError(f"weights_file {path}: no arrays weight_0, weight_1, … found")
     try:
-        weights = [np.asarray(data[f"weight_{j}"], dtype=float) for j in range(n_layers)]
-        biases = [np.asarray(data[f"bias_{j}"], dtype=float) for j in range(n_layers)]
+        weights = [float_array(data, f"weight_{j}", path, "weights_file") for j in range(n_layers)]
+        biases = [float_array(data, f"bias_{j}", path, "weights_file") for j in range(n_layers)]
     except KeyError as exc:
         raise ValueError(f"weights_file {path}: missing array {exc}") from None
+    if any(w.ndim != 2 for w in weights) or any(b.ndim != 1 for b in biases):
+        raise ValueError(f"weights_file {path}: weight_j must be 2-D (out × in), bias_j 1-D")
     if weights[0].shape[1] != N_ELECTRODES or weights[-1].shape[0] != 1:
         raise ValueError(
             f"weights_file {path}: the network must map {N_ELECTRODES} voltages to 1 current, "
             f"got {weights[0].shape[1]} → {weights[-1].shape[0]}"
         )
+    for j, (w, b) in enumerate(zip(weights, biases, strict=True)):
+        fits = j == 0 or w.shape[1] == weights[j - 1].shape[0]
+        if (
+            not fits
+            or b.shape != (w.shape[0],)
+            or not (np.isfinite(w).all() and np.isfinite(b).all())
+        ):
+            raise ValueError(
+                f"weights_file {path}: layer {j} (weight {w.shape}, bias {b.shape}) does not "
+                "follow the previous layer, or holds NaN/inf; check the file"
+            )
     weights[-1] = weights[-1] * s.weights_scale
     biases[-1] = biases[-1] * s.weights_scale
     return MLPCore(weights, biases, s.activation or "relu")

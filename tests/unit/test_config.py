@@ -82,7 +82,11 @@ def test_shipped_configs_are_valid() -> None:
         ("seed: 7", "seed: 7\nsteps: 3", "exp.yaml:4: steps: unknown key"),
         ("  steps: 5", "  steps: -1", "procedure.steps: Input should be greater than 0"),
         ("name: test-exp", "name: test exp", "exp.yaml:1: name: String should match pattern"),
-        ("station: station.yaml", "station: nowhere.yaml", "nowhere.yaml: file not found"),
+        (
+            "station: station.yaml",
+            "station: nowhere.yaml",
+            "exp.yaml:2: station: station file",  # ... '.../nowhere.yaml' does not exist
+        ),
         ("type: adam", "type: no.such.module:Adam", "cannot import module 'no.such.module'"),
         ("type: adam", "type: pathlib:Path", "has no pydantic `Settings` class"),
         (
