@@ -24,16 +24,18 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hil.core.capabilities import (
+    Converting,
     Device,
     DeviceBase,
     NodePerturbable,
     ProgrammableState,
+    RestoreChecked,
     Stateful,
     Streaming,
 )
 from hil.core.channels import Channel, DeviceSpec, Role
 from hil.core.clock import Clock
-from hil.core.errors import CapabilityError, ConfigError, SafetyViolation
+from hil.core.errors import CapabilityError, ConfigError, InstrumentError, SafetyViolation
 from hil.core.types import FloatArray, JSONDict
 
 __all__ = [
@@ -326,6 +328,16 @@ def _effective_channels(spec: DeviceSpec, limits: SafetyLimits) -> tuple[_Effect
     return tuple(result)
 
 
+def _fractions_down(levels: FloatArray, max_step: FloatArray) -> FloatArray:
+    """Fractions 1 - k/n, k = 1 … n, with n the fewest equal steps that move no level by more
+    than its max_step; the last fraction is exactly 0."""
+    n = max(1, math.ceil(float(np.max(np.abs(levels) / max_step))))
+    while np.any(np.abs(levels) / n > max_step):  # guard against rounding in the division
+        n += 1
+    fractions: FloatArray = 1.0 - np.arange(1, n + 1) / n
+    return fractions
+
+
 def _as_array(values: Any, name: str) -> FloatArray:
     """A fresh float64 copy: what is checked is exactly what is sent, whatever the caller does."""
     try:
@@ -353,8 +365,9 @@ class SafetyGuard(DeviceBase):
 
     def __init__(self, device: Device, limits: SafetyLimits) -> None:
         self._device = device
-        self._limits = limits
-        self._channels = _effective_channels(device.spec, limits)
+        # A private deep copy: nobody holding the caller's object can loosen what is enforced.
+        self._limits = limits.model_copy(deep=True)
+        self._channels = _effective_channels(device.spec, self._limits)
         spec = device.spec
         self._spec = spec.model_copy(update={"channels": tuple(e.channel for e in self._channels)})
         self._by_name = {e.name: e for e in self._channels}
@@ -363,7 +376,39 @@ class SafetyGuard(DeviceBase):
         self._last_controls: FloatArray = np.zeros(len(self._controls))
         self._last_inputs: FloatArray = np.zeros(len(self._inputs))
         self._last_control_time: float | None = None
+        self._check_rampable()
         log.debug("safety guard on %r: %s", spec.name, self._describe())
+
+    def _check_rampable(self) -> None:
+        """Every slew-limited channel can be brought to 0 V within the limits, in bounded time.
+
+        Controls ramp by DC steps; inputs need a stream or ramped plateaus (`spec.ramp_time`)
+        unless the station says the channel may drop. A ramp across the whole range must fit
+        in `limits.max_ramp_time`, so no request or safe state can take forever.
+        """
+        streams = isinstance(self._device, Streaming) and self._spec.sample_rate is not None
+        for eff in self._channels:
+            chan = eff.channel
+            if chan.role not in _DRIVEN or not math.isfinite(chan.max_slew):
+                continue
+            key = eff.slew_source if eff.slew_source != _SPEC else f"limits.channels.{eff.name}"
+            span = chan.max - chan.min
+            if math.isfinite(span) and span / chan.max_slew > self._limits.max_ramp_time:
+                raise ConfigError(
+                    f"{key}.max_slew: {chan.max_slew:g} {chan.unit}/s needs "
+                    f"{span / chan.max_slew:.3g} s to cross the range "
+                    f"{_fmt_range(chan.min, chan.max)}, more than limits.max_ramp_time "
+                    f"{self._limits.max_ramp_time:g} s; raise max_slew or max_ramp_time"
+                )
+            if chan.role is Role.INPUT and not streams and self._spec.ramp_time <= 0:
+                limit = self._limits.channels.get(eff.name)
+                if limit is None or not limit.may_drop:
+                    raise ConfigError(
+                        f"limits.channels.{eff.name}: input {eff.name!r} is slew-limited but "
+                        f"device {self._spec.name!r} can neither stream nor ramp between "
+                        "plateaus (ramp_time 0), so the safe state could not ramp it to 0; "
+                        "give the device a ramp_time, or set may_drop: true for the channel"
+                    )
 
     if not TYPE_CHECKING:
         # Hidden from type checkers so that typos on a guard are still caught statically.
@@ -387,14 +432,18 @@ class SafetyGuard(DeviceBase):
     def clock(self) -> Clock:
         return self._device.clock
 
-    @property
-    def device(self) -> Device:
-        """The wrapped device (bypassing it bypasses every experiment limit)."""
+    def unguarded_device(self, reason: str) -> Device:
+        """The wrapped device itself: an escape hatch past every experiment limit.
+
+        Each use is logged with `reason`; nothing sent through it is checked.
+        """
+        log.info("unguarded access to device %r: %s", self._spec.name, reason)
         return self._device
 
     @property
     def limits(self) -> SafetyLimits:
-        return self._limits
+        """A copy of the limits in force (changing it changes nothing the guard enforces)."""
+        return self._limits.model_copy(deep=True)
 
     def set_controls(self, values: FloatArray) -> None:
         """Check the whole request, then ramp the controls there on slew-limited channels."""
@@ -430,13 +479,15 @@ class SafetyGuard(DeviceBase):
         return arr
 
     def safe_state(self) -> None:
-        """Ramp the controls to zero, then put the device in its safe state. Idempotent."""
+        """Ramp controls and slew-limited inputs to zero, then the device's safe state. Idempotent.
+
+        Inputs ramp through a stream (streaming devices) or ramped plateaus; channels the station
+        marks `may_drop` are left to the device's own safe state.
+        """
         try:
-            if np.any(self._last_controls != 0.0):
-                log.info("ramping controls to zero before the safe state")
-                self._ramp_controls(np.zeros(len(self._controls)))
+            self.park(bounded=False)
         except Exception:
-            log.exception("ramping controls to zero failed; forcing the device's safe state")
+            log.exception("ramping to zero failed; forcing the device's safe state")
         finally:
             self._device.safe_state()
             self._last_controls = np.zeros(len(self._controls))
@@ -446,6 +497,49 @@ class SafetyGuard(DeviceBase):
 
     def close(self) -> None:
         self._device.close()
+
+    def park(self, *, bounded: bool = True) -> None:
+        """Ramp the controls and every slew-limited input to 0 within the limits (no-op at 0).
+
+        Streams begin at 0, so protocols park before streaming from DC levels. `bounded`:
+        refuse a control ramp longer than limits.max_ramp_time (the safe state never refuses).
+        """
+        if np.any(self._last_controls != 0.0):
+            log.debug("ramping controls to zero")
+            self._ramp_controls(np.zeros(len(self._controls)), bounded=bounded)
+        self._ramp_inputs_to_zero()
+
+    def _ramp_inputs_to_zero(self) -> None:
+        """Bring every slew-limited input from its held level to 0 within its max_slew."""
+        slew = np.array([e.channel.max_slew for e in self._inputs])
+        may_drop = np.array([self._may_drop(e.name) for e in self._inputs], dtype=bool)
+        moving = (self._last_inputs != 0.0) & np.isfinite(slew) & ~may_drop
+        if not moving.any():
+            return
+        cols = np.flatnonzero(moving)
+        levels = self._last_inputs[cols]
+        rate = self._spec.sample_rate
+        if isinstance(self._device, Streaming) and rate is not None:
+            dt = 1.0 / rate
+            effs = [self._inputs[c] for c in cols]
+            wave = levels[np.newaxis, :] * _fractions_down(levels, slew[cols] * dt)[:, np.newaxis]
+            log.info("ramping inputs %s to zero (%d samples)", [e.name for e in effs], len(wave))
+            self._check_values(wave, effs, "safe-state ramp", row_word="sample")
+            self._check_sample_slew(wave, effs)
+            self._check_entry_slew(wave, effs)
+            self._device.stream(wave, tuple(e.name for e in effs))
+            self._last_inputs[cols] = wave[-1]
+        else:
+            step = slew * self._spec.ramp_time
+            fractions = _fractions_down(levels, step[cols])
+            rows = self._last_inputs[np.newaxis, :] * fractions[:, np.newaxis]
+            log.info("ramping inputs to zero in %d plateaus", len(rows))
+            self._device.measure(self._checked_plateaus(rows, "safe-state ramp"))
+            self._last_inputs = rows[-1].copy()
+
+    def _may_drop(self, name: str) -> bool:
+        limit = self._limits.channels.get(name)
+        return limit is not None and limit.may_drop
 
     # -- Stateful ----------------------------------------------------------------------------
 
@@ -480,7 +574,14 @@ class SafetyGuard(DeviceBase):
         self._check_values(controls[np.newaxis, :], self._controls, "guard state", row_word=None)
         self._check_values(inputs[np.newaxis, :], self._inputs, "guard state", row_word=None)
         if isinstance(self._device, Stateful):
-            self._device.load_state_dict(state["device"])
+            device_state = state["device"]
+            if not isinstance(device_state, dict):
+                raise ValueError(
+                    f"guard state: the device part must be a mapping (device "
+                    f"{self._spec.name!r} has state), got {type(device_state).__name__}"
+                )
+            self._check_restore(device_state, controls, inputs)
+            self._device.load_state_dict(device_state)
             self._last_controls = controls
             self._last_inputs = inputs
             t = state["last_control_time"]
@@ -492,7 +593,59 @@ class SafetyGuard(DeviceBase):
                 "device is not Stateful; keeping the guard's tracked levels, not the saved ones"
             )
 
+    def _check_restore(
+        self, device_state: JSONDict, controls: FloatArray, inputs: FloatArray
+    ) -> None:
+        """What restoring `device_state` would put on the device: checked like a request, and
+        consistent with the levels the guard recorded with it (or the restore is refused)."""
+        device = self._device
+        if not isinstance(device, RestoreChecked):
+            raise CapabilityError(
+                f"device {type(device).__name__} ({self._spec.name!r}) cannot say what restoring "
+                "its state would put on its channels (no restored_levels()), so the guard will "
+                "not restore it; implement hil.core.RestoreChecked in its driver"
+            )
+        try:
+            levels = device.restored_levels(device_state)
+        except (KeyError, TypeError, IndexError) as exc:
+            raise ValueError(f"device state: malformed ({type(exc).__name__}: {exc})") from None
+        unknown = sorted(set(levels) - {e.name for e in (*self._controls, *self._inputs)})
+        if unknown:
+            raise ValueError(f"device state: levels for channels that are not driven: {unknown}")
+        for group, recorded in ((self._controls, controls), (self._inputs, inputs)):
+            held = [(i, e) for i, e in enumerate(group) if e.name in levels]
+            if not held:
+                continue
+            effs = [e for _, e in held]
+            restored = np.array([[levels[e.name] for e in effs]], dtype=np.float64)
+            self._check_values(restored, effs, "restored device state", row_word=None)
+            saved = recorded[[i for i, _ in held]][np.newaxis, :]
+            a, b = self._applied(restored, effs), self._applied(saved, effs)
+            mismatch = ~np.isclose(a, b, rtol=1e-9, atol=1e-12)
+            if mismatch.any():
+                col = int(np.argwhere(mismatch)[0][1])
+                raise ValueError(
+                    f"device state: channel {effs[col].name!r} would be restored to "
+                    f"{restored[0, col]:g} but the guard recorded {saved[0, col]:g}; the "
+                    "checkpoint is inconsistent (edited or damaged) and is not restored"
+                )
+
     # -- checks --------------------------------------------------------------------------------
+
+    def _applied(self, arr: FloatArray, channels: Sequence[_Effective]) -> FloatArray:
+        """What the device's converters make of `arr` (itself when the device converts nothing)."""
+        device = self._device
+        if not isinstance(device, Converting):
+            return arr
+        applied = np.asarray(
+            device.applied_levels(arr.copy(), tuple(e.name for e in channels)), dtype=np.float64
+        )
+        if applied.shape != arr.shape:
+            raise InstrumentError(
+                f"device {self._spec.name!r}: applied_levels returned shape {applied.shape} for "
+                f"a request of shape {arr.shape}; fix the driver"
+            )
+        return applied
 
     def _describe(self) -> str:
         return ", ".join(
@@ -554,6 +707,21 @@ class SafetyGuard(DeviceBase):
                     hint + "; nothing was sent",
                 )
             )
+        applied = self._applied(arr, channels)
+        bad = ~np.isfinite(applied) | (applied < lo) | (applied > hi)
+        if bad.any():
+            row, col = (int(i) for i in np.argwhere(bad)[0])
+            eff = channels[col]
+            self._refuse(
+                SafetyViolation(
+                    eff.name,
+                    float(applied[row, col]),
+                    f"range {_fmt_range(eff.channel.min, eff.channel.max)} {eff.channel.unit} "
+                    f"after the device's conversion (requested {arr[row, col]:g}, in {where(row)})",
+                    "the converter rounds or rescales the request past the limit; keep it a "
+                    "step inside the range; nothing was sent",
+                )
+            )
 
     def _slew_hint(self, eff: _Effective, remedy: str) -> str:
         if eff.slew_source == _SPEC:
@@ -587,9 +755,86 @@ class SafetyGuard(DeviceBase):
                 )
             )
 
+    def _check_sample_slew(self, arr: FloatArray, effs: Sequence[_Effective]) -> None:
+        slew = np.array([e.channel.max_slew for e in effs])
+        limited = np.isfinite(slew)
+        if not limited.any() or arr.shape[0] < 2:
+            return
+        rate_hz = self._spec.sample_rate
+        if rate_hz is None:
+            raise ConfigError(
+                f"device {self._spec.name!r} streams but its spec has no sample_rate, so the "
+                "slew of a waveform cannot be checked; fix the driver's DeviceSpec"
+            )
+        rate = np.abs(np.diff(arr, axis=0)) * rate_hz
+        bad = limited[np.newaxis, :] & (rate > slew[np.newaxis, :])
+        if bad.any():
+            row, col = (int(i) for i in np.argwhere(bad)[0])
+            eff = effs[col]
+            unit = eff.channel.unit
+            self._refuse(
+                SafetyViolation(
+                    eff.name,
+                    float(rate[row, col]),
+                    f"max_slew {eff.channel.max_slew:g} {unit}/s (step {arr[row, col]:g} -> "
+                    f"{arr[row + 1, col]:g} {unit} between samples {row} and {row + 1} at "
+                    f"{rate_hz:g} Hz; value is the rate in {unit}/s)",
+                    self._slew_hint(eff, "smooth the waveform (more samples per transition)"),
+                )
+            )
+
+    def _check_entry_slew(self, arr: FloatArray, effs: Sequence[_Effective]) -> None:
+        """From the level each channel holds into the waveform's first sample, within max_slew.
+
+        After a stream every channel holds its last sample, so the next request's transition
+        starts from there (tracked by the guard).
+        """
+        slew = np.array([e.channel.max_slew for e in effs])
+        limited = np.isfinite(slew)
+        if not limited.any():
+            return
+        rate_hz = self._spec.sample_rate
+        if rate_hz is None:
+            raise ConfigError(
+                f"device {self._spec.name!r} streams but its spec has no sample_rate, so the "
+                "slew of a waveform cannot be checked; fix the driver's DeviceSpec"
+            )
+        held = np.array([self._held_level(e) for e in effs])
+        rate = np.abs(arr[0] - held) * rate_hz
+        bad = limited & (rate > slew)
+        if bad.any():
+            col = int(np.argmax(bad))
+            eff = effs[col]
+            unit = eff.channel.unit
+            self._refuse(
+                SafetyViolation(
+                    eff.name,
+                    float(rate[col]),
+                    f"max_slew {eff.channel.max_slew:g} {unit}/s (entry jump from the held "
+                    f"level {held[col]:g} {unit} to the first sample {arr[0, col]:g} {unit} in "
+                    f"one sample at {rate_hz:g} Hz; value is the rate in {unit}/s)",
+                    self._slew_hint(
+                        eff,
+                        "bring the channel to the waveform's first sample first (set_controls "
+                        "ramps controls; safe_state ramps every channel to 0)",
+                    ),
+                )
+            )
+
+    def _held_level(self, eff: _Effective) -> float:
+        """The level the guard last sent to a driven channel (0 before anything was sent)."""
+        for group, levels in (
+            (self._controls, self._last_controls),
+            (self._inputs, self._last_inputs),
+        ):
+            for i, e in enumerate(group):
+                if e.name == eff.name:
+                    return float(levels[i])
+        raise KeyError(eff.name)
+
     # -- ramping ---------------------------------------------------------------------------------
 
-    def _ramp_steps(self, delta: FloatArray) -> int:
+    def _ramp_steps(self, delta: FloatArray, *, bounded: bool = True) -> int:
         """Number of equal steps so that no slew-limited channel moves more than one step's worth.
 
         0 means no slew-limited channel moves (one direct call is enough).
@@ -603,16 +848,34 @@ class SafetyGuard(DeviceBase):
         worst = float(np.max(change / max_step))
         if worst == 0.0:
             return 0
+        duration = worst * self._limits.ramp_interval
+        if bounded and duration > self._limits.max_ramp_time:
+            col = int(np.argmax(change / max_step))
+            eff = [e for e, lim in zip(self._controls, limited, strict=True) if lim][col]
+            self._refuse(
+                SafetyViolation(
+                    eff.name,
+                    float(change[col]),
+                    f"limits.max_ramp_time {self._limits.max_ramp_time:g} s (a change of this "
+                    f"size at max_slew {eff.channel.max_slew:g} {eff.channel.unit}/s takes "
+                    f"{duration:.3g} s; value is the change)",
+                    "change the controls in smaller steps, or raise max_slew or "
+                    "limits.max_ramp_time in the station file; nothing was sent",
+                )
+            )
         steps = max(1, math.ceil(worst))
         while np.any(change / steps > max_step):  # guard against rounding in the division
             steps += 1
         return steps
 
-    def _ramp_controls(self, target: FloatArray) -> None:
-        """Go from the last controls to `target` in equal steps `ramp_interval` apart."""
+    def _ramp_controls(self, target: FloatArray, *, bounded: bool = True) -> None:
+        """Go from the last controls to `target` in equal steps `ramp_interval` apart.
+
+        `bounded`: refuse a ramp longer than limits.max_ramp_time (the safe state never refuses).
+        """
         start = self._last_controls
         delta = target - start
-        steps = self._ramp_steps(delta)
+        steps = self._ramp_steps(delta, bounded=bounded)
         if steps == 0:
             self._send_controls(target)
             return
@@ -677,6 +940,7 @@ class StreamingSafetyGuard(SafetyGuard):
         self._check_values(arr, effs, "stream", row_word="sample")
         self._check_zero_ends(arr, effs)
         self._check_sample_slew(arr, effs)
+        self._check_entry_slew(arr, effs)
         streamer = self._device
         assert isinstance(streamer, Streaming)  # guaranteed by SafetyGuard.__new__
         try:
@@ -708,34 +972,6 @@ class StreamingSafetyGuard(SafetyGuard):
                         "limits.zero_tolerance in the station file; nothing was sent",
                     )
                 )
-
-    def _check_sample_slew(self, arr: FloatArray, effs: Sequence[_Effective]) -> None:
-        slew = np.array([e.channel.max_slew for e in effs])
-        limited = np.isfinite(slew)
-        if not limited.any() or arr.shape[0] < 2:
-            return
-        rate_hz = self._spec.sample_rate
-        if rate_hz is None:
-            raise ConfigError(
-                f"device {self._spec.name!r} streams but its spec has no sample_rate, so the "
-                "slew of a waveform cannot be checked; fix the driver's DeviceSpec"
-            )
-        rate = np.abs(np.diff(arr, axis=0)) * rate_hz
-        bad = limited[np.newaxis, :] & (rate > slew[np.newaxis, :])
-        if bad.any():
-            row, col = (int(i) for i in np.argwhere(bad)[0])
-            eff = effs[col]
-            unit = eff.channel.unit
-            self._refuse(
-                SafetyViolation(
-                    eff.name,
-                    float(rate[row, col]),
-                    f"max_slew {eff.channel.max_slew:g} {unit}/s (step {arr[row, col]:g} -> "
-                    f"{arr[row + 1, col]:g} {unit} between samples {row} and {row + 1} at "
-                    f"{rate_hz:g} Hz; value is the rate in {unit}/s)",
-                    self._slew_hint(eff, "smooth the waveform (more samples per transition)"),
-                )
-            )
 
 
 class PulsingSafetyGuard(SafetyGuard):

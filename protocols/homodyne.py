@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy.optimize import minimize_scalar
 from scipy.stats import chi2, norm
 
-from hil.core import ConfigError, FloatArray, JSONDict, Streaming
+from hil.core import ConfigError, FloatArray, JSONDict, Parking, Streaming
 from protocols.base import GradientEstimate, Objective, Task
 from protocols.tones import check_plan, near_mains, plan_tones
 
@@ -624,7 +624,11 @@ class Homodyne:
             settle_time=s.settle_time,
             ramp_time=s.ramp_time,
         )
-        out = self._streamer(objective).stream(wave.samples, wave.channels)
+        streamer = self._streamer(objective)
+        if isinstance(streamer, Parking):
+            # The waveform starts at 0 V: bring held DC levels there within the slew limits.
+            streamer.park()
+        out = streamer.stream(wave.samples, wave.channels)
         objective.evaluations += 1
         a, b = wave.window
         y: FloatArray = np.asarray(out, dtype=float)[a:b][:, objective.output_columns]

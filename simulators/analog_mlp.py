@@ -465,6 +465,31 @@ class AnalogMLPDevice(DeviceBase):
         y, _ = self._forward(np.rint(x), self._unflatten(np.rint(t).astype(np.int64)), None, node)
         return y
 
+    # -- what reaches the chip (for the guard) ---------------------------------------------------
+
+    def applied_levels(self, values: FloatArray, channels: Sequence[str]) -> FloatArray:
+        """Input and weight DAC codes for requested values: the nearest integer (ties to even)."""
+        driven = {c.name for c in (*self._spec.inputs, *self._spec.controls)}
+        unknown = [n for n in channels if n not in driven]
+        if unknown:
+            raise ValueError(f"{unknown} are not inputs or weights of the analog-mlp chip")
+        codes: FloatArray = np.rint(np.array(values, dtype=float))
+        return codes
+
+    def restored_levels(self, state: JSONDict) -> dict[str, float]:
+        """The weight code every weight DAC holds after `load_state_dict(state)` (inputs are
+        driven only during an evaluation)."""
+        flat = np.concatenate(
+            [
+                np.array(w, dtype=float).reshape(shape).ravel()
+                for w, shape in zip(state["weights"], self._sizes, strict=True)
+            ]
+        )
+        names = [c.name for c in self._spec.controls]
+        if flat.shape != (len(names),):
+            raise ValueError(f"state weights: expected {len(names)} values, got {flat.shape}")
+        return dict(zip(names, flat.tolist(), strict=True))
+
     # -- checkpoint --------------------------------------------------------------------------------
 
     def state_dict(self) -> JSONDict:

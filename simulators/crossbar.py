@@ -18,7 +18,7 @@ inputs x (n_cases × rows) and weights W (rows × cols).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -480,6 +480,33 @@ class CrossbarDevice(DeviceBase):
     def pulse_trains(self) -> int:
         """Pulse trains sent."""
         return self._pulse_trains
+
+    # -- what reaches the rows (for the guard) ---------------------------------------------------
+
+    def applied_levels(self, values: FloatArray, channels: Sequence[str]) -> FloatArray:
+        """The row DAC's levels for input rows: noise management divides each row by its max |x|
+        before the DAC (so a row is driven at full scale), then the DAC rounds; bound management
+        only divides further. Needs every row channel, as `measure` does."""
+        names = [c.name for c in self._spec.inputs]
+        if list(channels) != names:
+            raise ValueError(f"the crossbar drives all its rows together: expected {names}")
+        x = np.array(values, dtype=float)
+        io = self.settings.io
+        peak = _row_max(np.abs(x))
+        alpha = None
+        x_max = float(np.max(peak, initial=0.0))
+        if io.noise_management == "abs_max":
+            alpha = np.where(peak == 0, 1.0, peak)
+            x_max = 1.0
+        return _quantize_in_place(_normalised(x, alpha), self._inp_step, io.inp_bound, x_max)
+
+    def restored_levels(self, state: JSONDict) -> dict[str, float]:
+        """None: rows are driven only during a read, so a restored array idles at 0 V."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"CrossbarDevice state version {state.get('version')!r}, expected {STATE_VERSION}"
+            )
+        return {}
 
     # -- checkpoint --------------------------------------------------------------------------------
 

@@ -197,6 +197,13 @@ class LandscapeDevice(DeviceBase):
             "white": generator_state(self.noise_streams["white"]),
         }
 
+    def restored_levels(self, state: JSONDict) -> dict[str, float]:
+        """The control levels `load_state_dict(state)` restores."""
+        theta = np.array(state["theta"], dtype=float)
+        if theta.shape != self._theta.shape:
+            raise ValueError(f"state theta has shape {theta.shape}, expected {self._theta.shape}")
+        return dict(zip((c.name for c in self.spec.controls), theta.tolist(), strict=True))
+
     def load_state_dict(self, state: JSONDict) -> None:
         theta = np.array(state["theta"], dtype=float)
         if theta.shape != self._theta.shape:

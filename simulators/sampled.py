@@ -269,13 +269,7 @@ class SampledDevice(DeviceBase):
             raise ValueError(f"stream: expected shape (n_samples, {len(names)}), got {w.shape}")
         if len(set(names)) != len(names):
             raise ValueError(f"stream: duplicate channel names in {names}")
-        unknown = [n for n in names if n not in self._driven_names]
-        if unknown:
-            raise ValueError(
-                f"stream: {unknown} are not input or control channels of {self._spec.name!r}; "
-                f"driven channels are {self._driven_names}"
-            )
-        columns = [self._driven_names.index(n) for n in names]
+        columns = self._columns(names)
         levels = np.tile(self._levels, (w.shape[0], 1))
         levels[:, columns] = w
         self._check_range(levels, slice(None))
@@ -307,6 +301,26 @@ class SampledDevice(DeviceBase):
 
     def close(self) -> None:
         self._closed = True
+
+    # -- what reaches the electrodes (for the guard) -----------------------------------------------
+
+    def applied_levels(self, values: FloatArray, channels: Sequence[str]) -> FloatArray:
+        """The DAC's output for requested levels on the named driven channels (rows × channels)."""
+        v = np.array(values, dtype=float)
+        self._columns(channels)
+        return self._dac_levels(v)
+
+    def restored_levels(self, state: JSONDict) -> dict[str, float]:
+        """The level every driven electrode holds after `load_state_dict(state)`."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"{type(self).__name__} state version {state.get('version')!r}, "
+                f"expected {STATE_VERSION}"
+            )
+        levels = np.array(state["levels"], dtype=float)
+        if levels.shape != self._levels.shape:
+            raise ValueError(f"state levels: expected {self._levels.shape}, got {levels.shape}")
+        return dict(zip(self._driven_names, levels.tolist(), strict=True))
 
     # -- oracle ------------------------------------------------------------------------------------
 
@@ -353,6 +367,16 @@ class SampledDevice(DeviceBase):
             self._lowpass.load_state_dict(state["lowpass"])
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _columns(self, names: Sequence[str]) -> list[int]:
+        """Column of each named driven channel in the levels vector."""
+        unknown = [n for n in names if n not in self._driven_names]
+        if unknown:
+            raise ValueError(
+                f"{unknown} are not input or control channels of {self._spec.name!r}; "
+                f"driven channels are {self._driven_names}"
+            )
+        return [self._driven_names.index(n) for n in names]
 
     def _check_open(self) -> None:
         if self._closed:

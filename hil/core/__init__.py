@@ -5,11 +5,14 @@ here.
 """
 
 from hil.core.capabilities import (
+    Converting,
     Demodulating,
     Device,
     DeviceBase,
     NodePerturbable,
+    Parking,
     ProgrammableState,
+    RestoreChecked,
     Stateful,
     Streaming,
 )
@@ -36,6 +39,7 @@ __all__ = [
     "Channel",
     "Clock",
     "ConfigError",
+    "Converting",
     "Demodulating",
     "Device",
     "DeviceBase",
@@ -50,9 +54,11 @@ __all__ = [
     "IntArray",
     "JSONDict",
     "NodePerturbable",
+    "Parking",
     "Procedure",
     "ProgrammableState",
     "RegistryError",
+    "RestoreChecked",
     "Role",
     "RunError",
     "SafetyViolation",

@@ -122,6 +122,41 @@ class Stateful(Protocol):
     def load_state_dict(self, state: JSONDict) -> None: ...
 
 
+@runtime_checkable
+class Parking(Protocol):
+    """A device (the safety guard) that can bring every driven channel to 0 within its limits."""
+
+    def park(self) -> None:
+        """Ramp every driven channel to 0 within its slew limit; costs device time if anything
+        moves. Streams start at 0, so a protocol parks before streaming from DC levels."""
+        ...
+
+
+@runtime_checkable
+class Converting(Protocol):
+    """A device whose converters change what is asked for before it reaches the hardware.
+
+    DACs round to their codes; a periphery may rescale rows digitally before its DAC. The guard
+    checks what is really applied, so a request inside a limit cannot leave it after conversion.
+    """
+
+    def applied_levels(self, values: FloatArray, channels: Sequence[str]) -> FloatArray:
+        """The levels the hardware puts on `channels` for the requested `values` (rows ×
+        channels, one row per plateau or sample). Pure: measures and changes nothing."""
+        ...
+
+
+@runtime_checkable
+class RestoreChecked(Protocol):
+    """A Stateful device that says, before restoring, what a state would put on its channels."""
+
+    def restored_levels(self, state: JSONDict) -> dict[str, float]:
+        """The level `load_state_dict(state)` would leave on each driven channel it holds at a
+        level (channels driven only during a measurement are omitted). Pure: applies nothing;
+        raises ValueError for a state it could not load."""
+        ...
+
+
 class DeviceBase:
     """Context-manager behaviour shared by devices: leaving the block makes the device safe."""
 

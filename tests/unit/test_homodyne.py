@@ -505,13 +505,24 @@ def test_streams_start_and_end_at_zero_and_pass_the_safety_guard() -> None:
     assert isinstance(guard, Streaming)
     task = make_task(device)
     objective = Objective(guard, task)
+    objective.outputs(THETA)  # leaves the controls at θ and the inputs at the last case
     est = make_estimator().estimate(objective, THETA)
-    assert len(device.waveforms) == N_CASES
-    for waveform, channels in device.waveforms:
-        assert channels == ("in0", "in1", "ctrl0", "ctrl1", "ctrl2", "ctrl3", "ctrl4")
+    names = ("in0", "in1", "ctrl0", "ctrl1", "ctrl2", "ctrl3", "ctrl4")
+    tones = [(w, c) for w, c in device.waveforms if c == names]
+    assert len(tones) == N_CASES
+    for waveform, _ in tones:
         np.testing.assert_array_equal(waveform[0], 0.0)
         np.testing.assert_array_equal(waveform[-1], 0.0)
-        assert float(np.max(np.abs(np.diff(waveform, axis=0)))) * FS < 200.0
+    # The guard parked the held inputs before the first waveform: every transition the device
+    # saw, into and within each stream, stays within the slew limit.
+    assert len(device.waveforms) == N_CASES + 1
+    held = dict.fromkeys(names, 0.0)
+    held.update(zip(names[:2], objective.device_inputs[-1], strict=True))
+    for waveform, channels in device.waveforms:
+        start = np.array([held[c] for c in channels])
+        path = np.vstack([start, waveform])
+        assert float(np.max(np.abs(np.diff(path, axis=0)))) * FS <= 200.0 * (1 + 1e-9)
+        held.update(zip(channels, waveform[-1], strict=True))
     assert np.all(np.isfinite(est.gradient))
 
 

@@ -106,15 +106,36 @@ class StreamingFake(FakeDevice):
 
 
 class StatefulFake(FakeDevice):
+    """Its state holds the controls last sent, as a simulator's does."""
+
     def __init__(self, spec: DeviceSpec) -> None:
         super().__init__(spec)
         self.loaded: JSONDict | None = None
 
+    def _controls(self) -> list[float]:
+        sent = self.of("set_controls")
+        values = sent[-1].values if sent else None
+        return [0.0] * len(self._spec.controls) if values is None else values.tolist()
+
     def state_dict(self) -> JSONDict:
-        return {"t": self._clock.now()}
+        return {"t": self._clock.now(), "controls": self._controls()}
 
     def load_state_dict(self, state: JSONDict) -> None:
         self.loaded = state
+
+    def restored_levels(self, state: JSONDict) -> dict[str, float]:
+        names = [c.name for c in self._spec.controls]
+        return dict(zip(names, map(float, state["controls"]), strict=True))
+
+
+class UncheckableStateful(FakeDevice):
+    """Stateful, but cannot say what its state would put on the channels."""
+
+    def state_dict(self) -> JSONDict:
+        return {}
+
+    def load_state_dict(self, state: JSONDict) -> None:
+        raise AssertionError("must never be restored unchecked")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -237,15 +258,24 @@ def stream_requests(draw: st.DrawFn) -> tuple[FloatArray, list[str]]:
 
 
 class Oracle:
-    """Decides acceptance from the limits alone and tracks the input levels the guard must track."""
+    """Decides acceptance from the limits alone and tracks the levels the guard must track."""
 
     def __init__(self) -> None:
         self.inputs = np.zeros(2)
+        self.controls = np.zeros(3)
 
     def set_controls(self, arr: FloatArray) -> type[Exception] | None:
         if arr.shape != (3,):
             return ValueError
-        return None if in_range(arr, CONTROLS) else SafetyViolation
+        if not in_range(arr, CONTROLS):
+            return SafetyViolation
+        self.controls = arr.copy()
+        return None
+
+    def held(self, name: str) -> float:
+        if name in INPUTS:
+            return float(self.inputs[INPUTS.index(name)])
+        return float(self.controls[CONTROLS.index(name)])
 
     def measure(self, arr: FloatArray) -> type[Exception] | None:
         if arr.ndim != 2 or arr.shape[1] != 2 or arr.shape[0] < 1:
@@ -273,9 +303,14 @@ class Oracle:
         _, _, slew = bounds(names)
         if np.any(np.abs(np.diff(arr, axis=0)) * SAMPLE_RATE > slew):
             return SafetyViolation
+        held = np.array([self.held(n) for n in names])
+        if np.any(np.abs(arr[0] - held) * SAMPLE_RATE > slew):  # entry from the held level
+            return SafetyViolation
         for col, name in enumerate(names):
             if name in INPUTS:
                 self.inputs[INPUTS.index(name)] = arr[-1, col]
+            else:
+                self.controls[CONTROLS.index(name)] = arr[-1, col]
         return None
 
 
@@ -439,6 +474,7 @@ def test_effective_spec_is_the_intersection(
             Channel(name="x", role=role, min=spec_lo, max=spec_hi, max_slew=spec_slew),
             Channel(name="c", role=Role.CONTROL),
         ),
+        ramp_time=1e-3,  # a slew-limited input can then be ramped to 0 by plateaus
     )
     limits = SafetyLimits(
         max_abs_voltage=ceiling,
@@ -554,8 +590,12 @@ def test_violation_messages_name_channel_value_limit_and_fix() -> None:
 
 def test_zero_ramp_time_rejects_any_jump_on_a_slew_limited_input() -> None:
     spec = SPEC.model_copy(update={"ramp_time": 0.0})
+    # Such an input could not be ramped to 0 by the safe state: the station must say it may drop.
+    with pytest.raises(ConfigError, match=r"limits\.channels\.in1.*may_drop"):
+        SafetyGuard(FakeDevice(spec), LIMITS)
+    channels = {**LIMITS.channels, "in1": ChannelLimit(max=0.6, max_slew=200.0, may_drop=True)}
     device = FakeDevice(spec)
-    guard = SafetyGuard(device, LIMITS)
+    guard = SafetyGuard(device, LIMITS.model_copy(update={"channels": channels}))
     with pytest.raises(SafetyViolation, match="max_slew") as info:
         guard.measure(np.array([[0.0, 0.01]]))
     assert info.value.value == math.inf
@@ -626,6 +666,22 @@ def test_state_dict_round_trip() -> None:
         other.load_state_dict({"last_controls": [0.0, 0.0, 0.0]})
     with pytest.raises(SafetyViolation):
         other.load_state_dict({**state, "last_controls": [5.0, 0.0, 0.0]})
+
+    # What the device part would put on the device is checked like a request ...
+    other_device.loaded = None
+    edited = {**state, "device": {**state["device"], "controls": [7.0, 0.2, 0.3]}}
+    with pytest.raises(SafetyViolation, match=r"ctrl0.*restored device state"):
+        other.load_state_dict(edited)
+    # ... and must agree with the levels the guard recorded beside it.
+    edited = {**state, "device": {**state["device"], "controls": [0.1, 0.25, 0.3]}}
+    with pytest.raises(ValueError, match=r"ctrl1.*inconsistent"):
+        other.load_state_dict(edited)
+    with pytest.raises(ValueError, match="mapping"):
+        other.load_state_dict({**state, "device": None})
+    assert other_device.loaded is None, "a refused restore reached the device"
+    uncheckable = SafetyGuard(UncheckableStateful(SPEC), LIMITS)
+    with pytest.raises(CapabilityError, match="restored_levels"):
+        uncheckable.load_state_dict(uncheckable.state_dict())
 
     # Without a Stateful device there is no device entry, and the real (tracked) levels are kept.
     plain = SafetyGuard(FakeDevice(SPEC), LIMITS)
@@ -841,7 +897,7 @@ def test_pulse_requests_over_a_limit_are_refused_whole(
     limits: dict[str, int], counts: dict[tuple[int, int], int], message: str
 ) -> None:
     guard = _crossbar_guard(**limits)
-    device = guard.device
+    device = guard.unguarded_device("test: count the pulse trains that reached the array")
     trains = device.pulse_trains  # type: ignore[attr-defined]
     pulses = np.zeros((4, 3), dtype=int)
     for index, n in counts.items():
