@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
 
 from hil.core import JSONDict, RunError
-from hil.rundir import REPORT_DIR, RunDirectory
+from hil.rundir import REPORT_DIR, RunDirectory, file_error
 
 
 def _step_records(rundir: RunDirectory) -> list[JSONDict]:
@@ -46,7 +47,7 @@ def _plot(records: list[JSONDict], names: list[str], path: Path, title: str) -> 
         ax_ctrl.set_ylabel("control value")
         ax_ctrl.legend(fontsize="small", ncol=min(4, controls.shape[1]))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -121,7 +122,11 @@ def _tuning_lines(summary: JSONDict) -> list[str]:
 
 
 def write_report(run_path: Path) -> Path:
-    """Write report/training.png and report/summary.md for a run; returns the report folder."""
+    """Write report/training.png and report/summary.md for a run; returns the report folder.
+
+    Each file is written under a temporary name and renamed, so a failure (disk full,
+    read-only directory) leaves no half-written file; it raises a one-line RunFileError.
+    """
     rundir = RunDirectory.open(run_path)
     info = rundir.run_info()
     summary = rundir.summary()
@@ -129,8 +134,25 @@ def write_report(run_path: Path) -> Path:
     if not records:
         raise RunError(f"{run_path}: no completed steps yet, nothing to report")
     out = rundir.file(REPORT_DIR)
-    out.mkdir(exist_ok=True)
-    names = [c["name"] for c in info["station_snapshot"]["channels"] if c["role"] == "control"]
-    _plot(records, names, out / "training.png", f"{info['name']} ({run_path.name})")
-    (out / "summary.md").write_text(_markdown(info, summary, records), encoding="utf-8")
+    try:
+        names = [c["name"] for c in info["station_snapshot"]["channels"] if c["role"] == "control"]
+        markdown = _markdown(info, summary, records)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RunError(
+            f"{rundir.file('run.json')}: cannot read the run's record ({type(exc).__name__}: "
+            f"{exc}); the file is damaged"
+        ) from None
+    png, md = out / ".training.png.tmp", out / ".summary.md.tmp"
+    try:
+        out.mkdir(exist_ok=True)
+        _plot(records, names, png, f"{info['name']} ({run_path.name})")
+        md.write_text(markdown, encoding="utf-8")
+        png.replace(out / "training.png")
+        md.replace(out / "summary.md")
+    except OSError as exc:
+        raise file_error(out, exc, "write the report") from None
+    finally:
+        for tmp in (png, md):
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
     return out

@@ -1,19 +1,23 @@
 """The run engine: executes a procedure step by step and owns pause, abort, safety and recording.
 
-Per step it appends the step's record to the journal and then replaces the checkpoint atomically.
-The first Ctrl-C pauses at the next step boundary; a second aborts. SIGTERM aborts. Every exit
-path leaves the device in its safe state and writes summary.json; a run that did not complete can
-be continued with `resume`, which on a simulator ends exactly where an uninterrupted run ends.
+Per step it saves the checkpoint (which carries the step's own record) atomically and then
+appends that record to the journal, so after a kill at any moment the journal lacks at most the
+step the checkpoint already holds, and `resume` appends it: every step is recorded exactly once.
+Resume first checks that run.json, journal and checkpoint agree and refuses, changing nothing,
+when they do not. The first Ctrl-C pauses at the next step boundary; a second aborts; SIGTERM
+aborts. Once the run directory exists, every exit (any exception, any signal but SIGKILL) leaves
+the device in its safe state and records the outcome in summary.json, the journal and run.log.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -24,14 +28,27 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hil.build import BuiltRun, build_run, fresh_entropy
-from hil.config import ResolvedExperiment, load_experiment, resolve_experiment
-from hil.core import HilError, JSONDict, Procedure, RunError, Stateful
+from hil.config import ResolvedExperiment, load_experiment, load_station, resolve_experiment
+from hil.core import HilError, JSONDict, RunError, SafetyViolation
 from hil.provenance import environment
-from hil.rundir import LOG_FILE, RunDirectory
-from hil.safety import Terminated
+from hil.rundir import (
+    CHECKPOINT_FILE,
+    LOG_FILE,
+    RUN_FILE,
+    SCHEMA_VERSION,
+    Journal,
+    RunDirectory,
+    RunFileError,
+    VerifiedRun,
+    digest,
+)
+from hil.safety import SafetyLimits, Terminated, stricter_limits
 from hil.yamlfile import YamlDocument
 
 log = logging.getLogger(__name__)
+
+# Log records with this `extra` go to run.log only: the CLI prints the outcome itself.
+RUN_LOG_ONLY = {"console": False}
 
 
 class RunStatus(StrEnum):
@@ -43,57 +60,139 @@ class RunStatus(StrEnum):
 
 @dataclass
 class RunOutcome:
-    """How a run (or a resumed run) ended."""
+    """How a run (or a resumed run) ended; `problems` lists records that could not be written."""
 
     path: Path
     status: RunStatus
     reason: str
     summary: JSONDict = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+class RunInterrupted(RunError):
+    """A signal stopped `run` or `resume` before the run directory was written or changed."""
+
+    def __init__(self, status: RunStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# -- signals -----------------------------------------------------------------------------------
+
+
+class Phase(StrEnum):
+    SETUP = "setup"  # loading, building, checking; nothing written yet: signals are noted
+    RUNNING = "running"  # the run directory is written: Ctrl-C pauses, SIGTERM aborts
+    STOPPING = "stopping"  # safe state and the record of the outcome: signals are ignored
+    REPORT = "report"  # writing the report: a signal stops it
+
+
+def _signal_name(signum: int) -> str:
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+def _interruption(signum: int) -> BaseException:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
 
 
 @dataclass
-class _Interrupts:
+class Signals:
+    """What Ctrl-C and SIGTERM have asked for, and what the process is doing when they come."""
+
+    phase: Phase = Phase.SETUP
     pause_requested: bool = False
-    stopping: bool = False  # cleanup has begun: further signals must not interrupt it
+    abort_signal: int | None = None
+
+    def reset(self) -> None:
+        self.phase, self.pause_requested, self.abort_signal = Phase.SETUP, False, None
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        name = _signal_name(signum)
+        if self.phase is Phase.STOPPING:
+            log.warning("%s: already stopping; making the device safe and saving the run", name)
+            return
+        if self.phase is Phase.REPORT:
+            self.phase = Phase.STOPPING
+            raise _interruption(signum)
+        if signum == signal.SIGINT and not self.pause_requested and self.abort_signal is None:
+            self.pause_requested = True
+            log.warning("Ctrl-C: pausing at the next step boundary (press again to abort)")
+            return
+        if self.phase is Phase.SETUP and self.abort_signal is None:
+            self.abort_signal = signum  # set-up is short: stop at its end, with nothing half done
+            log.warning("%s: stopping before the run starts", name)
+            return
+        if self.abort_signal is None:
+            self.abort_signal = signum
+        self.phase = Phase.STOPPING
+        raise _interruption(signum)
+
+    def stop_if_requested(self, *, pause_status: RunStatus, what: str) -> None:
+        """Raise RunInterrupted if a signal asked to stop during set-up."""
+        if self.abort_signal is not None:
+            name = _signal_name(self.abort_signal)
+            raise RunInterrupted(RunStatus.ABORTED, f"aborted by {name} {what}")
+        if self.pause_requested:
+            raise RunInterrupted(pause_status, f"stopped by Ctrl-C {what}")
+
+
+_active: Signals | None = None
 
 
 @contextmanager
-def _interrupt_handling() -> Iterator[_Interrupts]:
-    """First Ctrl-C asks for a pause, the second raises KeyboardInterrupt; SIGTERM: Terminated."""
-    state = _Interrupts()
-    if threading.current_thread() is not threading.main_thread():
-        yield state
+def signal_handling() -> Iterator[Signals]:
+    """Ctrl-C and SIGTERM handled as `Signals` says while inside (nested use shares one state).
+
+    Outside the main thread handlers cannot be installed; the state then only records nothing.
+    """
+    global _active
+    if _active is not None:
+        yield _active
         return
-
-    def on_sigint(signum: int, frame: FrameType | None) -> None:
-        if state.stopping:
-            log.warning("Ctrl-C: already stopping; making the device safe and saving the run")
-            return
-        if state.pause_requested:
-            state.stopping = True
-            raise KeyboardInterrupt
-        state.pause_requested = True
-        log.warning("Ctrl-C: pausing at the next step boundary (press again to abort)")
-
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        if state.stopping:
-            log.warning("SIGTERM: already stopping; making the device safe and saving the run")
-            return
-        state.stopping = True
-        raise Terminated(signum)
-
-    old_int = signal.signal(signal.SIGINT, on_sigint)
-    old_term = signal.signal(signal.SIGTERM, on_sigterm)
+    if threading.current_thread() is not threading.main_thread():
+        yield Signals()
+        return
+    state = Signals()
+    old_int = signal.signal(signal.SIGINT, state.handle)
+    old_term = signal.signal(signal.SIGTERM, state.handle)
+    _active = state
     try:
         yield state
     finally:
+        _active = None
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
 
 
+def install_signal_handlers() -> Signals:
+    """For the `hil` program: handle Ctrl-C and SIGTERM from now until the process exits."""
+    global _active
+    if _active is None:
+        _active = Signals()
+        signal.signal(signal.SIGINT, _active.handle)
+        signal.signal(signal.SIGTERM, _active.handle)
+    return _active
+
+
+# -- logging to run.log ------------------------------------------------------------------------
+
+
+class _RunLogHandler(logging.FileHandler):
+    """run.log; a log that cannot be written (disk full, read-only) must not stop the run."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            super().emit(record)
+        except Exception:
+            self.handleError(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        pass  # the outcome still reaches summary.json and the console
+
+
 @contextmanager
 def _log_to(path: Path) -> Iterator[None]:
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = _RunLogHandler(path, encoding="utf-8", delay=True)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     old_level = root.level
@@ -123,93 +222,113 @@ def _progress_bar(console: Console | None) -> Progress | nullcontext[None]:
 
 
 def _fmt(value: Any) -> str:
-    return "—" if value is None else f"{value:.4g}"
+    return f"{value:.4g}" if isinstance(value, int | float) else "—"
 
 
-def _checkpoint(built: BuiltRun) -> JSONDict:
-    guard = built.guard
+# -- executing ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Identity:
+    """What ties checkpoint and journal to their run.json."""
+
+    run_id: str
+    config_digest: str
+
+
+@dataclass
+class _Result:
+    status: RunStatus = RunStatus.FAILED
+    reason: str = "did not start"
+    final: JSONDict = field(default_factory=dict)
+
+
+def _checkpoint(built: BuiltRun, ident: _Identity, last_step: JSONDict) -> JSONDict:
     return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": ident.run_id,
+        "config_digest": ident.config_digest,
         "steps_done": built.procedure.steps_done,
         "saved_at": time.time(),
+        "last_step": last_step,
         "procedure": built.procedure.state_dict(),
-        "device": guard.state_dict() if isinstance(guard, Stateful) else None,
+        "device": built.guard.state_dict(),
     }
 
 
-def _restore(built: BuiltRun, state: JSONDict) -> None:
-    built.procedure.load_state_dict(state["procedure"])
-    if state.get("device") is not None:
-        built.guard.load_state_dict(state["device"])
+def _loop(
+    rundir: RunDirectory,
+    built: BuiltRun,
+    journal: Journal,
+    ident: _Identity,
+    signals: Signals,
+    console: Console | None,
+    result: _Result,
+) -> None:
+    procedure = built.procedure
+    with _progress_bar(console) as bar:
+        task = None
+        if isinstance(bar, Progress):
+            task = bar.add_task(
+                "train",
+                total=procedure.total_steps,
+                completed=procedure.steps_done,
+                loss="—",
+                best="—",
+                device_time="—",
+            )
+        while not procedure.done:
+            if signals.abort_signal is not None:
+                name = _signal_name(signals.abort_signal)
+                result.status, result.reason = RunStatus.ABORTED, f"aborted by {name}"
+                return
+            if signals.pause_requested:
+                result.status, result.reason = RunStatus.PAUSED, "paused by Ctrl-C"
+                return
+            record = procedure.step()
+            entry = {"event": "step", "time": time.time(), **record}
+            rundir.write_checkpoint(_checkpoint(built, ident, entry))  # first: it holds `entry`
+            journal.append(entry)
+            if isinstance(bar, Progress) and task is not None:
+                bar.update(
+                    task,
+                    completed=procedure.steps_done,
+                    loss=_fmt(record.get("loss")),
+                    best=_fmt(record.get("best_loss")),
+                    device_time=f"{_fmt(record.get('device_time'))} s",
+                )
+        result.final = procedure.finish()
+        result.status, result.reason = RunStatus.COMPLETED, f"all {procedure.steps_done} steps done"
 
 
-def _execute(rundir: RunDirectory, built: BuiltRun, console: Console | None) -> RunOutcome:
-    procedure: Procedure = built.procedure
-    status, reason = RunStatus.FAILED, "did not start"
-    final: JSONDict = {}
-    if console is not None:
-        console.print(f"run directory: {rundir.path}", highlight=False, soft_wrap=True)
-    with _log_to(rundir.file(LOG_FILE)), _interrupt_handling() as interrupts:
-        try:
-            with _progress_bar(console) as bar:
-                task = None
-                if isinstance(bar, Progress):
-                    task = bar.add_task(
-                        "train",
-                        total=procedure.total_steps,
-                        completed=procedure.steps_done,
-                        loss="—",
-                        best="—",
-                        device_time="—",
-                    )
-                while not procedure.done:
-                    if interrupts.pause_requested:
-                        status, reason = RunStatus.PAUSED, "paused by Ctrl-C"
-                        break
-                    record = procedure.step()
-                    rundir.append_event({"event": "step", "time": time.time(), **record})
-                    rundir.write_checkpoint(_checkpoint(built))
-                    if isinstance(bar, Progress) and task is not None:
-                        bar.update(
-                            task,
-                            completed=procedure.steps_done,
-                            loss=_fmt(record.get("loss")),
-                            best=_fmt(record.get("best_loss")),
-                            device_time=f"{record.get('device_time', 0.0):.3g} s",
-                        )
-                else:
-                    final = procedure.finish()
-                    status, reason = RunStatus.COMPLETED, f"all {procedure.steps_done} steps done"
-        except KeyboardInterrupt:
-            status, reason = RunStatus.ABORTED, "aborted by a second Ctrl-C"
-        except Terminated:
-            status, reason = RunStatus.ABORTED, "aborted by SIGTERM"
-        except HilError as exc:
-            status, reason = RunStatus.FAILED, f"{type(exc).__name__}: {exc}"
-            log.error("run failed at step %d: %s", procedure.steps_done + 1, reason)
-        except Exception as exc:
-            status, reason = RunStatus.FAILED, f"{type(exc).__name__}: {exc}"
-            log.exception(
-                "run failed at step %d with an unexpected error", procedure.steps_done + 1
-            )
-        finally:
-            interrupts.stopping = True
-            safe_error = _make_safe(built)
-            if safe_error:
-                reason += f"; {safe_error}"
-            summary = {
-                "status": status.value,
-                "reason": reason,
-                "steps_done": procedure.steps_done,
-                "total_steps": procedure.total_steps,
-                "ended_at": time.time(),
-                **(final or procedure.progress()),
-            }
-            rundir.write_summary(summary)
-            rundir.append_event(
-                {"event": "stop", "time": time.time(), "status": status.value, "reason": reason}
-            )
-    log.info("run %s: %s (%s)", rundir.path, status.value, reason)
-    return RunOutcome(path=rundir.path, status=status, reason=reason, summary=summary)
+def _steps_done(built: BuiltRun) -> int | None:
+    try:
+        return built.procedure.steps_done
+    except Exception:
+        return None
+
+
+def _classify(exc: BaseException, built: BuiltRun, result: _Result) -> None:
+    """Status and reason for the exception that ended the run; never raises."""
+    step = (_steps_done(built) or 0) + 1
+    if isinstance(exc, KeyboardInterrupt):
+        result.status, result.reason = RunStatus.ABORTED, "aborted by a second Ctrl-C"
+    elif isinstance(exc, Terminated):
+        result.status, result.reason = RunStatus.ABORTED, "aborted by SIGTERM"
+    elif isinstance(exc, RunFileError):
+        result.status, result.reason = RunStatus.FAILED, str(exc)
+        log.error("run stopped at step %d: %s", step, exc, extra=RUN_LOG_ONLY)
+    elif isinstance(exc, HilError):
+        result.status, result.reason = RunStatus.FAILED, f"{type(exc).__name__}: {exc}"
+        log.error("run failed at step %d: %s", step, result.reason, extra=RUN_LOG_ONLY)
+    else:
+        result.status, result.reason = RunStatus.FAILED, f"{type(exc).__name__}: {exc}"
+        log.error(
+            "run failed at step %d with an unexpected error",
+            step,
+            exc_info=exc,
+            extra=RUN_LOG_ONLY,
+        )
 
 
 def _make_safe(built: BuiltRun) -> str:
@@ -222,70 +341,314 @@ def _make_safe(built: BuiltRun) -> str:
     finally:
         try:
             built.guard.close()
-        except Exception as exc:
+        except BaseException as exc:
             log.error("closing the device failed: %s", exc)
     return ""
+
+
+def _progress(built: BuiltRun) -> JSONDict:
+    try:
+        return built.procedure.progress()
+    except BaseException as exc:
+        log.error("the procedure could not report its progress", exc_info=exc, extra=RUN_LOG_ONLY)
+        return {"progress_error": f"{type(exc).__name__}: {exc}"}
+
+
+def _record_outcome(
+    rundir: RunDirectory, built: BuiltRun, journal: Journal, result: _Result
+) -> RunOutcome:
+    """Safe state, summary.json, the stop event and the log line; never raises."""
+    reason = result.reason
+    safe_error = _make_safe(built)
+    if safe_error:
+        reason += f"; {safe_error}"
+    rundir.release_space()
+    try:
+        total = built.procedure.total_steps
+    except BaseException:
+        total = None
+    summary = {
+        "status": result.status.value,
+        "reason": reason,
+        "steps_done": _steps_done(built),
+        "total_steps": total,
+        "ended_at": time.time(),
+        **(result.final or _progress(built)),
+    }
+    problems = []
+    try:
+        rundir.write_summary(summary)
+    except BaseException as exc:
+        problems.append(f"summary.json was not written: {exc}")
+        log.error("summary.json was not written: %s", exc)
+    try:
+        journal.append(
+            {"event": "stop", "time": time.time(), "status": result.status.value, "reason": reason}
+        )
+    except BaseException as exc:
+        problems.append(f"the stop event was not journalled: {exc}")
+        log.error("the stop event was not journalled: %s", exc)
+    log.info("run %s ended: %s (%s)", rundir.path, result.status.value, reason)
+    return RunOutcome(
+        path=rundir.path,
+        status=result.status,
+        reason=reason,
+        summary=summary,
+        problems=problems,
+    )
+
+
+def _execute(
+    rundir: RunDirectory,
+    built: BuiltRun,
+    journal: Journal,
+    ident: _Identity,
+    signals: Signals,
+    console: Console | None,
+    prepare: Callable[[], None],
+) -> RunOutcome:
+    """Prepare the files, run the steps, and record the outcome whatever happens."""
+    result = _Result()
+    if console is not None:
+        console.print(f"run directory: {rundir.path}", highlight=False, soft_wrap=True)
+    with _log_to(rundir.file(LOG_FILE)):
+        try:
+            try:
+                signals.phase = Phase.RUNNING
+                rundir.reserve_space()
+                prepare()
+                _loop(rundir, built, journal, ident, signals, console, result)
+            finally:
+                signals.phase = Phase.STOPPING
+        except BaseException as exc:  # whatever stopped it, the outcome is recorded below
+            _classify(exc, built, result)
+        return _record_outcome(rundir, built, journal, result)
+
+
+# -- start ---------------------------------------------------------------------------------
+
+
+def _station_file(resolved: ResolvedExperiment) -> str | None:
+    """The station file the experiment names, if it names one (not inline)."""
+    station = resolved.config.station
+    return str((resolved.doc.path.parent / station).resolve()) if isinstance(station, str) else None
 
 
 def start_run(
     config_path: Path, out: Path = Path("runs"), *, console: Console | None = None
 ) -> RunOutcome:
     """Validate and build everything, then create the run directory and execute."""
-    resolved = load_experiment(config_path)
-    entropy = resolved.config.seed if resolved.config.seed is not None else fresh_entropy()
-    built = build_run(resolved, entropy)
-    try:
-        rundir = RunDirectory.create(out, resolved.config.name)
-    except OSError as exc:
-        built.guard.close()
-        raise RunError(f"{out}: cannot create the run directory ({exc.strerror})") from None
-    rundir.write_run_info(
-        {
-            "name": resolved.config.name,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "config_file": str(config_path.resolve()),
-            "config": resolved.as_dict(),
-            "seed_entropy": entropy,
-            "station_snapshot": built.guard.spec.model_dump(mode="json"),
-            "environment": environment(),
-        }
-    )
-    with rundir.lock():
-        rundir.append_event({"event": "start", "time": time.time(), "steps_done": 0})
-        return _execute(rundir, built, console)
+    with signal_handling() as signals, ExitStack() as stack:
+        signals.reset()
+        resolved = load_experiment(config_path)
+        entropy = resolved.config.seed if resolved.config.seed is not None else fresh_entropy()
+        built = build_run(resolved, entropy)
+        try:
+            signals.stop_if_requested(
+                pause_status=RunStatus.ABORTED, what="before the run started; nothing was written"
+            )
+            rundir = RunDirectory.create(out, resolved.config.name)
+            config = resolved.as_dict()
+            ident = _Identity(run_id=rundir.path.name, config_digest=digest(config))
+            info: JSONDict = {
+                "run_id": ident.run_id,
+                "name": resolved.config.name,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "config_file": str(config_path.resolve()),
+                "station_file": _station_file(resolved),
+                "config": config,
+                "config_digest": ident.config_digest,
+                "seed_entropy": entropy,
+                "station_snapshot": built.guard.spec.model_dump(mode="json"),
+                "environment": environment(),
+            }
+            stack.enter_context(rundir.lock())
+        except BaseException:
+            built.guard.close()
+            raise
+        journal = rundir.journal()
+
+        def prepare() -> None:
+            rundir.write_run_info(info)
+            journal.append(
+                {
+                    "event": "start",
+                    "time": time.time(),
+                    "schema_version": SCHEMA_VERSION,
+                    "run_id": ident.run_id,
+                    "config_digest": ident.config_digest,
+                    "steps_done": 0,
+                }
+            )
+            log.info(
+                "run %s started from %s; config digest %s, seed entropy %d",
+                rundir.path,
+                config_path,
+                ident.config_digest,
+                entropy,
+            )
+
+        return _execute(rundir, built, journal, ident, signals, console, prepare)
 
 
-def resolved_from_run(rundir: RunDirectory) -> tuple[ResolvedExperiment, int]:
+# -- resume --------------------------------------------------------------------------------
+
+
+def resolved_from_run(
+    rundir: RunDirectory, info: JSONDict | None = None
+) -> tuple[ResolvedExperiment, int]:
     """The experiment exactly as the run recorded it, and its root seed."""
-    info = rundir.run_info()
-    doc = YamlDocument(path=rundir.file("run.json"), data=info["config"])
+    info = rundir.run_info() if info is None else info
+    doc = YamlDocument(path=rundir.file(RUN_FILE), data=info["config"])
     return resolve_experiment(doc), int(info["seed_entropy"])
 
 
+def _with_limits(resolved: ResolvedExperiment, limits: SafetyLimits) -> ResolvedExperiment:
+    station = resolved.station
+    config = station.config.model_copy(update={"limits": limits})
+    return dataclasses.replace(resolved, station=dataclasses.replace(station, config=config))
+
+
+def _limits_at_resume(
+    resolved: ResolvedExperiment, info: JSONDict
+) -> tuple[ResolvedExperiment, list[str]]:
+    """The stricter of the recorded limits and the station file's current ones, and notes on
+    what differs (or why the station file could not be read)."""
+    name = info.get("station_file")
+    if not name:
+        return resolved, []
+    path = Path(name)
+    if not path.is_file():
+        return resolved, [f"station file {path} is missing; the limits recorded in run.json apply"]
+    try:
+        current = load_station(path).config.limits
+    except (HilError, OSError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return resolved, [
+            f"station file {path} is not valid ({first}); the limits recorded in run.json apply"
+        ]
+    merged, changes = stricter_limits(resolved.station.config.limits, current)
+    notes = [f"station file {path}: {line}" for line in changes]
+    return (_with_limits(resolved, merged) if changes else resolved), notes
+
+
+def _one_line(exc: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+
+
+def _restore(built: BuiltRun, verified: VerifiedRun, path: Path) -> None:
+    state = verified.checkpoint
+    if state is None:
+        return
+    try:
+        built.procedure.load_state_dict(state["procedure"])
+        built.guard.load_state_dict(state["device"])
+    except SafetyViolation as exc:
+        raise RunError(
+            f"{path}: the saved device state is outside the limits now in force "
+            f"({_one_line(exc)}); nothing was changed — check the station file's limits"
+        ) from None
+    except (HilError, KeyError, TypeError, ValueError, IndexError) as exc:
+        raise RunError(
+            f"{path}: cannot restore ({type(exc).__name__}: {_one_line(exc)}); nothing was "
+            "changed — restore checkpoint.json from a backup, or start a new run with `hil run`"
+        ) from None
+    if built.procedure.steps_done != verified.steps_done:
+        raise RunError(
+            f"{path}: steps_done is {verified.steps_done} but the procedure state is at step "
+            f"{built.procedure.steps_done}; restore checkpoint.json from a backup"
+        )
+
+
 def resume_run(run_path: Path, *, console: Console | None = None) -> RunOutcome:
-    """Continue a paused, aborted, failed or killed run from its last checkpoint."""
-    rundir = RunDirectory.open(run_path)
-    with rundir.lock():
-        return _resume_locked(rundir, console)
+    """Continue a paused, aborted, failed or killed run from its last checkpoint.
+
+    Refuses, changing nothing, when run.json, journal and checkpoint do not agree.
+    """
+    with signal_handling() as signals:
+        signals.reset()
+        rundir = RunDirectory.open(run_path)
+        with rundir.lock():
+            return _resume_locked(rundir, signals, console)
 
 
-def _resume_locked(rundir: RunDirectory, console: Console | None) -> RunOutcome:
-    run_path = rundir.path
+def _resume_locked(rundir: RunDirectory, signals: Signals, console: Console | None) -> RunOutcome:
+    verified = rundir.verify()
     summary = rundir.summary()
     if summary is not None and summary.get("status") == RunStatus.COMPLETED:
-        raise RunError(f"{run_path}: the run already completed; start a new one with `hil run`")
-    resolved, entropy = resolved_from_run(rundir)
+        raise RunError(f"{rundir.path}: the run already completed; start a new one with `hil run`")
+    resolved, entropy = resolved_from_run(rundir, verified.info)
+    resolved, notes = _limits_at_resume(resolved, verified.info)
     built = build_run(resolved, entropy)
-    state = rundir.checkpoint()
-    steps_done = 0
-    if state is not None:
-        try:
-            _restore(built, state)
-        except (KeyError, TypeError, ValueError) as exc:
-            built.guard.close()
-            raise RunError(f"{rundir.file('checkpoint.json')}: cannot restore ({exc})") from None
-        steps_done = int(state["steps_done"])
-    rundir.truncate_events(steps_done)
-    rundir.append_event({"event": "resume", "time": time.time(), "steps_done": steps_done})
-    log.info("resuming %s at step %d", run_path, steps_done)
-    return _execute(rundir, built, console)
+    try:
+        _restore(built, verified, rundir.file(CHECKPOINT_FILE))
+        signals.stop_if_requested(
+            pause_status=RunStatus.PAUSED, what="before the resume started; nothing was changed"
+        )
+    except BaseException:
+        built.guard.close()
+        raise
+    info = verified.info
+    ident = _Identity(run_id=str(info["run_id"]), config_digest=str(info["config_digest"]))
+    journal = rundir.journal(next_seq=len(verified.journal.records))
+
+    def prepare() -> None:
+        repairs = []
+        removed = rundir.remove_temporaries()
+        if removed:
+            repairs.append(f"removed temporary files left by a killed process: {removed}")
+        torn = verified.journal.torn
+        if torn:
+            rundir.drop_torn_line(verified.journal)
+            shown = torn[:60].decode("utf-8", errors="replace")
+            repairs.append(
+                f"dropped a torn last line of events.jsonl ({len(torn)} bytes: {shown!r})"
+            )
+        if not verified.journal.records:
+            journal.append(
+                {
+                    "event": "start",
+                    "time": time.time(),
+                    "schema_version": SCHEMA_VERSION,
+                    "run_id": ident.run_id,
+                    "config_digest": ident.config_digest,
+                    "steps_done": 0,
+                }
+            )
+        if verified.missing_step is not None:
+            journal.append(verified.missing_step)
+            repairs.append(
+                f"journalled step {verified.steps_done} from the checkpoint (the process stopped "
+                "between saving the checkpoint and writing the journal)"
+            )
+        for line in repairs:
+            log.warning("%s: %s", rundir.path, line)
+        if notes:
+            for line in notes:
+                log.warning("limits at resume: %s", line)
+            journal.append(
+                {
+                    "event": "limits",
+                    "time": time.time(),
+                    "station_file": info.get("station_file"),
+                    "notes": notes,
+                    "limits": built.guard.limits.model_dump(mode="json"),
+                }
+            )
+        journal.append(
+            {
+                "event": "resume",
+                "time": time.time(),
+                "steps_done": verified.steps_done,
+                "config_digest": ident.config_digest,
+                "repairs": repairs,
+            }
+        )
+        log.info(
+            "run %s resumed at step %d; config digest %s",
+            rundir.path,
+            verified.steps_done,
+            ident.config_digest,
+        )
+
+    return _execute(rundir, built, journal, ident, signals, console, prepare)

@@ -17,7 +17,7 @@ import pytest
 
 from hil.core import ConfigError, RunError
 from hil.report import write_report
-from hil.rundir import RunDirectory
+from hil.rundir import RunDirectory, seal
 from hil.runner import RunStatus, resume_run, start_run
 
 from experiments import QUICKSTART, ROOT, small_experiment
@@ -387,7 +387,7 @@ def test_checkpoints_from_before_calibration_still_resume(
         del procedure[key]
     for key in ("lr", "horizon", "previous", "rejections", "average", "average_count"):
         del procedure["optimizer"][key]
-    path.write_text(json.dumps(checkpoint))
+    path.write_text(json.dumps(seal(checkpoint)))  # as the older procedure would have saved it
     resumed = resume_run(outcome.path)
     assert resumed.status is RunStatus.COMPLETED, resumed.reason
     assert resumed.summary["final_controls"] == reference["final_controls"]
