@@ -551,13 +551,18 @@ def _verified_checkpoint(path: Path, state: Any, info: JSONDict) -> JSONDict:
     if not isinstance(state.get("procedure"), dict):
         raise RunError(f"{path}: no procedure state; restore checkpoint.json from a backup")
     if not isinstance(state.get("device"), dict):
+        found = f"device: {json.dumps(state['device'])}" if "device" in state else "no device part"
         raise RunError(
-            f"{path}: no device state (device: {json.dumps(state.get('device'))}); resuming "
-            "would continue from a different device state: restore checkpoint.json from a backup"
+            f"{path}: no device state ({found}); resuming would continue from a different "
+            "device state: restore checkpoint.json from a backup"
         )
     last = state.get("last_step")
     if steps_done > 0 and not (
         isinstance(last, dict) and last.get("event") == "step" and last.get("step") == steps_done
     ):
-        raise RunError(f"{path}: the record of step {steps_done} is missing (damaged)")
+        holds = last.get("step") if isinstance(last, dict) else None
+        raise RunError(
+            f"{path}: steps_done is {steps_done} but the step record it holds is for step "
+            f"{holds} (edited or damaged); restore checkpoint.json from a backup"
+        )
     return state

@@ -536,13 +536,30 @@ def _one_line(exc: BaseException) -> str:
     return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
+def _mark_run_log_only(record: logging.LogRecord) -> bool:
+    record.console = False
+    return True
+
+
+@contextmanager
+def _run_log_only(logger: str) -> Iterator[None]:
+    """Records of `logger` go to run.log only while inside (the caller reports on the console)."""
+    target = logging.getLogger(logger)
+    target.addFilter(_mark_run_log_only)
+    try:
+        yield
+    finally:
+        target.removeFilter(_mark_run_log_only)
+
+
 def _restore(built: BuiltRun, verified: VerifiedRun, path: Path) -> None:
     state = verified.checkpoint
     if state is None:
         return
     try:
-        built.procedure.load_state_dict(state["procedure"])
-        built.guard.load_state_dict(state["device"])
+        with _run_log_only("hil.safety"):  # a refusal is reported once, in the error below
+            built.procedure.load_state_dict(state["procedure"])
+            built.guard.load_state_dict(state["device"])
     except SafetyViolation as exc:
         raise RunError(
             f"{path}: the saved device state is outside the limits now in force "

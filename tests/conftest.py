@@ -1,4 +1,5 @@
-"""Shared pytest set-up: hardware tests are opt-in (`pytest --hardware --device-address ...`)."""
+"""Shared pytest set-up: hardware tests are opt-in (`pytest --hardware --device-address ...`);
+`--soak` lengthens the kill-and-resume soak."""
 
 from __future__ import annotations
 
@@ -8,6 +9,11 @@ import pytest
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--hardware", action="store_true", help="run tests that need real instruments")
     parser.addoption("--device-address", default=None, help="VISA address of the device under test")
+    parser.addoption(
+        "--soak",
+        action="store_true",
+        help="longer kill-and-resume soak: more kill points, the shipped configs' full lengths",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
