@@ -328,14 +328,18 @@ def _effective_channels(spec: DeviceSpec, limits: SafetyLimits) -> tuple[_Effect
     return tuple(result)
 
 
-def _fractions_down(levels: FloatArray, max_step: FloatArray) -> FloatArray:
-    """Fractions 1 - k/n, k = 1 … n, with n the fewest equal steps that move no level by more
-    than its max_step; the last fraction is exactly 0."""
-    n = max(1, math.ceil(float(np.max(np.abs(levels) / max_step))))
-    while np.any(np.abs(levels) / n > max_step):  # guard against rounding in the division
+def _ramp_down(
+    levels: FloatArray, slew: FloatArray, rate_of: Callable[[FloatArray], FloatArray]
+) -> FloatArray:
+    """Rows from `levels` (not included) to exactly 0 in the fewest equal steps whose rate,
+    `rate_of(|step|)` computed as the checks compute it, stays within `slew` (inf: unlimited)."""
+    n = max(1, math.ceil(float(np.max(rate_of(np.abs(levels)) / slew))))
+    while True:  # the products can round a step over the limit: one more step then
+        rows: FloatArray = levels[np.newaxis, :] * (1.0 - np.arange(1, n + 1) / n)[:, np.newaxis]
+        steps = np.abs(np.diff(np.vstack([levels[np.newaxis, :], rows]), axis=0))
+        if not np.any(rate_of(steps) > slew):
+            return rows
         n += 1
-    fractions: FloatArray = 1.0 - np.arange(1, n + 1) / n
-    return fractions
 
 
 def _as_array(values: Any, name: str) -> FloatArray:
@@ -520,9 +524,8 @@ class SafetyGuard(DeviceBase):
         levels = self._last_inputs[cols]
         rate = self._spec.sample_rate
         if isinstance(self._device, Streaming) and rate is not None:
-            dt = 1.0 / rate
             effs = [self._inputs[c] for c in cols]
-            wave = levels[np.newaxis, :] * _fractions_down(levels, slew[cols] * dt)[:, np.newaxis]
+            wave = _ramp_down(levels, slew[cols], lambda step: step * rate)
             log.info("ramping inputs %s to zero (%d samples)", [e.name for e in effs], len(wave))
             self._check_values(wave, effs, "safe-state ramp", row_word="sample")
             self._check_sample_slew(wave, effs)
@@ -530,9 +533,9 @@ class SafetyGuard(DeviceBase):
             self._device.stream(wave, tuple(e.name for e in effs))
             self._last_inputs[cols] = wave[-1]
         else:
-            step = slew * self._spec.ramp_time
-            fractions = _fractions_down(levels, step[cols])
-            rows = self._last_inputs[np.newaxis, :] * fractions[:, np.newaxis]
+            ramp_time = self._spec.ramp_time
+            limited = np.where(may_drop, math.inf, slew)
+            rows = _ramp_down(self._last_inputs.copy(), limited, lambda step: step / ramp_time)
             log.info("ramping inputs to zero in %d plateaus", len(rows))
             self._device.measure(self._checked_plateaus(rows, "safe-state ramp"))
             self._last_inputs = rows[-1].copy()
