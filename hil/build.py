@@ -72,7 +72,10 @@ def _instantiate(component: ResolvedComponent, seed: np.random.SeedSequence, **k
 def _located(doc: YamlDocument, key: KeyPath, exc: Exception, name: str) -> ConfigError:
     """`exc` (raised while building the part at `key`) as a one-line ConfigError there."""
     if isinstance(exc, ConfigError):
-        return ConfigError(one_line(f"{doc.where(key)}: {exc}"), key=key)
+        message = str(exc)
+        if not message.startswith(str(key[0])):
+            message = f"{dotted(key)}: {message}"
+        return ConfigError(one_line(f"{doc.where(key)}: {message}"), key=key)
     return ConfigError(
         one_line(
             f"{doc.where(key)}: {dotted(key)}: cannot build {name!r}: "

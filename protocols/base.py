@@ -8,7 +8,16 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from hil.core import ConfigError, Device, FloatArray, JSONDict, Role
+from hil.core import ConfigError, Device, DeviceSpec, FloatArray, JSONDict, Role
+
+MAX_STEPS = 1_000_000
+"""Most steps of a procedure (and the bound of step-count settings such as delays)."""
+
+MAX_MEASURE_SAMPLES = 20_000_000
+"""Most samples one measurement of all of a task's cases may take on a sampled device."""
+
+MAX_REPEATS = 100_000
+"""Most repetitions of one kind within a step (resamples, directions, passes, repeats)."""
 
 
 class ChannelMapping(BaseModel):
@@ -86,14 +95,16 @@ class Objective:
             if infinite:
                 raise ConfigError(
                     f"normalized parameters need finite control ranges; {infinite} are unbounded: "
-                    "set their limits in the station file"
+                    "set their limits in the station file",
+                    key=("procedure", "parameters"),
                 )
             self.lower, self.upper = -np.ones(self.dim), np.ones(self.dim)
         else:
             self.lower, self.upper = self.control_lower.copy(), self.control_upper.copy()
         self.evaluations = 0
-        self.device_inputs = _device_inputs(device, task)
         self.output_columns = _output_columns(device, task)
+        self.device_inputs = _device_inputs(device, task)
+        _check_measure_size(device.spec, self.device_inputs.shape[0])
 
     def physical(self, theta: FloatArray) -> FloatArray:
         """The control values θ stands for."""
@@ -146,12 +157,27 @@ class Objective:
         return np.clip(theta, self.lower, self.upper)
 
 
+def _check_measure_size(spec: DeviceSpec, n_cases: int) -> None:
+    """One `measure` of all cases of a sampled device within MAX_MEASURE_SAMPLES samples."""
+    if spec.sample_rate is None or spec.plateau_samples is None:
+        return
+    per_case = (spec.ramp_time + spec.settle_time) * spec.sample_rate + spec.plateau_samples
+    if n_cases * per_case > MAX_MEASURE_SAMPLES:
+        raise ConfigError(
+            f"one measurement of the task's {n_cases} cases takes {n_cases * per_case:.3g} "
+            f"samples on device {spec.name!r} (ramp, settling and averaging per case), more than "
+            f"{MAX_MEASURE_SAMPLES}; use fewer cases or shorter plateaus",
+            key=("task",),
+        )
+
+
 def _named(kind: str, names: list[str], available: list[str], spec_name: str) -> list[int]:
     unknown = [n for n in names if n not in available]
     if unknown or len(set(names)) != len(names):
         raise ConfigError(
             f"task.{kind}_channels {names}: name distinct channels of device {spec_name!r}; "
-            f"its {kind}s are {available}"
+            f"its {kind}s are {available}",
+            key=("task", f"{kind}_channels"),
         )
     return [available.index(n) for n in names]
 
@@ -162,13 +188,16 @@ def _device_inputs(device: Device, task: Task) -> FloatArray:
     channels = list(spec.inputs)
     names = [c.name for c in channels]
     if data.ndim != 2:
-        raise ConfigError(f"task inputs must be n_cases × n_columns, got shape {data.shape}")
+        raise ConfigError(
+            f"task inputs must be n_cases × n_columns, got shape {data.shape}", key=("task",)
+        )
     n_columns = data.shape[1]
     if mapping.input_channels is not None:
         if len(mapping.input_channels) != n_columns:
             raise ConfigError(
                 f"task.input_channels names {len(mapping.input_channels)} channels for "
-                f"{n_columns} data columns; name one channel per column"
+                f"{n_columns} data columns; name one channel per column",
+                key=("task", "input_channels"),
             )
         columns = _named("input", mapping.input_channels, names, spec.name)
     elif n_columns <= len(names):
@@ -176,14 +205,35 @@ def _device_inputs(device: Device, task: Task) -> FloatArray:
     else:
         raise ConfigError(
             f"the task has {n_columns} input columns but device {spec.name!r} has only "
-            f"{len(names)} inputs {names}"
+            f"{len(names)} inputs {names}; use fewer data columns or another station",
+            key=("task",),
         )
+    lo = np.array([channels[c].min for c in columns])
+    hi = np.array([channels[c].max for c in columns])
     if mapping.input_scaling == "range":
         if np.any(np.abs(data) > 1.0):
-            raise ConfigError("task inputs with input_scaling 'range' must lie in [-1, 1]")
-        lo = np.array([channels[c].min for c in columns])
-        hi = np.array([channels[c].max for c in columns])
-        data = lo + (data + 1.0) / 2.0 * (hi - lo)
+            raise ConfigError(
+                "task inputs with input_scaling 'range' must lie in [-1, 1]", key=("task",)
+            )
+        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+            raise ConfigError(
+                "task.input_scaling 'range' needs finite input ranges; set the inputs' limits in "
+                "the station file, or give the data in volts",
+                key=("task", "input_scaling"),
+            )
+        # data lie in [-1, 1]: only rounding at the ends could step over a bound
+        data = np.clip(lo + (data + 1.0) / 2.0 * (hi - lo), lo, hi)
+    outside = (data < lo) | (data > hi)
+    if np.any(outside):
+        row, col = (int(i) for i in np.argwhere(outside)[0])
+        channel = channels[columns[col]]
+        raise ConfigError(
+            f"task input {float(data[row, col]):g} (case {row}, channel {channel.name!r}) is "
+            f"outside the allowed range [{channel.min:g}, {channel.max:g}] (device range within "
+            "the station limits); change the data, or give it in [-1, 1] with input_scaling "
+            "'range'",
+            key=("task", "inputs", row),
+        )
     full = np.zeros((data.shape[0], len(names)))
     full[:, columns] = data
     return full
@@ -196,13 +246,15 @@ def _output_columns(device: Device, task: Task) -> list[int]:
         if len(chosen) != task.n_outputs:
             raise ConfigError(
                 f"task.output_channels names {len(chosen)} channels for {task.n_outputs} "
-                "target columns; name one channel per target column"
+                "target columns; name one channel per target column",
+                key=("task", "output_channels"),
             )
         return _named("output", chosen, names, device.spec.name)
     if task.n_outputs > len(names):
         raise ConfigError(
             f"the task scores {task.n_outputs} outputs but device {device.spec.name!r} has "
-            f"only {len(names)} {names}"
+            f"only {len(names)} {names}; score fewer outputs or use another station",
+            key=("task",),
         )
     return list(range(task.n_outputs))
 
@@ -228,6 +280,18 @@ class GradientEstimator(Protocol):
     def state_dict(self) -> JSONDict: ...
 
     def load_state_dict(self, state: JSONDict) -> None: ...
+
+
+@runtime_checkable
+class Preflight(Protocol):
+    """A component that can say before the first measurement whether it will work on an
+    objective: capabilities, channel ranges and slew limits, settings that depend on the device.
+    Procedures call it when they are built, so `hil config check` and the start of `hil run`
+    catch what would otherwise fail in the middle of a run."""
+
+    def preflight(self, objective: Objective, theta: FloatArray) -> None:
+        """Raise ConfigError for what would fail at θ; measure and change nothing."""
+        ...
 
 
 class Stateless:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import stats
 
 from hil.core import FloatArray, JSONDict
-from protocols.base import GradientEstimator, Objective
+from protocols.base import MAX_REPEATS, GradientEstimator, Objective
 from protocols.optimizers import TunableOptimizer
 
 
@@ -403,7 +403,7 @@ class CalibrationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     noise_repeats: int = Field(
-        default=25, ge=2, description="unperturbed measurements at the start for σ"
+        default=25, ge=2, le=MAX_REPEATS, description="unperturbed measurements at the start for σ"
     )
     target_step: float | None = Field(
         default=None,
@@ -411,7 +411,9 @@ class CalibrationSettings(BaseModel):
         description="calibrate the learning rate so the first step moves each coordinate by "
         "about this much (parameter units); omitted: keep the configured lr",
     )
-    gain_samples: int = Field(default=10, ge=1, description="gradient estimates for the rate")
+    gain_samples: int = Field(
+        default=10, ge=1, le=10_000, description="gradient estimates for the rate"
+    )
     min_gradient: float = Field(
         default=1e-12, ge=0, description="below this mean |ĝ_i| the configured lr is kept"
     )
@@ -424,8 +426,10 @@ class CalibrationSettings(BaseModel):
     bias_z: float = Field(
         default=3.0, gt=0, description="perturbation rule: bias resolved beyond bias_z SE"
     )
-    perturbation_pairs: int = Field(default=8, ge=2, description="± pairs per size tried")
-    perturbation_trials: int = Field(default=8, ge=2, description="sizes tried at most")
+    perturbation_pairs: int = Field(
+        default=8, ge=2, le=10_000, description="± pairs per size tried"
+    )
+    perturbation_trials: int = Field(default=8, ge=2, le=60, description="sizes tried at most")
     max_perturbation: float | None = Field(
         default=None, gt=0, description="largest c tried; default ¼ of the narrowest range"
     )

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hil.core import FloatArray, JSONDict, SeedLike, seed_sequence
 from hil.core.types import generator_state, restore_generator
-from protocols.base import GradientEstimate, Objective, Stateless
+from protocols.base import MAX_REPEATS, MAX_STEPS, GradientEstimate, Objective, Stateless
 
 
 def _as_theta(objective: Objective, theta: FloatArray) -> FloatArray:
@@ -194,7 +194,7 @@ class SPSA:
         model_config = ConfigDict(extra="forbid")
 
         c: float = Field(default=0.05, gt=0, description="initial perturbation size, V")
-        gamma: float = Field(default=0.101, ge=0, description="decay exponent of c_k")
+        gamma: float = Field(default=0.101, ge=0, le=1, description="decay exponent of c_k")
         directions: Literal["rademacher", "hadamard"] = Field(
             default="rademacher",
             description="random ±1 directions, or a deterministic cycle over Hadamard rows",
@@ -215,6 +215,8 @@ class SPSA:
             if isinstance(value, int):
                 if value < 1:
                     raise ValueError(f"resamples must be >= 1, got {value}")
+                if value > MAX_REPEATS:
+                    raise ValueError(f"resamples must be <= {MAX_REPEATS}, got {value}")
                 return value
             if 0 not in value:
                 raise ValueError(
@@ -224,9 +226,11 @@ class SPSA:
             bad_keys = [k for k in value if k < 0]
             if bad_keys:
                 raise ValueError(f"resamples schedule keys must be >= 0, got {bad_keys}")
-            bad_counts = {k: v for k, v in value.items() if v < 1}
+            bad_counts = {k: v for k, v in value.items() if not 1 <= v <= MAX_REPEATS}
             if bad_counts:
-                raise ValueError(f"resamples counts must be >= 1, got {bad_counts}")
+                raise ValueError(
+                    f"resamples counts must be >= 1 and <= {MAX_REPEATS}, got {bad_counts}"
+                )
             return dict(sorted(value.items()))
 
     def __init__(self, settings: Settings | None = None, *, seed: SeedLike = None) -> None:
@@ -344,14 +348,17 @@ class SPSA2:
         model_config = ConfigDict(extra="forbid")
 
         c: float = Field(default=0.05, gt=0, description="initial perturbation size, V")
-        gamma: float = Field(default=0.101, ge=0, description="decay exponent of c_k")
-        resamples: int = Field(default=1, ge=1, description="4-point samples per estimate")
+        gamma: float = Field(default=0.101, ge=0, le=1, description="decay exponent of c_k")
+        resamples: int = Field(
+            default=1, ge=1, le=MAX_REPEATS, description="4-point samples per estimate"
+        )
         regularization: float = Field(
             default=0.01, gt=0, description="added to |eigenvalues of H̄| before inverting"
         )
         hessian_delay: int = Field(
             default=10,
             ge=0,
+            le=MAX_STEPS,
             description="estimates before the gradient is preconditioned (H̄ averages meanwhile)",
         )
         measure_loss: bool = Field(

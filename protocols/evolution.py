@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hil.core import FloatArray, JSONDict, SeedLike, seed_sequence
 from hil.core.types import generator_state, restore_generator
-from protocols.base import GradientEstimate, Objective
+from protocols.base import MAX_REPEATS, GradientEstimate, Objective
 
 # For a noise-free, locally linear loss and many pairs, mean_k (r⁺_k − r⁻_k) ε_k tends to
 # E[(2Φ(z) − 1) z]·∇f/‖∇f‖ = ∇f/(√π ‖∇f‖) (Stein's lemma: E[Φ(z) z] = E[φ(z)] = 1/(2√π)),
@@ -181,7 +181,9 @@ class GaussianSmoothing(_SeededDirections):
         mu: float = Field(
             default=0.05, gt=0, description="smoothing radius μ: steps are μ·u, u ~ N(0, I); V"
         )
-        directions: int = Field(default=1, ge=1, description="directions averaged per estimate")
+        directions: int = Field(
+            default=1, ge=1, le=MAX_REPEATS, description="directions averaged per estimate"
+        )
         form: Literal["forward", "central"] = Field(
             default="forward",
             description="'forward': L(θ+μu) − L(θ), L(θ) shared (n+1 evaluations); "
@@ -250,7 +252,9 @@ class AntitheticES(_SeededDirections):
         sigma: float = Field(
             default=0.05, gt=0, description="perturbation σ: pairs θ ± σε, ε ~ N(0, I); V"
         )
-        pairs: int = Field(default=4, ge=1, description="mirrored pairs per estimate (2n evals)")
+        pairs: int = Field(
+            default=4, ge=1, le=MAX_REPEATS, description="mirrored pairs per estimate (2n evals)"
+        )
         shaping: Literal["none", "ranks"] = Field(
             default="none",
             description="'none': the raw losses (unbiased for ∇f_σ); 'ranks': centred ranks of "
@@ -322,7 +326,10 @@ class WeightPerturbation(_SeededDirections):
 
         sigma: float = Field(default=0.05, gt=0, description="perturbation ±σ per parameter, V")
         perturbations: int = Field(
-            default=1, ge=1, description="random-sign perturbations averaged per estimate"
+            default=1,
+            ge=1,
+            le=MAX_REPEATS,
+            description="random-sign perturbations averaged per estimate",
         )
         reference: Literal["measured", "antithetic"] = Field(
             default="measured",

@@ -138,7 +138,10 @@ class CMAAdapter:
             description="initial step size in θ units; None: 0.1 × the narrowest box width",
         )
         popsize: int | None = Field(
-            default=None, ge=2, description="candidates per generation; None: 4 + ⌊3 ln d⌋"
+            default=None,
+            ge=2,
+            le=10_000,
+            description="candidates per generation; None: 4 + ⌊3 ln d⌋",
         )
         noise_handler: bool = Field(
             default=False, description="use pycma's NoiseHandler (re-evaluations, σ increase)"
@@ -346,6 +349,7 @@ class NevergradAdapter:
         budget: int | None = Field(
             default=None,
             ge=1,
+            le=100_000_000,
             description="evaluations nevergrad plans for (set it to the run's budget)",
         )
         noisy: bool = Field(

@@ -25,7 +25,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations_with_replacement
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -38,6 +38,10 @@ from protocols.base import GradientEstimate, Objective, Task
 from protocols.tones import check_plan, near_mains, plan_tones
 
 log = logging.getLogger(__name__)
+
+MAX_STREAM_SAMPLES = 2_000_000
+"""Most samples in one stream (ramps, settling and window): the waveform and the measured
+outputs are held in memory."""
 
 _WHOLE = 1e-6  # how far a duration·fs may be from an integer and still count as whole samples
 _NEAREST_BINS = 4  # noise bins nearest a tone that give the noise density S at that tone
@@ -397,8 +401,12 @@ class CalibrationSettings(BaseModel):
         description="calibrate at the first estimate that has no calibrated amplitudes; "
         "its cost is counted in that estimate's evaluations and device seconds",
     )
-    points: int = Field(default=6, ge=3, description="amplitudes swept per control (geometric)")
-    ratio: float = Field(default=32.0, gt=1, description="largest over smallest swept amplitude")
+    points: int = Field(
+        default=6, ge=3, le=1000, description="amplitudes swept per control (geometric)"
+    )
+    ratio: float = Field(
+        default=32.0, gt=1, le=1e6, description="largest over smallest swept amplitude"
+    )
     max_amplitude: float | None = Field(
         default=None,
         gt=0,
@@ -420,11 +428,15 @@ class CalibrationSettings(BaseModel):
         "against an amplitude only when its power is this far above the noise power",
     )
     window: float | None = Field(
-        default=None, gt=0, description="s per calibration stream; default: the estimator's"
+        default=None,
+        gt=0,
+        le=3600,
+        description="s per calibration stream; default: the estimator's",
     )
     noise_records: int = Field(
         default=2,
         ge=1,
+        le=1000,
         description="streams per case with every tone off, for the noise density at each "
         "tone and harmonic",
     )
@@ -443,13 +455,13 @@ class Homodyne:
 
         model_config = ConfigDict(extra="forbid")
 
-        window: float = Field(default=0.5, gt=0, description="s demodulated per stream")
+        window: float = Field(default=0.5, gt=0, le=3600, description="s demodulated per stream")
         amplitudes: float | list[float] = Field(
             default=0.02,
             description="tone amplitude per control (one value: all), in the objective's "
             "parameter units; calibrated amplitudes (`calibrate_amplitudes`) replace them",
         )
-        tones: list[float] | None = Field(
+        tones: list[Annotated[float, Field(gt=0, le=1e9)]] | None = Field(
             default=None, description="Hz, one per control; default: planned (`plan_tones`)"
         )
         mode: Mode = Field(
@@ -459,16 +471,24 @@ class Homodyne:
             "`group_size` controls per stream. Tones are planned per group",
         )
         group_size: int = Field(
-            default=2, ge=1, description="controls per stream in 'grouped' mode"
+            default=2, ge=1, le=1000, description="controls per stream in 'grouped' mode"
         )
-        bandwidth: float = Field(default=100.0, gt=0, description="Hz, highest planned tone")
+        bandwidth: float = Field(
+            default=100.0, gt=0, le=1e9, description="Hz, highest planned tone"
+        )
         f_min: float | None = Field(
-            default=None, ge=0, description="Hz, lowest planned tone; default 1/window"
+            default=None, ge=0, le=1e9, description="Hz, lowest planned tone; default 1/window"
         )
-        mains: float | None = Field(default=50.0, ge=0, description="Hz, avoided; None: off")
-        settle_time: float = Field(default=0.1, ge=0, description="s discarded before window")
-        ramp_time: float = Field(default=0.05, gt=0, description="s of ramp in and out")
-        noise_bins: int = Field(default=16, ge=1, description="off-tone frequencies for SE")
+        mains: float | None = Field(
+            default=50.0, ge=0, le=1e6, description="Hz, avoided; None: off"
+        )
+        settle_time: float = Field(
+            default=0.1, ge=0, le=3600, description="s discarded before window"
+        )
+        ramp_time: float = Field(default=0.05, gt=0, le=60, description="s of ramp in and out")
+        noise_bins: int = Field(
+            default=16, ge=1, le=10_000, description="off-tone frequencies for SE"
+        )
         measure_loss: bool = Field(
             default=True,
             description="measure the unperturbed outputs for the loss and ∂L/∂y; "
@@ -559,6 +579,66 @@ class Homodyne:
             for i, f in zip(group, plans[n], strict=True):
                 tones[i] = f
         return tones
+
+    def preflight(self, objective: Objective, theta: FloatArray) -> None:
+        """What `estimate` (and an automatic calibration) will need, checked without measuring:
+        a streaming device with a sample rate, streams of at most MAX_STREAM_SAMPLES samples, a
+        valid tone plan, amplitudes that fit the control ranges, and tones and ramps within
+        each channel's slew limit."""
+        s, cs = self.settings, self.settings.calibration
+        self._streamer(objective)
+        rate = self._sample_rate(objective)
+        windows = [("window", s.window)]
+        if cs.auto:
+            windows.append(("calibration.window", cs.window if cs.window is not None else s.window))
+        for name, window in windows:
+            samples = (window + s.settle_time + 2 * s.ramp_time) * rate
+            if samples > MAX_STREAM_SAMPLES:
+                raise ConfigError(
+                    f"homodyne {name} {window:g} s (+ settle and ramps) at {rate:g} Hz is "
+                    f"{samples:.3g} samples per stream, more than {MAX_STREAM_SAMPLES}; "
+                    "shorten it",
+                    key=("estimator", *name.split(".")),
+                )
+        tones = np.asarray(self.tones(objective))
+        amps = self.amplitudes(objective)
+        lo, hi = objective.control_lower, objective.control_upper
+        if np.any(hi - lo < 2 * amps):
+            raise ConfigError(
+                f"homodyne amplitudes {amps.tolist()} do not fit the control ranges "
+                f"{np.stack([lo, hi], axis=1).tolist()}: each tone swings ±A around its DC "
+                "level; lower the amplitudes",
+                key=("estimator", "amplitudes"),
+            )
+        if cs.auto:
+            top = (
+                cs.max_amplitude * objective.parameter_scale()
+                if cs.max_amplitude is not None
+                else (hi - lo) / 4.0
+            )
+            if np.any(2 * top > hi - lo):
+                raise ConfigError(
+                    f"homodyne calibration.max_amplitude {cs.max_amplitude} does not fit the "
+                    "control ranges; lower it",
+                    key=("estimator", "calibration", "max_amplitude"),
+                )
+            self._planned(objective, windows[-1][1], (3,))
+        spec = objective.device.spec
+        dc = np.abs(np.clip(objective.physical(theta), lo + amps, hi - amps))
+        levels = np.max(np.abs(objective.device_inputs), axis=0)
+        rates = [
+            *zip(spec.inputs, levels / s.ramp_time, strict=True),
+            *zip(spec.controls, dc / s.ramp_time + 2 * math.pi * tones * amps, strict=True),
+        ]
+        for channel, needed in rates:
+            if needed > channel.max_slew:
+                raise ConfigError(
+                    f"homodyne streams change channel {channel.name!r} at up to {needed:.3g} "
+                    f"{channel.unit}/s (ramps over ramp_time and tones 2π·f·A), above its slew "
+                    f"limit {channel.max_slew:g} {channel.unit}/s; lengthen ramp_time or lower "
+                    "the amplitudes or bandwidth",
+                    key=("estimator",),
+                )
 
     def amplitudes(self, objective: Objective) -> FloatArray:
         """Physical tone amplitude per control (the calibrated ones if calibrated)."""

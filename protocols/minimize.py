@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.optimize import OptimizeResult
 
 from hil.core import FloatArray, JSONDict, SeedLike, seed_sequence
-from protocols.base import GradientEstimate, GradientEstimator, Objective, Optimizer
+from protocols.base import MAX_REPEATS, GradientEstimate, GradientEstimator, Objective, Optimizer
 from protocols.calibration import CalibrationReport, CalibrationSettings, measure_noise
 from protocols.calibration import calibrate as run_calibration
 from protocols.estimators import SPSA, CentralDifference, ForwardDifference
@@ -56,9 +56,14 @@ class BlockingSettings(BaseModel):
     )
     sigma_multiple: float = Field(default=2.0, ge=0, description="allowed increase in σ")
     noise_repeats: int = Field(
-        default=25, ge=2, description="measurements for σ when calibration did not measure it"
+        default=25,
+        ge=2,
+        le=MAX_REPEATS,
+        description="measurements for σ when calibration did not measure it",
     )
-    repeats: int = Field(default=1, ge=1, description="measurements of the proposed point")
+    repeats: int = Field(
+        default=1, ge=1, le=MAX_REPEATS, description="measurements of the proposed point"
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hil.core import ConfigError, FloatArray, JSONDict, NodePerturbable, SeedLike, seed_sequence
 from hil.core.types import generator_state, restore_generator
-from protocols.base import GradientEstimate, Objective
+from protocols.base import MAX_REPEATS, GradientEstimate, Objective
 
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 LayerIndex = Annotated[int, Field(ge=0)]
@@ -118,7 +118,10 @@ class NodePerturbation:
             "below the device's offset limit",
         )
         perturbations: int = Field(
-            default=8, ge=1, description="injected: perturbed passes averaged per estimate"
+            default=8,
+            ge=1,
+            le=MAX_REPEATS,
+            description="injected: perturbed passes averaged per estimate",
         )
         layers: Literal["all", "last"] | list[LayerIndex] = Field(
             default="all",
@@ -126,7 +129,10 @@ class NodePerturbation:
             "intrinsic: must include the last layer",
         )
         passes: int = Field(
-            default=32, ge=2, description="intrinsic: noisy passes per estimate (their mean ȳ)"
+            default=32,
+            ge=2,
+            le=MAX_REPEATS,
+            description="intrinsic: noisy passes per estimate (their mean ȳ)",
         )
         layer_gains: list[PositiveFloat] | None = Field(
             default=None,
@@ -153,6 +159,14 @@ class NodePerturbation:
     def k(self) -> int:
         """Number of estimates done so far."""
         return self._k
+
+    def preflight(self, objective: Objective, theta: FloatArray) -> None:
+        """The device's capability, its layers against `layers` and `layer_gains`, without
+        measuring."""
+        device = _node_device(objective)
+        n_layers = len(device.layer_shapes)
+        self._probed_layers(n_layers)
+        self._gains(device, n_layers)
 
     def estimate(self, objective: Objective, theta: FloatArray) -> GradientEstimate:
         """Gradient of the objective at θ (in the objective's parameter space)."""

@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hil.core import FloatArray, JSONDict
-from protocols.base import Optimizer
+from protocols.base import MAX_STEPS, Optimizer
 from protocols.schedules import ConstantSchedule, Schedule
 
 
@@ -51,7 +51,10 @@ class Recommendation(BaseModel):
         description="'average': iterates from this fraction of the horizon on (0.5: 2nd half)",
     )
     average_from_step: int | None = Field(
-        default=None, ge=0, description="'average': from this step on (overrides average_from)"
+        default=None,
+        ge=0,
+        le=MAX_STEPS,
+        description="'average': from this step on (overrides average_from)",
     )
 
     @model_validator(mode="before")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hil.core import (
     ConfigError,
@@ -36,7 +36,7 @@ from hil.core import (
     JSONDict,
     ProgrammableState,
 )
-from protocols.base import Objective, Optimizer, Stateless, Task
+from protocols.base import MAX_REPEATS, MAX_STEPS, Objective, Optimizer, Stateless, Task
 from protocols.node_perturbation import intrinsic_output_gradient
 from protocols.progress import Stepped, StepProgress
 
@@ -106,7 +106,10 @@ class IntrinsicNodePerturbation(Stateless):
         model_config = ConfigDict(extra="forbid")
 
         passes: int = Field(
-            default=32, ge=3, description="noisy measurements of every case per estimate"
+            default=32,
+            ge=3,
+            le=MAX_REPEATS,
+            description="noisy measurements of every case per estimate",
         )
         min_sigma: float = Field(
             default=0.0,
@@ -142,22 +145,37 @@ class PulseTrainingProcedure(Stepped):
     class Settings(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
-        steps: int = Field(gt=0, description="number of update steps")
+        steps: int = Field(gt=0, le=MAX_STEPS, description="number of update steps")
         pulse_step: float = Field(
             gt=0, description="nominal weight change per pulse (the device's dw_min)"
         )
         max_pulses: int = Field(
-            default=8, ge=1, description="largest pulse count for one weight in one step"
+            default=8,
+            ge=1,
+            le=1_000_000,
+            description="largest pulse count for one weight in one step (within the station's "
+            "limits.max_pulses_per_device and the device's own limit)",
         )
         weight_min: float = Field(default=-math.inf, description="box for the intended weights")
         weight_max: float = Field(default=math.inf, description="box for the intended weights")
-        final_repeats: int = Field(default=1, ge=1, description="measurements of the final loss")
+        final_repeats: int = Field(
+            default=1, ge=1, le=MAX_REPEATS, description="measurements of the final loss"
+        )
         resync_every: int | None = Field(
             default=None,
             ge=1,
+            le=MAX_STEPS,
             description="read the weights back every N steps and continue from them "
             "(None: never; the final read-back always happens)",
         )
+
+        @model_validator(mode="after")
+        def _ordered(self) -> PulseTrainingProcedure.Settings:
+            if not self.weight_min < self.weight_max:
+                raise ValueError(
+                    f"weight_min {self.weight_min} must be below weight_max {self.weight_max}"
+                )
+            return self
 
     def __init__(
         self,

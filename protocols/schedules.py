@@ -32,6 +32,7 @@ class _Schedule(BaseModel):
     warmup: int = Field(
         default=0,
         ge=0,
+        le=1_000_000,
         description="linear warm-up steps: step k < warmup uses (k+1)/(warmup+1) of the rate",
     )
 
@@ -71,10 +72,14 @@ class SpallSchedule(_Schedule):
     A: float | None = Field(
         default=None,
         ge=0,
+        le=1e9,
         description="stability constant; default: `stability_fraction` of the horizon",
     )
     stability_fraction: float = Field(
-        default=0.1, ge=0, description="A as a fraction of the planned steps when A is not given"
+        default=0.1,
+        ge=0,
+        le=1000,
+        description="A as a fraction of the planned steps when A is not given",
     )
 
     def stability(self, horizon: int | None) -> float:
@@ -107,7 +112,7 @@ class StepSchedule(_Schedule):
     """lr · gamma^⌊k / every⌋: the rate drops by `gamma` every `every` steps."""
 
     type: Literal["step"] = "step"
-    every: int = Field(gt=0, description="steps between drops")
+    every: int = Field(gt=0, le=1_000_000, description="steps between drops")
     gamma: float = Field(default=0.5, gt=0, le=1, description="factor per drop")
 
     def _rate(self, lr: float, k: int, horizon: int | None) -> float:

@@ -193,7 +193,9 @@ class MinimizeOutputTask:
         """The input rows to play (default: one case with no data inputs)."""
 
         inputs: list[list[float]] = Field(default_factory=_one_empty_case)
-        outputs: int = Field(default=1, ge=1, description="how many device outputs are summed")
+        outputs: int = Field(
+            default=1, ge=1, le=10_000, description="how many device outputs are summed"
+        )
 
         @model_validator(mode="after")
         def _rows(self) -> MinimizeOutputTask.Settings:

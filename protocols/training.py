@@ -24,7 +24,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hil.core import ConfigError, Device, FloatArray, JSONDict, SeedLike, seed_sequence
 from hil.core.types import generator_state, restore_generator
-from protocols.base import GradientEstimator, Objective, Optimizer, Task
+from protocols.base import (
+    MAX_REPEATS,
+    MAX_STEPS,
+    GradientEstimator,
+    Objective,
+    Optimizer,
+    Preflight,
+    Task,
+)
 from protocols.calibration import (
     CalibrationSettings,
     calibrate,
@@ -42,14 +50,17 @@ class TrainingProcedure(Stepped):
     class Settings(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
-        steps: int = Field(gt=0, description="number of gradient steps")
+        steps: int = Field(gt=0, le=MAX_STEPS, description="number of gradient steps")
         initial_controls: list[float] | dict[str, float] | None = Field(
             default=None,
             description="start values (list in channel order, or by name; missing names start "
             "at 0); default all zeros",
         )
         final_repeats: int = Field(
-            default=1, ge=1, description="unperturbed measurements averaged for the final loss"
+            default=1,
+            ge=1,
+            le=MAX_REPEATS,
+            description="unperturbed measurements averaged for the final loss",
         )
         parameters: Literal["physical", "normalized"] = Field(
             default="physical",
@@ -94,6 +105,13 @@ class TrainingProcedure(Stepped):
                 "procedure",
                 key=("procedure", "type"),
             )
+        if not isinstance(estimator, GradientEstimator):
+            raise ConfigError(
+                f"procedure train needs a gradient estimator (estimate, state_dict, "
+                f"load_state_dict), not {type(estimator).__name__}; for pulse-programmed "
+                "weights use procedure pulse-train",
+                key=("estimator", "type"),
+            )
         self.objective = Objective(device, task, normalized=settings.parameters == "normalized")
         self.estimator = estimator
         self.optimizer = optimizer
@@ -113,6 +131,11 @@ class TrainingProcedure(Stepped):
             optimizer.start(theta0, self.objective.lower, self.objective.upper)
         except ValueError as exc:
             raise ConfigError(f"optimizer: {exc}", key=("optimizer",)) from None
+        if isinstance(estimator, Preflight):
+            try:
+                estimator.preflight(self.objective, theta0)
+            except ConfigError as exc:
+                raise ConfigError(str(exc), key=exc.key or ("estimator",)) from None
         self._rng = np.random.default_rng(seed_sequence(seed))
         self._prepared = False  # calibration and blocking threshold done (first step)
         self._calibration: JSONDict | None = None

@@ -48,6 +48,7 @@ pass of every layer, in turn); `measure` advances the virtual clock by that per 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Annotated
@@ -81,7 +82,9 @@ _DEFAULT_EVALUATION_TIME = 2 * (5e-6 + 2e-6)
 #: 2σ²·T; the default 1/f noise meets it at 100 Hz, the reference's corner assumption.
 _DEFAULT_FLICKER_PSD = 2 * 2.0**2 * _DEFAULT_EVALUATION_TIME
 
-PositiveInt = Annotated[int, Field(ge=1)]
+SendCount = Annotated[int, Field(ge=1, le=10_000)]
+MAX_WEIGHTS = 20_000
+"""Most weights (control channels) of a simulated chip."""
 
 
 class Mismatch(BaseModel):
@@ -108,11 +111,13 @@ class AnalogNoise(BaseModel):
         "of the default evaluation rate at 100 Hz)",
     )
     flicker_f_ref: float = Field(default=100.0, gt=0, description="Hz")
-    flicker_f_lo: float = Field(default=0.01, gt=0, description="Hz, lowest 1/f corner")
+    flicker_f_lo: float = Field(
+        default=0.01, ge=1e-9, description="Hz, lowest 1/f corner (at least 1e-9)"
+    )
     flicker_f_hi: float | None = Field(
         default=None, gt=0, description="Hz, highest 1/f corner; None: half the evaluation rate"
     )
-    flicker_poles_per_decade: float = Field(default=2.0, gt=0)
+    flicker_poles_per_decade: float = Field(default=2.0, gt=0, le=20, description="at most 20")
     drift_std: float = Field(default=1.0, ge=0, description="σ of the slow OU drift, LSB")
     drift_tau: float = Field(default=300.0, gt=0, description="s, drift correlation time")
 
@@ -122,8 +127,10 @@ class AnalogTiming(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    settle_time: float = Field(default=5e-6, ge=0, description="s per analog pass before the ADC")
-    conversion_time: float = Field(default=2e-6, ge=0, description="s per ADC conversion")
+    settle_time: float = Field(
+        default=5e-6, ge=0, le=60, description="s per analog pass before the ADC"
+    )
+    conversion_time: float = Field(default=2e-6, ge=0, le=60, description="s per ADC conversion")
     tau: float | None = Field(
         default=1e-6,
         gt=0,
@@ -158,8 +165,11 @@ class AnalogMLPDevice(DeviceBase):
 
         model_config = ConfigDict(extra="forbid")
 
-        layers: list[PositiveInt] = Field(
-            default=[4, 8, 2], min_length=2, description="inputs, hidden widths…, outputs"
+        layers: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+            default=[4, 8, 2],
+            min_length=2,
+            max_length=9,
+            description="inputs, hidden widths…, outputs (at most 4096 each, 20000 weights)",
         )
         chip_seed: int = Field(default=0, ge=0, description="draws the fixed pattern: the chip")
         input_bits: int = Field(default=5, ge=1, le=16, description="unsigned input codes")
@@ -168,7 +178,7 @@ class AnalogMLPDevice(DeviceBase):
         )
         output_bits: int = Field(default=8, ge=2, le=16, description="signed ADC codes")
         gain: float = Field(default=0.002, gt=0, description="LSB per (input·weight) per send")
-        n_sends: PositiveInt | list[PositiveInt] | None = Field(
+        n_sends: SendCount | list[SendCount] | None = Field(
             default=None,
             description="input repetitions per pass, one for all layers or one per layer; None: "
             "per layer, so typical inputs and uniform weights give outputs of σ ≈ a quarter of "
@@ -177,10 +187,11 @@ class AnalogMLPDevice(DeviceBase):
         activation_shift: int | None = Field(
             default=None,
             ge=0,
+            le=32,
             description="bits the ReLU'd hidden outputs are shifted right; None: "
             "output_bits − 1 − input_bits (int8 0…127 to 5-bit 0…31)",
         )
-        rows_per_block: PositiveInt = Field(
+        rows_per_block: Annotated[int, Field(ge=1, le=4096)] = Field(
             default=128, description="inputs per analog pass; wider layers take several passes"
         )
         saturation: bool = Field(default=True, description="clamp each pass and sum to the rails")
@@ -197,6 +208,12 @@ class AnalogMLPDevice(DeviceBase):
         @model_validator(mode="after")
         def _consistent(self) -> AnalogMLPDevice.Settings:
             n_layers = len(self.layers) - 1
+            weights = sum(a * b for a, b in itertools.pairwise(self.layers))
+            if weights > MAX_WEIGHTS:
+                raise ValueError(
+                    f"layers {self.layers} have {weights} weights, more than {MAX_WEIGHTS}; "
+                    "use smaller layers"
+                )
             if isinstance(self.n_sends, list) and len(self.n_sends) != n_layers:
                 raise ValueError(
                     f"n_sends: give one value per layer ({n_layers}), got {len(self.n_sends)}"

@@ -34,9 +34,9 @@ class AnalyticDevice(SampledDevice):
     class Settings(SampledSettings):
         """Shape of the function, channel ranges, and the output chain's knobs."""
 
-        n_inputs: int = Field(default=2, ge=0, description="number of data-input channels")
-        n_controls: int = Field(default=5, ge=1, description="number of control channels")
-        n_terms: int = Field(default=8, ge=0, description="number K of tanh terms")
+        n_inputs: int = Field(default=2, ge=0, le=1000, description="number of data-input channels")
+        n_controls: int = Field(default=5, ge=1, le=1000, description="number of control channels")
+        n_terms: int = Field(default=8, ge=0, le=1000, description="number K of tanh terms")
         model_seed: int = Field(default=0, ge=0, description="draws the function coefficients")
         control_min: float = Field(default=-1.0, description="V")
         control_max: float = Field(default=1.0, description="V")
@@ -49,8 +49,8 @@ class AnalyticDevice(SampledDevice):
         gain_error: float = Field(default=0.0, description="relative output gain error")
         offset: float = Field(default=0.0, description="V, output offset")
         saturation: float | None = Field(default=None, gt=0, description="V, outputs clip here")
-        adc_bits: int | None = Field(default=None, ge=1, description="over ±saturation")
-        dac_bits: int | None = Field(default=None, ge=1, description="over ±dac_range")
+        adc_bits: int | None = Field(default=None, ge=1, le=32, description="over ±saturation")
+        dac_bits: int | None = Field(default=None, ge=1, le=32, description="over ±dac_range")
         dac_range: float = Field(default=10.0, gt=0, description="V")
 
         @model_validator(mode="after")

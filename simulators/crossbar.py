@@ -77,7 +77,9 @@ class IOParameters(BaseModel):
     ir_drop_g_ratio: float = Field(default=5.7143e5, gt=0, description="wire conductance / g_max")
     noise_management: Literal["abs_max", "none"] = "abs_max"
     bound_management: Literal["iterative", "none"] = "iterative"
-    max_bm_factor: float = Field(default=1000.0, ge=1, description="largest input down-scaling")
+    max_bm_factor: float = Field(
+        default=1000.0, ge=1, le=1e9, description="largest input down-scaling"
+    )
     max_bm_res: float = Field(default=0.25, gt=0, description="largest inp_res × down-scaling")
 
     @model_validator(mode="after")
@@ -104,9 +106,9 @@ class CrossbarTiming(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    read_time: float = Field(default=1e-6, ge=0, description="s per input vector read")
-    pulse_width: float = Field(default=50e-9, ge=0, description="s per pulse time slot")
-    pulse_overhead: float = Field(default=1e-6, ge=0, description="s per pulse train")
+    read_time: float = Field(default=1e-6, ge=0, le=60, description="s per input vector read")
+    pulse_width: float = Field(default=50e-9, ge=0, le=60, description="s per pulse time slot")
+    pulse_overhead: float = Field(default=1e-6, ge=0, le=60, description="s per pulse train")
     real_time: bool = Field(default=False, description="let the virtual clock sleep")
 
 
@@ -115,7 +117,7 @@ class UpdateParameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    desired_bl: int = Field(default=31, ge=1, description="time slots per update")
+    desired_bl: int = Field(default=31, ge=1, le=10_000, description="time slots per update")
     update_management: bool = Field(default=True, description="balance row/column probabilities")
     update_bl_management: bool = Field(default=True, description="use fewer slots when possible")
 
@@ -125,8 +127,8 @@ class CrossbarSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    rows: int = Field(default=64, ge=1, description="input lines")
-    cols: int = Field(default=32, ge=1, description="output lines")
+    rows: int = Field(default=64, ge=1, le=1024, description="input lines")
+    cols: int = Field(default=32, ge=1, le=1024, description="output lines")
     construction_seed: int | None = Field(
         default=None, ge=0, description="draws the device-to-device pattern; None: from the seed"
     )
@@ -158,7 +160,9 @@ class CrossbarSettings(BaseModel):
     write_noise_std: float = Field(default=0.0, ge=0, description="apparent-weight σ / dw_min")
     corrupt_devices_prob: float = Field(default=0.0, ge=0, le=1, description="stuck fraction")
     corrupt_devices_range: float = Field(default=0.1, ge=0, description="stuck values in ±range")
-    max_pulse_count: int = Field(default=100_000, ge=1, description="refuse larger |counts|")
+    max_pulse_count: int = Field(
+        default=100_000, ge=1, le=1_000_000, description="refuse larger |counts|"
+    )
     io: IOParameters = Field(default_factory=IOParameters)
     retention: Retention = Field(default_factory=Retention)
     timing: CrossbarTiming = Field(default_factory=CrossbarTiming)

@@ -100,7 +100,11 @@ class DNPUDevice(SampledDevice):
         hard_limit: float = Field(default=1.6, gt=0, description="V the device must never see")
         max_slew: float = Field(default=math.inf, gt=0, description="V/s on every electrode")
         device_seed: int = Field(default=0, ge=0, description="draws the random core network")
-        hidden: list[int] = Field(default=[32] * 3, description="hidden layer widths")
+        hidden: list[int] = Field(
+            default=[32] * 3,
+            max_length=16,
+            description="hidden layer widths (at most 16 layers of at most 4096)",
+        )
         activation: Activation | None = Field(
             default=None, description="default: tanh for the random core, relu for a file"
         )
@@ -114,8 +118,8 @@ class DNPUDevice(SampledDevice):
         adc_full_scale: float = Field(default=4.0, gt=0, description="V, the ADC clips here")
         inverted_output: bool = Field(default=False, description="inverting amplifier")
         cutoff: float | None = Field(default=1000.0, gt=0, description="Hz, amplifier bandwidth")
-        adc_bits: int | None = Field(default=16, ge=1)
-        dac_bits: int | None = Field(default=16, ge=1)
+        adc_bits: int | None = Field(default=16, ge=1, le=32)
+        dac_bits: int | None = Field(default=16, ge=1, le=32)
         dac_range: float = Field(default=10.0, gt=0, description="V, DAC full scale ±")
         timing: Timing = Field(default_factory=Timing)
         noise: DNPUNoise = Field(default_factory=lambda: DNPUNoise())
@@ -148,8 +152,8 @@ class DNPUDevice(SampledDevice):
                 )
             if len(inputs) == N_ELECTRODES:
                 raise ValueError("input_electrodes: leave at least one electrode as a control")
-            if any(w < 1 for w in self.hidden):
-                raise ValueError(f"hidden: layer widths must be positive, got {self.hidden}")
+            if any(not 1 <= w <= 4096 for w in self.hidden):
+                raise ValueError(f"hidden: layer widths must lie in 1…4096, got {self.hidden}")
             return self
 
     def __init__(self, settings: Settings | None = None, *, seed: SeedLike = None) -> None:

@@ -41,7 +41,7 @@ class LandscapeDevice(DeviceBase):
         model_config = ConfigDict(extra="forbid")
 
         function: Literal["quadratic", "rosenbrock"] = "quadratic"
-        dim: int = Field(default=10, ge=1, description="number of controls")
+        dim: int = Field(default=10, ge=1, le=1000, description="number of controls")
         bound: float = Field(default=5.0, gt=0, description="controls lie in [-bound, bound] V")
         condition: float = Field(
             default=1.0, ge=1, description="quadratic: eigenvalues log-spaced from 1 to this"
@@ -59,7 +59,7 @@ class LandscapeDevice(DeviceBase):
         heavy_tails: float | None = Field(
             default=None, gt=2, description="Student-t ν for the additive noise (None: Gaussian)"
         )
-        eval_time: float = Field(default=1e-3, ge=0, description="device seconds per case")
+        eval_time: float = Field(default=1e-3, ge=0, le=3600, description="device seconds per case")
 
         @model_validator(mode="after")
         def _minimum_inside(self) -> LandscapeDevice.Settings:

@@ -35,20 +35,34 @@ from hil.core import (
 from hil.core.types import generator_state, restore_generator
 from simulators.noise import LowPass, OUBank, Quantizer, flicker_poles
 
+MAX_PLATEAU_SAMPLES = 1_000_000
+"""Most samples one simulated plateau may take (ramp + settling + averaged samples)."""
+
 
 class Timing(BaseModel):
     """How plateaus are played and sampled."""
 
     model_config = ConfigDict(extra="forbid")
 
-    sample_rate: float = Field(default=10_000.0, gt=0, description="Hz, ADC and DAC")
-    ramp_time: float = Field(default=5e-4, ge=0, description="s of linear ramp between plateaus")
-    settle_time: float = Field(default=1e-3, ge=0, description="s waited before averaging")
-    samples_per_plateau: int = Field(default=10, ge=1, description="samples averaged per plateau")
+    sample_rate: float = Field(default=10_000.0, gt=0, le=1e9, description="Hz, ADC and DAC")
+    ramp_time: float = Field(
+        default=5e-4, ge=0, le=60, description="s of linear ramp between plateaus"
+    )
+    settle_time: float = Field(default=1e-3, ge=0, le=3600, description="s waited before averaging")
+    samples_per_plateau: int = Field(
+        default=10, ge=1, le=1_000_000, description="samples averaged per plateau"
+    )
     real_time: bool = Field(default=False, description="let the virtual clock sleep")
 
     @model_validator(mode="after")
     def _whole_samples(self) -> Timing:
+        total = (self.ramp_time + self.settle_time) * self.sample_rate + self.samples_per_plateau
+        if total > MAX_PLATEAU_SAMPLES:
+            raise ValueError(
+                f"one plateau (ramp, settling and averaging) is {total:.3g} samples at "
+                f"{self.sample_rate:g} Hz, more than {MAX_PLATEAU_SAMPLES} (the simulator holds "
+                "them in memory); shorten ramp_time or settle_time, or lower sample_rate"
+            )
         for name in ("ramp_time", "settle_time"):
             samples = getattr(self, name) * self.sample_rate
             if abs(samples - round(samples)) > 1e-6:
@@ -68,9 +82,11 @@ class Noise(BaseModel):
     relative: float = Field(default=0.0, ge=0, description="σ per sample as a fraction of |y|")
     flicker_psd: float = Field(default=0.0, ge=0, description="1/f PSD at flicker_f_ref, unit²/Hz")
     flicker_f_ref: float = Field(default=1000.0, gt=0, description="Hz")
-    flicker_f_lo: float = Field(default=0.01, gt=0, description="Hz, lowest 1/f corner")
+    flicker_f_lo: float = Field(
+        default=0.01, ge=1e-9, description="Hz, lowest 1/f corner (at least 1e-9)"
+    )
     flicker_f_hi: float | None = Field(default=None, gt=0, description="Hz; None: Nyquist")
-    flicker_poles_per_decade: float = Field(default=2.0, gt=0)
+    flicker_poles_per_decade: float = Field(default=2.0, gt=0, le=20, description="at most 20")
     drift_std: float = Field(default=0.0, ge=0, description="σ of the slow drift (OU)")
     drift_tau: float = Field(default=600.0, gt=0, description="s, drift correlation time")
 
