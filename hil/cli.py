@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from hil.build import build_device, build_run
 from hil.config import is_station_document, json_schema, resolve_experiment, resolve_station
 from hil.core import ConfigError, HilError
 from hil.registry import Kind, available
+from hil.rundir import RUN_FILE
 from hil.runner import (
     Phase,
     RunInterrupted,
@@ -159,7 +161,7 @@ def _finish(outcome: RunOutcome, signals: Signals) -> None:
         stderr.print(f"[bold red]warning:[/] {problem}", highlight=False, soft_wrap=True)
     if outcome.status is RunStatus.COMPLETED:
         _write_report(outcome, signals)
-    else:
+    elif (outcome.path / RUN_FILE).is_file():
         stderr.print(f"continue with: hil resume {outcome.path}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_CODES[outcome.status])
 
@@ -318,4 +320,10 @@ def config_schema(
 def main() -> None:
     """The `hil` program: signals are handled (never a default kill) from here until exit."""
     install_signal_handlers()
-    app()
+    try:
+        app()
+    finally:
+        # The exit code is decided; Python's shutdown would restore the default handlers, and a
+        # late signal would then kill the process (-15) instead of letting it exit with it.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)

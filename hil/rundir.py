@@ -42,8 +42,8 @@ SEAL = "sha256"
 RESERVE_BYTES = 32 * 1024  # room for summary.json, the stop event and run.log on a full disk
 
 _HINTS = {
-    errno.ENOSPC: "the disk is full: free space, then `hil resume` the run",
-    errno.EDQUOT: "the disk quota is used up: free space, then `hil resume` the run",
+    errno.ENOSPC: "the disk is full; free space first",
+    errno.EDQUOT: "the disk quota is used up; free space first",
     errno.EROFS: "the file system is read-only",
     errno.EACCES: "no permission to write there",
     errno.EPERM: "no permission to write there",

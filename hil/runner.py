@@ -116,7 +116,10 @@ class Signals:
             raise _interruption(signum)
         if signum == signal.SIGINT and not self.pause_requested and self.abort_signal is None:
             self.pause_requested = True
-            log.warning("Ctrl-C: pausing at the next step boundary (press again to abort)")
+            if self.phase is Phase.SETUP:
+                log.warning("Ctrl-C: stopping before the run starts (press again to abort)")
+            else:
+                log.warning("Ctrl-C: pausing at the next step boundary (press again to abort)")
             return
         if self.phase is Phase.SETUP and self.abort_signal is None:
             self.abort_signal = signum  # set-up is short: stop at its end, with nothing half done
@@ -133,7 +136,7 @@ class Signals:
             name = _signal_name(self.abort_signal)
             raise RunInterrupted(RunStatus.ABORTED, f"aborted by {name} {what}")
         if self.pause_requested:
-            raise RunInterrupted(pause_status, f"stopped by Ctrl-C {what}")
+            raise RunInterrupted(pause_status, f"{pause_status.value} by Ctrl-C {what}")
 
 
 _active: Signals | None = None
@@ -380,14 +383,14 @@ def _record_outcome(
         rundir.write_summary(summary)
     except BaseException as exc:
         problems.append(f"summary.json was not written: {exc}")
-        log.error("summary.json was not written: %s", exc)
+        log.error("summary.json was not written: %s", exc, extra=RUN_LOG_ONLY)
     try:
         journal.append(
             {"event": "stop", "time": time.time(), "status": result.status.value, "reason": reason}
         )
     except BaseException as exc:
         problems.append(f"the stop event was not journalled: {exc}")
-        log.error("the stop event was not journalled: %s", exc)
+        log.error("the stop event was not journalled: %s", exc, extra=RUN_LOG_ONLY)
     log.info("run %s ended: %s (%s)", rundir.path, result.status.value, reason)
     return RunOutcome(
         path=rundir.path,
