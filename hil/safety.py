@@ -53,6 +53,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _DRIVEN = (Role.INPUT, Role.CONTROL)
+_SAFE_RETRIES = 5  # the safe-state ramp sends a failed control step again up to this often
 _SPEC = "device spec"
 _CEILING = "limits.max_abs_voltage"
 
@@ -380,6 +381,8 @@ class SafetyGuard(DeviceBase):
         self._last_controls: FloatArray = np.zeros(len(self._controls))
         self._last_inputs: FloatArray = np.zeros(len(self._inputs))
         self._last_control_time: float | None = None
+        self._unknown: str | None = None  # what failed part-way, leaving the levels unknown
+        self._pending_controls: FloatArray | None = None  # a DC step that may not have landed
         self._check_rampable()
         log.debug("safety guard on %r: %s", spec.name, self._describe())
 
@@ -459,20 +462,43 @@ class SafetyGuard(DeviceBase):
                 f"{[e.name for e in self._controls]}), got {arr.shape}"
             )
         self._check_values(arr[np.newaxis, :], self._controls, "set_controls", row_word=None)
+        self._check_known("set_controls")
         self._ramp_controls(arr)
 
     def measure(self, inputs: FloatArray) -> FloatArray:
         """Check every plateau (range and the slew between plateaus), then measure."""
         arr = self._checked_plateaus(inputs, "measure")
         try:
-            return self._device.measure(arr)
+            with self._driving("measure"):
+                return self._device.measure(arr)
         finally:
-            # The device was asked to go through every row; assume it ended on the last one.
+            # Asked through every row: assume it ended on the last (after a failure too).
             self._last_inputs = arr[-1].copy()
+
+    def _check_known(self, what: str) -> None:
+        """Refuse to drive a device whose levels a failed request left unknown: a transition
+        could not be checked from where the channels really are."""
+        if self._unknown is not None:
+            raise InstrumentError(
+                f"{what}: refused: the levels on device {self._spec.name!r} are unknown since "
+                f"{self._unknown} failed part-way; call safe_state() (it ramps from the last "
+                "levels sent) and check the device before driving it again"
+            )
+
+    @contextmanager
+    def _driving(self, what: str) -> Iterator[None]:
+        """Around every call that moves the device's levels: if it fails part-way, where the
+        channels ended is unknown, and nothing more is driven until the safe state."""
+        try:
+            yield
+        except BaseException:
+            self._unknown = what
+            raise
 
     def _checked_plateaus(self, inputs: FloatArray, what: str) -> FloatArray:
         arr = _as_array(inputs, what)
         n = len(self._inputs)
+        self._check_known(what)
         if arr.ndim != 2 or arr.shape[1] != n or arr.shape[0] < 1:
             raise ValueError(
                 f"{what}: expected shape (n_cases >= 1, {n}) (one column per input "
@@ -488,12 +514,18 @@ class SafetyGuard(DeviceBase):
         Inputs ramp through a stream (streaming devices) or ramped plateaus; channels the station
         marks `may_drop` are left to the device's own safe state.
         """
+        if self._unknown is not None:
+            log.warning(
+                "making safe after %s failed part-way: ramping from the last levels sent",
+                self._unknown,
+            )
         try:
-            self.park(bounded=False)
+            self._park(bounded=False, retries=_SAFE_RETRIES)
         except Exception:
             log.exception("ramping to zero failed; forcing the device's safe state")
         finally:
             self._device.safe_state()
+            self._unknown = None
             self._last_controls = np.zeros(len(self._controls))
             self._last_inputs = np.zeros(len(self._inputs))
             self._last_control_time = self._device.clock.now()
@@ -502,15 +534,23 @@ class SafetyGuard(DeviceBase):
     def close(self) -> None:
         self._device.close()
 
-    def park(self, *, bounded: bool = True) -> None:
+    def park(self) -> None:
         """Ramp the controls and every slew-limited input to 0 within the limits (no-op at 0).
 
-        Streams begin at 0, so protocols park before streaming from DC levels. `bounded`:
-        refuse a control ramp longer than limits.max_ramp_time (the safe state never refuses).
+        Streams begin at 0, so protocols park before streaming from DC levels.
         """
+        self._check_known("park")
+        self._park(bounded=True)
+
+    def _park(self, *, bounded: bool, retries: int = 0) -> None:
+        """`park`; `bounded`: refuse a control ramp longer than limits.max_ramp_time (the safe
+        state never refuses); `retries`: per control step after an instrument error."""
+        pending = self._pending_controls
+        if pending is not None:  # the step that failed: one stair from both places it may be
+            self._send_controls(pending, retries=retries)
         if np.any(self._last_controls != 0.0):
             log.debug("ramping controls to zero")
-            self._ramp_controls(np.zeros(len(self._controls)), bounded=bounded)
+            self._ramp_controls(np.zeros(len(self._controls)), bounded=bounded, retries=retries)
         self._ramp_inputs_to_zero()
 
     def _ramp_inputs_to_zero(self) -> None:
@@ -530,14 +570,17 @@ class SafetyGuard(DeviceBase):
             self._check_values(wave, effs, "safe-state ramp", row_word="sample")
             self._check_sample_slew(wave, effs)
             self._check_entry_slew(wave, effs)
-            self._device.stream(wave, tuple(e.name for e in effs))
+            with self._driving("the ramp of the inputs to zero"):
+                self._device.stream(wave, tuple(e.name for e in effs))
             self._last_inputs[cols] = wave[-1]
         else:
             ramp_time = self._spec.ramp_time
             limited = np.where(may_drop, math.inf, slew)
             rows = _ramp_down(self._last_inputs.copy(), limited, lambda step: step / ramp_time)
             log.info("ramping inputs to zero in %d plateaus", len(rows))
-            self._device.measure(self._checked_plateaus(rows, "safe-state ramp"))
+            checked = self._checked_plateaus(rows, "safe-state ramp")
+            with self._driving("the ramp of the inputs to zero"):
+                self._device.measure(checked)
             self._last_inputs = rows[-1].copy()
 
     def _may_drop(self, name: str) -> bool:
@@ -871,7 +914,7 @@ class SafetyGuard(DeviceBase):
             steps += 1
         return steps
 
-    def _ramp_controls(self, target: FloatArray, *, bounded: bool = True) -> None:
+    def _ramp_controls(self, target: FloatArray, *, bounded: bool = True, retries: int = 0) -> None:
         """Go from the last controls to `target` in equal steps `ramp_interval` apart.
 
         `bounded`: refuse a ramp longer than limits.max_ramp_time (the safe state never refuses).
@@ -880,7 +923,7 @@ class SafetyGuard(DeviceBase):
         delta = target - start
         steps = self._ramp_steps(delta, bounded=bounded)
         if steps == 0:
-            self._send_controls(target)
+            self._send_controls(target, retries=retries)
             return
         if steps > 1:
             log.debug(
@@ -889,7 +932,7 @@ class SafetyGuard(DeviceBase):
         for k in range(1, steps + 1):
             value = target if k == steps else start + delta * (k / steps)
             self._wait_ramp_interval()
-            self._send_controls(value)
+            self._send_controls(value, retries=retries)
 
     def _wait_ramp_interval(self) -> None:
         """Let at least ramp_interval of device time pass since the last control change."""
@@ -899,8 +942,24 @@ class SafetyGuard(DeviceBase):
         if remaining > 0:
             self.clock.advance(remaining)
 
-    def _send_controls(self, values: FloatArray) -> None:
-        self._device.set_controls(values.copy())
+    def _send_controls(self, values: FloatArray, *, retries: int = 0) -> None:
+        """One DC step. If the device fails, the step may or may not have been applied: it is
+        kept as pending, and the safe state sends it again before ramping on from it. `retries`:
+        send the same step again that many times after an instrument error (the safe ramp)."""
+        for attempt in range(retries + 1):
+            try:
+                with self._driving("set_controls"):
+                    self._device.set_controls(values.copy())
+                break
+            except InstrumentError as exc:
+                self._pending_controls = values.copy()
+                if attempt == retries:
+                    raise
+                log.warning("a control step failed (%s); sending the same step again", exc)
+            except BaseException:
+                self._pending_controls = values.copy()
+                raise
+        self._pending_controls = None
         self._last_controls = values.copy()
         self._last_control_time = self.clock.now()
 
@@ -944,12 +1003,14 @@ class StreamingSafetyGuard(SafetyGuard):
         self._check_zero_ends(arr, effs)
         self._check_sample_slew(arr, effs)
         self._check_entry_slew(arr, effs)
+        self._check_known("stream")
         streamer = self._device
         assert isinstance(streamer, Streaming)  # guaranteed by SafetyGuard.__new__
         try:
-            return streamer.stream(arr, tuple(names))
+            with self._driving("stream"):
+                return streamer.stream(arr, tuple(names))
         finally:
-            # Track the last level sent on every streamed channel.
+            # Each streamed channel now holds its last sample (assumed after a failure too).
             control_index = {e.name: i for i, e in enumerate(self._controls)}
             input_index = {e.name: i for i, e in enumerate(self._inputs)}
             for col, name in enumerate(names):
@@ -1071,7 +1132,8 @@ class NodeSafetyGuard(SafetyGuard):
         device = self._device
         assert isinstance(device, NodePerturbable)
         try:
-            return device.measure_nodes(arr, checked)
+            with self._driving("measure_nodes"):
+                return device.measure_nodes(arr, checked)
         finally:
             self._last_inputs = arr[-1].copy()
 

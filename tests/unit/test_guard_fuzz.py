@@ -11,7 +11,10 @@ limit (DC staircases, plateau ramps, stream samples and the entry from the held 
 levels before the device's own safe state, whole and bounded pulse counts, bounded node
 offsets. Any value outside is an escape; the suite fails on the first.
 
-HIL_GUARD_FUZZ_EXAMPLES (default 160 per station, 20 requests each: 12,800 requests in all)
+One station's device fails now and then after moving its levels (a timeout after the write): the
+guard must not check the next transition from levels it only assumes.
+
+HIL_GUARD_FUZZ_EXAMPLES (default 160 per station, 20 requests each: 16,000 requests in all)
 scales the run; `pytest -s` prints the figures.
 """
 
@@ -20,7 +23,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +36,7 @@ from hil.core import (
     DeviceSpec,
     FloatArray,
     HilError,
+    InstrumentTimeout,
     JSONDict,
     NodePerturbable,
     ProgrammableState,
@@ -94,6 +98,36 @@ def _analytic() -> AnalyticDevice:
     return AnalyticDevice(settings, seed=2)
 
 
+class Flaky(AnalyticDevice):
+    """Now and then a request moves the levels and then fails (a timeout after the write)."""
+
+    def __init__(self, settings: AnalyticDevice.Settings, seed: int) -> None:
+        super().__init__(settings, seed=seed)
+        self._faults = np.random.default_rng(seed)
+
+    def _maybe_fail(self) -> None:
+        if self._faults.random() < 0.04:
+            raise InstrumentTimeout("injected: the device did not confirm the request")
+
+    def set_controls(self, values: FloatArray) -> None:
+        super().set_controls(values)
+        self._maybe_fail()
+
+    def measure(self, inputs: FloatArray) -> FloatArray:
+        out = super().measure(inputs)
+        self._maybe_fail()
+        return out
+
+    def stream(self, waveform: FloatArray, channels: Sequence[str]) -> FloatArray:
+        out = super().stream(waveform, channels)
+        self._maybe_fail()
+        return out
+
+
+def _flaky() -> Flaky:
+    return Flaky(_analytic().settings, seed=5)
+
+
 def _analog() -> AnalogMLPDevice:
     settings = AnalogMLPDevice.Settings.model_validate({"layers": [3, 4, 2], "chip_seed": 1})
     return AnalogMLPDevice(settings, seed=3)
@@ -125,6 +159,16 @@ STATIONS = {
     "analytic": Station(
         "analytic",
         _analytic,
+        {
+            "max_abs_voltage": 0.8,
+            "channels": {"ctrl1": {"min": -0.41, "max": 0.3}, "in1": {"max": 0.52}},
+            "zero_tolerance": 1e-3,
+            "max_ramp_time": 10.0,
+        },
+    ),
+    "flaky": Station(
+        "flaky",
+        _flaky,
         {
             "max_abs_voltage": 0.8,
             "channels": {"ctrl1": {"min": -0.41, "max": 0.3}, "in1": {"max": 0.52}},
@@ -386,6 +430,7 @@ def attach_crossbar(device: CrossbarDevice, probe: Probe) -> None:
 ATTACH: dict[str, Callable[[Any, Probe], None]] = {
     "dnpu": attach_sampled,
     "analytic": attach_sampled,
+    "flaky": attach_sampled,
     "analog": attach_analog,
     "crossbar": attach_crossbar,
 }

@@ -14,7 +14,15 @@ import math
 import numpy as np
 import pytest
 
-from hil.core import CapabilityError, ConfigError, DeviceSpec, SafetyViolation, Streaming
+from hil.core import (
+    CapabilityError,
+    ConfigError,
+    DeviceSpec,
+    InstrumentError,
+    InstrumentTimeout,
+    SafetyViolation,
+    Streaming,
+)
 from hil.safety import SafetyGuard, SafetyLimits, stricter_limits
 from simulators.analog_mlp import AnalogMLPDevice
 from simulators.analytic import AnalyticDevice
@@ -300,3 +308,44 @@ def test_stricter_limits_keep_the_tighter_value_of_each_key() -> None:
             recorded,
             SafetyLimits.model_validate({"max_abs_voltage": 1, "channels": {"E0": {"min": 0.6}}}),
         )
+
+
+def test_after_a_failed_write_nothing_is_driven_until_the_safe_state() -> None:
+    class TimesOut(AnalyticDevice):
+        """Applies a control step, then does not confirm it (once)."""
+
+        fail = True
+
+        def set_controls(self, values: np.ndarray) -> None:
+            super().set_controls(values)
+            if self.fail and values[0] > 0.1:
+                self.fail = False
+                raise InstrumentTimeout("no answer")
+
+    device = TimesOut(
+        AnalyticDevice.Settings.model_validate(
+            {"n_controls": 2, "max_slew": 20.0, "timing": {"sample_rate": RATE, "ramp_time": 0.005}}
+        ),
+        seed=0,
+    )
+    guard = SafetyGuard(device, SafetyLimits(max_abs_voltage=1.0))
+    with pytest.raises(InstrumentTimeout):
+        guard.set_controls(np.array([0.3, 0.0]))  # 0.02 V stairs: the 6th (0.12 V) times out
+    with pytest.raises(InstrumentError, match="unknown since set_controls failed"):
+        guard.measure(np.array([[0.0, 0.0]]))
+    with pytest.raises(InstrumentError, match="unknown"):
+        guard.park()
+    sent: list[float] = []
+    original = AnalyticDevice.set_controls
+
+    def recording(values: np.ndarray) -> None:
+        sent.append(float(values[0]))
+        original(device, values)
+
+    device.set_controls = recording  # type: ignore[method-assign]
+    guard.safe_state()
+    # The step that was not confirmed is sent again, then the ramp goes down one stair at a time.
+    assert sent[0] == pytest.approx(0.12)
+    assert np.max(np.abs(np.diff([0.12, *sent]))) <= 0.02 + 1e-12
+    assert sent[-1] == 0.0
+    guard.measure(np.array([[0.0, 0.0]]))  # driving again after the safe state
