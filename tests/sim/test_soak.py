@@ -1,0 +1,191 @@
+"""Kill-and-resume soak: SIGKILL `hil run` and `hil resume` at seeded-random moments, resume until
+the run completes, and compare with an uninterrupted run of the same config.
+
+The shipped configs run with fewer steps (same station and components); `--soak` runs them at
+full length with more kill points. After every kill `hil resume` must continue (never refuse), and
+the end must be bit-identical to the uninterrupted run: summary (controls, loss, metrics, counts),
+checkpoint (procedure and device state) and the journal's step records, each step exactly once.
+Only wall-clock fields (times) and the run's own identity differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from hil.rundir import RUN_FILE, RunDirectory, unsealed
+from hil.runner import RunStatus, start_run
+
+from experiments import ROOT
+
+# config -> (steps in the fast suite, kill points in the fast suite)
+CONFIGS = {"quickstart": (60, 8), "dnpu-homodyne": (8, 8), "crossbar-pulses": (16, 8)}
+SOAK_KILLS = 30
+STARTUP = 0.6  # s: about what `python -m hil` takes to import before it runs anything
+figures: dict[str, dict[str, int]] = {}
+
+
+def _copy(name: str, folder: Path, steps: int | None) -> Path:
+    """The shipped config with absolute paths and, unless None, `steps` steps."""
+    source = ROOT / "configs" / f"{name}.yaml"
+    lines = []
+    for line in source.read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("station", "  data") and value.strip() and not value.strip().startswith("/"):
+            line = f"{key}: {(source.parent / value.split('#')[0].strip()).resolve()}"
+        elif key == "  steps" and steps is not None:
+            line = f"  steps: {steps}"
+        lines.append(line)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / source.name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _hil(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hil", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _the_run(out: Path) -> Path | None:
+    """The run directory, once its run.json exists; a directory killed before that is removed."""
+    for path in out.iterdir() if out.exists() else []:
+        if (path / RUN_FILE).is_file():
+            return path
+        shutil.rmtree(path)
+    return None
+
+
+def _lines(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def _wait_for_lines(out: Path, lines: int, proc: subprocess.Popen[str]) -> None:
+    """Until the run's journal has `lines` lines (or the process ended)."""
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        journals = list(out.glob("*/events.jsonl")) if out.exists() else []
+        if journals and _lines(journals[0]) >= lines:
+            return
+        time.sleep(0.002)
+
+
+def _steps_done(run: Path | None) -> int:
+    if run is None or not (run / "checkpoint.json").exists():
+        return 0
+    return int(json.loads((run / "checkpoint.json").read_text())["steps_done"])
+
+
+def _completed(run: Path | None) -> bool:
+    summary = RunDirectory(run).summary() if run is not None else None
+    return summary is not None and summary["status"] == "completed"
+
+
+def _comparable_checkpoint(run: Path) -> dict[str, Any]:
+    state: dict[str, Any] = json.loads((run / "checkpoint.json").read_text())
+    for key in ("run_id", "saved_at", "sha256"):
+        del state[key]
+    del state["last_step"]["time"]
+    return state
+
+
+def _comparable_steps(run: Path) -> list[dict[str, Any]]:
+    steps = [unsealed(r) for r in RunDirectory(run).events() if r["event"] == "step"]
+    for step in steps:
+        del step["time"]
+    return steps
+
+
+def _comparable_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in summary.items() if k != "ended_at"}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_killed_runs_resume_bit_identical(
+    name: str, tmp_path: Path, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    soak = bool(request.config.getoption("--soak"))
+    fast_steps, fast_kills = CONFIGS[name]
+    steps, kills_wanted = (None, SOAK_KILLS) if soak else (fast_steps, fast_kills)
+    config = _copy(name, tmp_path / "cfg", steps)
+
+    began = time.perf_counter()
+    reference = start_run(config, tmp_path / "reference")
+    duration = time.perf_counter() - began
+    assert reference.status is RunStatus.COMPLETED, reference.reason
+    total = int(reference.summary["total_steps"])
+
+    rng = np.random.default_rng(list(CONFIGS).index(name) + (1000 if soak else 0))
+    out = tmp_path / "runs"
+    kills = {"run": 0, "resume": 0}
+    run: Path | None = None
+    for _attempt in range(4 * kills_wanted + 10):
+        command = "resume" if run is not None else "run"
+        journal_lines = _lines(run / "events.jsonl") if run else 0
+        proc = (
+            _hil("resume", str(run), "-q")
+            if run
+            else _hil("run", str(config), "--out", str(out), "-q")
+        )
+        if sum(kills.values()) < kills_wanted:
+            if rng.random() < 0.25:  # while starting: imports, checks, repairs
+                moment = rng.uniform(0.0, STARTUP)
+            else:  # while stepping: after a random number of further steps, within a step
+                done = _steps_done(run)
+                target = journal_lines + int(rng.integers(1, max(2, total - done)))
+                _wait_for_lines(out, target, proc)
+                moment = rng.uniform(0.0, duration / total)
+            try:
+                proc.wait(timeout=moment)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                kills[command] += 1
+        _, stderr = proc.communicate(timeout=300)
+        assert proc.returncode in (0, -9), f"{command} exited {proc.returncode}: {stderr}"
+        run = _the_run(out)
+        if proc.returncode == 0 or _completed(run):  # killed after the summary was written
+            break
+    else:
+        raise AssertionError("the run did not complete")
+    assert run is not None
+
+    summary = RunDirectory(run).summary()
+    assert summary is not None
+    assert _comparable_summary(summary) == _comparable_summary(reference.summary)
+    assert _comparable_checkpoint(run) == _comparable_checkpoint(reference.path)
+    journal = _comparable_steps(run)
+    assert [s["step"] for s in journal] == list(range(1, total + 1))
+    assert journal == _comparable_steps(reference.path)
+    RunDirectory(run).verify()
+    figures[name] = {"kills": sum(kills.values()), **kills, "steps": total}
+    with capsys.disabled():
+        print(
+            f"\nsoak {name}: {sum(kills.values())} SIGKILLs ({kills['run']} in run, "
+            f"{kills['resume']} in resume) over {total} steps; final summary, checkpoint and "
+            "journal bit-identical to the uninterrupted run"
+        )
+
+
+def test_soak_figures(request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]) -> None:
+    """At least 20 kill points over the three configs, every one resumed bit-identically."""
+    if len(figures) < len(CONFIGS):
+        pytest.skip("runs after the soak itself; run the whole file")
+    kills = sum(f["kills"] for f in figures.values())
+    with capsys.disabled():
+        print(f"\nsoak: {kills} kill points, {len(figures)} of {len(CONFIGS)} runs bit-identical")
+    assert kills >= 20
