@@ -64,7 +64,7 @@ def _errors() -> Iterator[None]:
     except typer.Exit:
         raise
     except RunInterrupted as exc:
-        stderr.print(f"[yellow]{exc.status.value}:[/] {exc}", highlight=False, soft_wrap=True)
+        stderr.print(f"[yellow]{exc}[/]", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_CODES[exc.status]) from None
     except HilError as exc:
         if _state["debug"]:
@@ -304,7 +304,8 @@ def _check_file(path: Path) -> str:
         build_device(station, np.random.SeedSequence(0)).close()
         return f"station {station.config.name!r}"
     experiment = resolve_experiment(doc)
-    build_run(experiment, entropy=0).guard.close()
+    seed = experiment.config.seed
+    build_run(experiment, entropy=seed if seed is not None else 0).guard.close()
     return f"experiment {experiment.config.name!r} on station {experiment.station.config.name!r}"
 
 

@@ -412,12 +412,12 @@ def _execute(
 ) -> RunOutcome:
     """Prepare the files, run the steps, and record the outcome whatever happens."""
     result = _Result()
-    if console is not None:
-        console.print(f"run directory: {rundir.path}", highlight=False, soft_wrap=True)
     with _log_to(rundir.file(LOG_FILE)):
         try:
             try:
                 signals.phase = Phase.RUNNING
+                if console is not None:
+                    console.print(f"run directory: {rundir.path}", highlight=False, soft_wrap=True)
                 rundir.reserve_space()
                 prepare()
                 _loop(rundir, built, journal, ident, signals, console, result)

@@ -16,6 +16,8 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ import numpy as np
 import pytest
 
 from hil.rundir import RUN_FILE, RunDirectory, unsealed
-from hil.runner import RunStatus, start_run
+from hil.runner import RunOutcome, RunStatus, start_run
 
 from experiments import ROOT
 
@@ -31,7 +33,6 @@ from experiments import ROOT
 CONFIGS = {"quickstart": (60, 8), "dnpu-homodyne": (8, 8), "crossbar-pulses": (16, 8)}
 SOAK_KILLS = 30
 STARTUP = 0.6  # s: about what `python -m hil` takes to import before it runs anything
-figures: dict[str, dict[str, int]] = {}
 
 
 def _copy(name: str, folder: Path, steps: int | None) -> Path:
@@ -115,77 +116,97 @@ def _comparable_summary(summary: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in summary.items() if k != "ended_at"}
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_killed_runs_resume_bit_identical(
-    name: str, tmp_path: Path, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
-) -> None:
-    soak = bool(request.config.getoption("--soak"))
-    fast_steps, fast_kills = CONFIGS[name]
-    steps, kills_wanted = (None, SOAK_KILLS) if soak else (fast_steps, fast_kills)
-    config = _copy(name, tmp_path / "cfg", steps)
+@dataclass
+class _Soak:
+    """One config's soak: its reference run and what the kill-and-resume loop did."""
 
-    began = time.perf_counter()
-    reference = start_run(config, tmp_path / "reference")
-    duration = time.perf_counter() - began
-    assert reference.status is RunStatus.COMPLETED, reference.reason
-    total = int(reference.summary["total_steps"])
-
-    rng = np.random.default_rng(list(CONFIGS).index(name) + (1000 if soak else 0))
-    out = tmp_path / "runs"
-    kills = {"run": 0, "resume": 0}
+    name: str
+    config: Path
+    reference: RunOutcome
+    duration: float  # s the uninterrupted run took in this process
+    kills: dict[str, int] = field(default_factory=lambda: {"run": 0, "resume": 0})
     run: Path | None = None
+
+    @property
+    def total(self) -> int:
+        return int(self.reference.summary["total_steps"])
+
+
+def _kill_and_resume(soak: _Soak, out: Path, kills_wanted: int, seed: int) -> None:
+    """`hil run`, then `hil resume` until completed, SIGKILLing the first `kills_wanted`."""
+    rng = np.random.default_rng(seed)
     for _attempt in range(4 * kills_wanted + 10):
+        run = soak.run
         command = "resume" if run is not None else "run"
         journal_lines = _lines(run / "events.jsonl") if run else 0
         proc = (
             _hil("resume", str(run), "-q")
             if run
-            else _hil("run", str(config), "--out", str(out), "-q")
+            else _hil("run", str(soak.config), "--out", str(out), "-q")
         )
-        if sum(kills.values()) < kills_wanted:
+        if sum(soak.kills.values()) < kills_wanted:
             if rng.random() < 0.25:  # while starting: imports, checks, repairs
                 moment = rng.uniform(0.0, STARTUP)
             else:  # while stepping: after a random number of further steps, within a step
-                done = _steps_done(run)
-                target = journal_lines + int(rng.integers(1, max(2, total - done)))
-                _wait_for_lines(out, target, proc)
-                moment = rng.uniform(0.0, duration / total)
+                left = soak.total - _steps_done(run)
+                _wait_for_lines(out, journal_lines + int(rng.integers(1, max(2, left))), proc)
+                moment = rng.uniform(0.0, soak.duration / soak.total)
             try:
                 proc.wait(timeout=moment)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                kills[command] += 1
+                soak.kills[command] += 1
         _, stderr = proc.communicate(timeout=300)
         assert proc.returncode in (0, -9), f"{command} exited {proc.returncode}: {stderr}"
-        run = _the_run(out)
-        if proc.returncode == 0 or _completed(run):  # killed after the summary was written
-            break
-    else:
-        raise AssertionError("the run did not complete")
-    assert run is not None
+        soak.run = _the_run(out)
+        if proc.returncode == 0 or _completed(soak.run):  # killed after the summary was written
+            return
+    raise AssertionError(f"{soak.name}: the run did not complete")
 
-    summary = RunDirectory(run).summary()
-    assert summary is not None
-    assert _comparable_summary(summary) == _comparable_summary(reference.summary)
-    assert _comparable_checkpoint(run) == _comparable_checkpoint(reference.path)
-    journal = _comparable_steps(run)
-    assert [s["step"] for s in journal] == list(range(1, total + 1))
-    assert journal == _comparable_steps(reference.path)
-    RunDirectory(run).verify()
-    figures[name] = {"kills": sum(kills.values()), **kills, "steps": total}
+
+def test_killed_runs_resume_bit_identical(
+    tmp_path: Path, request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    long = bool(request.config.getoption("--soak"))
+    soaks = []
+    for name, (fast_steps, _) in CONFIGS.items():
+        config = _copy(name, tmp_path / name / "cfg", None if long else fast_steps)
+        began = time.perf_counter()
+        reference = start_run(config, tmp_path / name / "reference")
+        assert reference.status is RunStatus.COMPLETED, reference.reason
+        soaks.append(_Soak(name, config, reference, time.perf_counter() - began))
+    with ThreadPoolExecutor(len(soaks)) as pool:  # the three configs side by side
+        futures = [
+            pool.submit(
+                _kill_and_resume,
+                soak,
+                tmp_path / soak.name / "runs",
+                SOAK_KILLS if long else CONFIGS[soak.name][1],
+                seed=i + (1000 if long else 0),
+            )
+            for i, soak in enumerate(soaks)
+        ]
+        for future in futures:
+            future.result()
+
+    for soak in soaks:
+        run, reference = soak.run, soak.reference
+        assert run is not None
+        summary = RunDirectory(run).summary()
+        assert summary is not None
+        assert _comparable_summary(summary) == _comparable_summary(reference.summary)
+        assert _comparable_checkpoint(run) == _comparable_checkpoint(reference.path)
+        journal = _comparable_steps(run)
+        assert [s["step"] for s in journal] == list(range(1, soak.total + 1))
+        assert journal == _comparable_steps(reference.path)
+        RunDirectory(run).verify()
+    kills = sum(sum(soak.kills.values()) for soak in soaks)
     with capsys.disabled():
-        print(
-            f"\nsoak {name}: {sum(kills.values())} SIGKILLs ({kills['run']} in run, "
-            f"{kills['resume']} in resume) over {total} steps; final summary, checkpoint and "
-            "journal bit-identical to the uninterrupted run"
-        )
-
-
-def test_soak_figures(request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]) -> None:
-    """At least 20 kill points over the three configs, every one resumed bit-identically."""
-    if len(figures) < len(CONFIGS):
-        pytest.skip("runs after the soak itself; run the whole file")
-    kills = sum(f["kills"] for f in figures.values())
-    with capsys.disabled():
-        print(f"\nsoak: {kills} kill points, {len(figures)} of {len(CONFIGS)} runs bit-identical")
+        for soak in soaks:
+            print(
+                f"\nsoak {soak.name}: {sum(soak.kills.values())} SIGKILLs ({soak.kills['run']} "
+                f"in run, {soak.kills['resume']} in resume) over {soak.total} steps; summary, "
+                "checkpoint and journal bit-identical to the uninterrupted run"
+            )
+        print(f"soak: {kills} kill points, {len(soaks)} of {len(soaks)} runs bit-identical")
     assert kills >= 20
