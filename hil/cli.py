@@ -72,8 +72,7 @@ def _errors() -> Iterator[None]:
         stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
     except (KeyboardInterrupt, Terminated) as exc:
-        name = "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
-        stderr.print(f"[yellow]aborted:[/] by {name}", highlight=False)
+        stderr.print(f"[yellow]aborted by {_signal_name(exc)}[/]", highlight=False)
         raise typer.Exit(EXIT_CODES[RunStatus.ABORTED]) from None
     except Exception as exc:
         if _state["debug"]:
@@ -85,6 +84,12 @@ def _errors() -> Iterator[None]:
             soft_wrap=True,
         )
         raise typer.Exit(1) from None
+
+
+def _signal_name(exc: KeyboardInterrupt | Terminated) -> str:
+    if isinstance(exc, KeyboardInterrupt) or exc.signum == signal.SIGINT:
+        return "Ctrl-C"
+    return signal.Signals(exc.signum).name
 
 
 class _Brief(logging.Formatter):
@@ -133,9 +138,9 @@ def _write_report(outcome: RunOutcome, signals: Signals) -> None:
     try:
         report = write_report(outcome.path)
     except (KeyboardInterrupt, Terminated) as exc:
-        name = "Ctrl-C" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
         stderr.print(
-            f"report not written (stopped by {name}); write it with: hil report {outcome.path}",
+            f"report not written (stopped by {_signal_name(exc)}); write it with: "
+            f"hil report {outcome.path}",
             highlight=False,
             soft_wrap=True,
         )
@@ -323,6 +328,9 @@ def main() -> None:
     install_signal_handlers()
     try:
         app()
+    except Terminated as exc:  # outside a command's own handling (typer parsing, `list`)
+        stderr.print(f"[yellow]aborted by {_signal_name(exc)}[/]", highlight=False)
+        sys.exit(EXIT_CODES[RunStatus.ABORTED])
     finally:
         # The exit code is decided; Python's shutdown would restore the default handlers, and a
         # late signal would then kill the process (-15) instead of letting it exit with it.

@@ -81,6 +81,7 @@ class RunInterrupted(RunError):
 
 
 class Phase(StrEnum):
+    IDLE = "idle"  # no run in hand: a signal interrupts whatever is going on
     SETUP = "setup"  # loading, building, checking; nothing written yet: signals are noted
     RUNNING = "running"  # the run directory is written: Ctrl-C pauses, SIGTERM aborts
     STOPPING = "stopping"  # safe state and the record of the outcome: signals are ignored
@@ -99,20 +100,18 @@ def _interruption(signum: int) -> BaseException:
 class Signals:
     """What Ctrl-C and SIGTERM have asked for, and what the process is doing when they come."""
 
-    phase: Phase = Phase.SETUP
+    phase: Phase = Phase.IDLE
     pause_requested: bool = False
     abort_signal: int | None = None
-
-    def reset(self) -> None:
-        self.phase, self.pause_requested, self.abort_signal = Phase.SETUP, False, None
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
         name = _signal_name(signum)
         if self.phase is Phase.STOPPING:
             log.warning("%s: already stopping; making the device safe and saving the run", name)
             return
-        if self.phase is Phase.REPORT:
-            self.phase = Phase.STOPPING
+        if self.phase in (Phase.IDLE, Phase.REPORT):
+            if self.phase is Phase.REPORT:
+                self.phase = Phase.STOPPING
             raise _interruption(signum)
         if signum == signal.SIGINT and not self.pause_requested and self.abort_signal is None:
             self.pause_requested = True
@@ -442,7 +441,7 @@ def start_run(
 ) -> RunOutcome:
     """Validate and build everything, then create the run directory and execute."""
     with signal_handling() as signals, ExitStack() as stack:
-        signals.reset()
+        signals.phase = Phase.SETUP
         resolved = load_experiment(config_path)
         entropy = resolved.config.seed if resolved.config.seed is not None else fresh_entropy()
         built = build_run(resolved, entropy)
@@ -586,7 +585,7 @@ def resume_run(run_path: Path, *, console: Console | None = None) -> RunOutcome:
     Refuses, changing nothing, when run.json, journal and checkpoint do not agree.
     """
     with signal_handling() as signals:
-        signals.reset()
+        signals.phase = Phase.SETUP
         rundir = RunDirectory.open(run_path)
         with rundir.lock():
             return _resume_locked(rundir, signals, console)
