@@ -1,14 +1,31 @@
 """The `hil` command line: run, resume, report, list, config check / schema."""
 
+# ruff: noqa: E402 — signals are caught before the slow imports below (see _EARLY_SIGNALS)
 from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+
+def _is_the_program() -> bool:
+    """Whether this process is the `hil` program (console script or `python -m hil`)."""
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    return argv0 is not None and (
+        argv0.name == "hil" or argv0 == Path(__file__).with_name("__main__.py")
+    )
+
+
+# Signals that arrive while the program still imports: noted here, honoured by main() (exit 4).
+_EARLY_SIGNALS: list[int] = []
+if _is_the_program():
+    for _signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signum, lambda signum, frame: _EARLY_SIGNALS.append(signum))
 
 import json
 import logging
-import signal
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Annotated
 
 import numpy as np
@@ -326,6 +343,10 @@ def config_schema(
 def main() -> None:
     """The `hil` program: signals are handled (never a default kill) from here until exit."""
     install_signal_handlers()
+    if _EARLY_SIGNALS:
+        name = "Ctrl-C" if _EARLY_SIGNALS[0] == signal.SIGINT else "SIGTERM"
+        stderr.print(f"[yellow]aborted by {name} while starting; nothing was done[/]")
+        sys.exit(EXIT_CODES[RunStatus.ABORTED])
     try:
         app()
     except Terminated as exc:  # outside a command's own handling (typer parsing, `list`)

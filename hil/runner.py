@@ -109,9 +109,10 @@ class Signals:
         if self.phase is Phase.STOPPING:
             log.warning("%s: already stopping; making the device safe and saving the run", name)
             return
-        if self.phase in (Phase.IDLE, Phase.REPORT):
-            if self.phase is Phase.REPORT:
-                self.phase = Phase.STOPPING
+        if self.phase is Phase.IDLE:
+            raise Terminated(signum)  # also for Ctrl-C: one way out, exit 4, no traceback
+        if self.phase is Phase.REPORT:
+            self.phase = Phase.STOPPING
             raise _interruption(signum)
         if signum == signal.SIGINT and not self.pause_requested and self.abort_signal is None:
             self.pause_requested = True

@@ -447,6 +447,18 @@ def test_a_signal_before_the_run_starts_writes_nothing(tmp_path: Path, sig: int,
     assert not out.exists() or list(out.iterdir()) == []
 
 
+@pytest.mark.parametrize("delay", [0.4, 0.8])
+def test_sigterm_while_the_program_starts_exits_4(tmp_path: Path, delay: float) -> None:
+    """During imports (after the first fraction of a second), loading and building."""
+    out = tmp_path / "runs"
+    proc = _hil("run", str(small_experiment(tmp_path / "cfg", steps=200)), "--out", str(out))
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    rc, stderr = _finished(proc)
+    assert rc == 4, stderr
+    assert "aborted by SIGTERM" in stderr
+
+
 def test_sigterm_while_resume_sets_up_changes_nothing(tmp_path: Path) -> None:
     config, marker = _slow_experiment(tmp_path, steps=6, build_delay=0.3)
     out = tmp_path / "runs"
