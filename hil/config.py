@@ -159,14 +159,16 @@ _HINTS = {
     "dict_type": "give a mapping of keys to values",
     "model_type": "give a mapping of keys to values",
     "model_attributes_type": "give a mapping of keys to values",
+    "union_tag_not_found": "give its `type:`",
 }
+_KINDS = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
 _MAX_SHOWN_INPUT = 60
 _MAX_SHOWN_ERRORS = 3
 
 
-def _key_path(data: Any, loc: tuple[str | int, ...]) -> KeyPath:
+def _key_path(data: Any, loc: tuple[str | int, ...], missing: bool) -> KeyPath:
     """The keys of a pydantic error location that exist in the data (pydantic adds the names of
-    union members, validators and tagged-union tags), plus a final missing or unknown key."""
+    union members, validators and tagged-union tags), plus the key that is `missing`."""
     out: list[str | int] = []
     current = data
     for n, part in enumerate(loc):
@@ -178,8 +180,8 @@ def _key_path(data: Any, loc: tuple[str | int, ...]) -> KeyPath:
         if exists:
             out.append(part)
             current = current[part]
-        elif isinstance(current, dict) and n == len(loc) - 1:
-            out.append(part)  # a missing key
+        elif missing and isinstance(current, dict) and n == len(loc) - 1:
+            out.append(part)
     return tuple(out)
 
 
@@ -193,7 +195,7 @@ def _format_errors(exc: ValidationError, doc: YamlDocument, prefix: KeyPath, dat
     parts = []
     errors = exc.errors()
     for err in errors[:_MAX_SHOWN_ERRORS]:
-        loc = (*prefix, *_key_path(data, tuple(err["loc"])))
+        loc = (*prefix, *_key_path(data, tuple(err["loc"]), err["type"] == "missing"))
         message = err["msg"].removeprefix("Value error, ")
         hint = _HINTS.get(err["type"])
         if err["type"] in ("missing", "extra_forbidden"):
@@ -201,7 +203,8 @@ def _format_errors(exc: ValidationError, doc: YamlDocument, prefix: KeyPath, dat
         else:
             if hint:
                 message += f"; {hint}"
-            if "input" in err and not isinstance(err["input"], dict | list):
+            shown = err["type"] != "value_error"  # our validators' messages show the value
+            if shown and "input" in err and not isinstance(err["input"], dict | list):
                 message += f" (got {_shown(err['input'])})"
         parts.append(f"{doc.where(loc)}: {dotted(loc)}: {message}")
     if len(errors) > _MAX_SHOWN_ERRORS:
@@ -251,7 +254,7 @@ def _mapping(doc: YamlDocument, what: str) -> dict[str, Any]:
     if not isinstance(doc.data, dict):
         raise ConfigError(
             f"{doc.where(())}: expected a mapping of keys to values at the top of the {what} "
-            f"file, got a {type(doc.data).__name__}; write `key: value` lines"
+            f"file, got {_KINDS.get(type(doc.data), 'a value')}; write `key: value` lines"
         )
     return doc.data
 

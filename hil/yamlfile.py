@@ -60,12 +60,20 @@ class YamlDocument:
     strict: bool = False
 
     def where(self, loc: KeyPath) -> str:
-        """`file:line` for the deepest known prefix of `loc`."""
-        for n in range(len(loc), -1, -1):
-            line = self.lines.get(tuple(loc[:n]))
-            if line is not None:
-                return f"{self.path}:{line}"
-        return str(self.path)
+        """`file:line` for the deepest known prefix of `loc` (a mapping key that is not a
+        string, such as `1:`, is found as written)."""
+        written: list[str | int] = []
+        line = None
+        for part in loc:
+            for candidate in (part, str(part)):
+                found = self.lines.get((*written, candidate))
+                if found is not None:
+                    break
+            else:
+                break
+            written.append(candidate)
+            line = found
+        return f"{self.path}:{line}" if line is not None else str(self.path)
 
 
 def dotted(loc: KeyPath) -> str:
@@ -248,8 +256,11 @@ def load_yaml(path: Path, *, what: str = "config file") -> YamlDocument:
         raise ConfigError(one_line(f"{where}: invalid YAML: {problem}")) from None
     except yaml.YAMLError as exc:
         raise ConfigError(one_line(f"{path}: invalid YAML: {exc}")) from None
-    except ValueError as exc:  # e.g. an integer literal beyond Python's digit limit
-        raise ConfigError(one_line(f"{path}: invalid value: {exc}; use a smaller number")) from None
+    except ValueError:  # an integer literal beyond Python's digit limit
+        raise ConfigError(
+            f"{path}: a number literal is too long to read (thousands of digits); "
+            "use a smaller number"
+        ) from None
     finally:
         loader.dispose()
     lines: dict[KeyPath, int] = {}

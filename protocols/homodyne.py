@@ -591,6 +591,18 @@ class Homodyne:
         windows = [("window", s.window)]
         if cs.auto:
             windows.append(("calibration.window", cs.window if cs.window is not None else s.window))
+        timing = [*windows, ("settle_time", s.settle_time), ("ramp_time", s.ramp_time)]
+        for name, seconds in timing:
+            try:
+                whole = _samples(seconds, rate, name)
+            except ConfigError as exc:
+                raise ConfigError(str(exc), key=("estimator", *name.split("."))) from None
+            if whole < 1 and name != "settle_time":
+                raise ConfigError(
+                    f"homodyne {name} {seconds:g} s is less than one sample at {rate:g} Hz; "
+                    "lengthen it",
+                    key=("estimator", *name.split(".")),
+                )
         for name, window in windows:
             samples = (window + s.settle_time + 2 * s.ramp_time) * rate
             if samples > MAX_STREAM_SAMPLES:
@@ -600,7 +612,29 @@ class Homodyne:
                     "shorten it",
                     key=("estimator", *name.split(".")),
                 )
-        tones = np.asarray(self.tones(objective))
+        # explicit tones are checked in full (with warnings) by self.tones() last, so that a
+        # failing check gives its one error and no warnings before it
+        tones = np.asarray(
+            s.tones if s.tones is not None else self._planned(objective, s.window, ())
+        )
+        if tones.size != objective.dim:
+            raise ConfigError(
+                f"homodyne tones: {tones.size} given for {objective.dim} controls",
+                key=("estimator", "tones"),
+            )
+        if np.any(tones >= rate / 2):
+            raise ConfigError(
+                f"homodyne tones {tones.tolist()} Hz: every tone must lie below half the sample "
+                f"rate ({rate / 2:g} Hz); lower them",
+                key=("estimator", "tones"),
+            )
+        cycles = tones * s.window
+        if np.any(np.abs(cycles - np.round(cycles)) > _WHOLE) or np.any(np.round(cycles) < 1):
+            raise ConfigError(
+                f"homodyne tones {tones.tolist()} Hz must complete whole cycles in the window "
+                f"{s.window} s (f·T = {cycles.tolist()})",
+                key=("estimator", "tones"),
+            )
         amps = self.amplitudes(objective)
         lo, hi = objective.control_lower, objective.control_upper
         if np.any(hi - lo < 2 * amps):
@@ -639,6 +673,7 @@ class Homodyne:
                     "the amplitudes or bandwidth",
                     key=("estimator",),
                 )
+        self.tones(objective)
 
     def amplitudes(self, objective: Objective) -> FloatArray:
         """Physical tone amplitude per control (the calibrated ones if calibrated)."""
