@@ -801,17 +801,22 @@ class SafetyGuard(DeviceBase):
                 )
             )
 
-    def _check_sample_slew(self, arr: FloatArray, effs: Sequence[_Effective]) -> None:
-        slew = np.array([e.channel.max_slew for e in effs])
-        limited = np.isfinite(slew)
-        if not limited.any() or arr.shape[0] < 2:
-            return
+    def _stream_rate(self) -> float:
+        """The sample rate waveform slew is judged at (a streaming spec must give one)."""
         rate_hz = self._spec.sample_rate
         if rate_hz is None:
             raise ConfigError(
                 f"device {self._spec.name!r} streams but its spec has no sample_rate, so the "
                 "slew of a waveform cannot be checked; fix the driver's DeviceSpec"
             )
+        return rate_hz
+
+    def _check_sample_slew(self, arr: FloatArray, effs: Sequence[_Effective]) -> None:
+        slew = np.array([e.channel.max_slew for e in effs])
+        limited = np.isfinite(slew)
+        if not limited.any() or arr.shape[0] < 2:
+            return
+        rate_hz = self._stream_rate()
         rate = np.abs(np.diff(arr, axis=0)) * rate_hz
         bad = limited[np.newaxis, :] & (rate > slew[np.newaxis, :])
         if bad.any():
@@ -839,12 +844,7 @@ class SafetyGuard(DeviceBase):
         limited = np.isfinite(slew)
         if not limited.any():
             return
-        rate_hz = self._spec.sample_rate
-        if rate_hz is None:
-            raise ConfigError(
-                f"device {self._spec.name!r} streams but its spec has no sample_rate, so the "
-                "slew of a waveform cannot be checked; fix the driver's DeviceSpec"
-            )
+        rate_hz = self._stream_rate()
         held = np.array([self._held_level(e) for e in effs])
         rate = np.abs(arr[0] - held) * rate_hz
         bad = limited & (rate > slew)

@@ -328,15 +328,7 @@ class SampledDevice(DeviceBase):
 
     def restored_levels(self, state: JSONDict) -> dict[str, float]:
         """The level every driven electrode holds after `load_state_dict(state)`."""
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(
-                f"{type(self).__name__} state version {state.get('version')!r}, "
-                f"expected {STATE_VERSION}"
-            )
-        levels = np.array(state["levels"], dtype=float)
-        if levels.shape != self._levels.shape:
-            raise ValueError(f"state levels: expected {self._levels.shape}, got {levels.shape}")
-        return dict(zip(self._driven_names, levels.tolist(), strict=True))
+        return dict(zip(self._driven_names, self._state_levels(state).tolist(), strict=True))
 
     # -- oracle ------------------------------------------------------------------------------------
 
@@ -365,14 +357,7 @@ class SampledDevice(DeviceBase):
         }
 
     def load_state_dict(self, state: JSONDict) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(
-                f"{type(self).__name__} state version {state.get('version')!r}, "
-                f"expected {STATE_VERSION}"
-            )
-        levels = np.array(state["levels"], dtype=float)
-        if levels.shape != self._levels.shape:
-            raise ValueError(f"state levels: expected {self._levels.shape}, got {levels.shape}")
+        levels = self._state_levels(state)
         self._clock.set(float(state["clock"]))
         self._levels = levels
         self._plateaus = int(state["plateaus"])
@@ -383,6 +368,18 @@ class SampledDevice(DeviceBase):
             self._lowpass.load_state_dict(state["lowpass"])
 
     # -- internals -------------------------------------------------------------------------------
+
+    def _state_levels(self, state: JSONDict) -> FloatArray:
+        """The driven levels of a state, its version and shape checked."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(
+                f"{type(self).__name__} state version {state.get('version')!r}, "
+                f"expected {STATE_VERSION}"
+            )
+        levels = np.array(state["levels"], dtype=float)
+        if levels.shape != self._levels.shape:
+            raise ValueError(f"state levels: expected {self._levels.shape}, got {levels.shape}")
+        return levels
 
     def _columns(self, names: Sequence[str]) -> list[int]:
         """Column of each named driven channel in the levels vector."""

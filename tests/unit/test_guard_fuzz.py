@@ -312,6 +312,18 @@ def _converted(device: Any, values: FloatArray, names: list[str]) -> FloatArray:
     return np.asarray(device.applied_levels(np.array(values, dtype=float), names), dtype=float)
 
 
+def restore_hook(device: Any, probe: Probe) -> Callable[[JSONDict], None]:
+    """What a restore would leave on the channels, checked before the device loads it."""
+
+    def load_state_dict(state: JSONDict) -> None:
+        restored = device.restored_levels(state)
+        names = list(restored)
+        values = np.array([[restored[n] for n in names]])
+        probe.in_range(_converted(device, values, names), names, "restore")
+
+    return load_state_dict
+
+
 def attach_sampled(device: AnalyticDevice | DNPUDevice, probe: Probe) -> None:
     """DNPU and analytic: levels of every driven electrode, DC steps, plateaus and streams."""
     spec = device.spec
@@ -347,18 +359,12 @@ def attach_sampled(device: AnalyticDevice | DNPUDevice, probe: Probe) -> None:
     def safe_state() -> None:
         probe.at_rest(levels(), driven)
 
-    def load_state_dict(state: JSONDict) -> None:
-        restored = device.restored_levels(state)
-        names = list(restored)
-        values = np.array([[restored[n] for n in names]])
-        probe.in_range(_converted(device, values, names), names, "restore")
-
     for name, hook in (
         ("set_controls", set_controls),
         ("measure", measure),
         ("stream", stream),
         ("safe_state", safe_state),
-        ("load_state_dict", load_state_dict),
+        ("load_state_dict", restore_hook(device, probe)),
     ):
         _wrap(device, name, hook)
 
@@ -387,18 +393,12 @@ def attach_analog(device: AnalogMLPDevice, probe: Probe) -> None:
     def safe_state() -> None:
         probe.at_rest(device.controls, controls)
 
-    def load_state_dict(state: JSONDict) -> None:
-        restored = device.restored_levels(state)
-        names = list(restored)
-        values = np.array([[restored[n] for n in names]])
-        probe.in_range(_converted(device, values, names), names, "restore")
-
     for name, hook in (
         ("set_controls", set_controls),
         ("measure", measure),
         ("measure_nodes", measure_nodes),
         ("safe_state", safe_state),
-        ("load_state_dict", load_state_dict),
+        ("load_state_dict", restore_hook(device, probe)),
     ):
         _wrap(device, name, hook)
 
