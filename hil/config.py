@@ -160,6 +160,15 @@ _HINTS = {
     "model_type": "give a mapping of keys to values",
     "model_attributes_type": "give a mapping of keys to values",
     "union_tag_not_found": "give its `type:`",
+    "greater_than": "use a larger value",
+    "greater_than_equal": "use a larger value",
+    "less_than": "use a smaller value",
+    "less_than_equal": "use a smaller value",
+    "string_too_long": "shorten it",
+    "string_too_short": "give a non-empty value",
+    "string_pattern_mismatch": "use letters, digits, '_', '.' and '-' (not first)",
+    "too_long": "give fewer items",
+    "too_short": "give more items",
 }
 _KINDS = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
 _MAX_SHOWN_INPUT = 60

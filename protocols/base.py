@@ -13,6 +13,10 @@ from hil.core import ConfigError, Device, DeviceSpec, FloatArray, JSONDict, Role
 MAX_STEPS = 1_000_000
 """Most steps of a procedure (and the bound of step-count settings such as delays)."""
 
+MIN_PERTURBATION = 1e-12
+"""Smallest perturbation size (c, h, μ, σ): estimates divide by it, and below this they only
+divide rounding noise."""
+
 MAX_MEASURE_SAMPLES = 20_000_000
 """Most samples one measurement of all of a task's cases may take on a sampled device."""
 

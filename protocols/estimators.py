@@ -17,7 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hil.core import FloatArray, JSONDict, SeedLike, seed_sequence
 from hil.core.types import generator_state, restore_generator
-from protocols.base import MAX_REPEATS, MAX_STEPS, GradientEstimate, Objective, Stateless
+from protocols.base import (
+    MAX_REPEATS,
+    MAX_STEPS,
+    MIN_PERTURBATION,
+    GradientEstimate,
+    Objective,
+    Stateless,
+)
 
 
 def _as_theta(objective: Objective, theta: FloatArray) -> FloatArray:
@@ -46,7 +53,9 @@ class CentralDifference(Stateless):
 
         model_config = ConfigDict(extra="forbid")
 
-        h: float = Field(default=0.05, gt=0, description="perturbation per coordinate, V")
+        h: float = Field(
+            default=0.05, ge=MIN_PERTURBATION, description="perturbation per coordinate, V"
+        )
         measure_loss: bool = Field(
             default=True,
             description="measure L(θ) once more for the reported loss; else mean of perturbed",
@@ -99,7 +108,9 @@ class ForwardDifference(Stateless):
 
         model_config = ConfigDict(extra="forbid")
 
-        h: float = Field(default=0.05, gt=0, description="forward step per coordinate, V")
+        h: float = Field(
+            default=0.05, ge=MIN_PERTURBATION, description="forward step per coordinate, V"
+        )
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings if settings is not None else self.Settings()
@@ -193,7 +204,9 @@ class SPSA:
 
         model_config = ConfigDict(extra="forbid")
 
-        c: float = Field(default=0.05, gt=0, description="initial perturbation size, V")
+        c: float = Field(
+            default=0.05, ge=MIN_PERTURBATION, description="initial perturbation size, V"
+        )
         gamma: float = Field(default=0.101, ge=0, le=1, description="decay exponent of c_k")
         directions: Literal["rademacher", "hadamard"] = Field(
             default="rademacher",
@@ -347,7 +360,9 @@ class SPSA2:
 
         model_config = ConfigDict(extra="forbid")
 
-        c: float = Field(default=0.05, gt=0, description="initial perturbation size, V")
+        c: float = Field(
+            default=0.05, ge=MIN_PERTURBATION, description="initial perturbation size, V"
+        )
         gamma: float = Field(default=0.101, ge=0, le=1, description="decay exponent of c_k")
         resamples: int = Field(
             default=1, ge=1, le=MAX_REPEATS, description="4-point samples per estimate"

@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hil.core import FloatArray, JSONDict, SeedLike, seed_sequence
 from hil.core.types import generator_state, restore_generator
-from protocols.base import MAX_REPEATS, GradientEstimate, Objective
+from protocols.base import MAX_REPEATS, MIN_PERTURBATION, GradientEstimate, Objective
 
 # For a noise-free, locally linear loss and many pairs, mean_k (r⁺_k − r⁻_k) ε_k tends to
 # E[(2Φ(z) − 1) z]·∇f/‖∇f‖ = ∇f/(√π ‖∇f‖) (Stein's lemma: E[Φ(z) z] = E[φ(z)] = 1/(2√π)),
@@ -179,7 +179,9 @@ class GaussianSmoothing(_SeededDirections):
         model_config = ConfigDict(extra="forbid")
 
         mu: float = Field(
-            default=0.05, gt=0, description="smoothing radius μ: steps are μ·u, u ~ N(0, I); V"
+            default=0.05,
+            ge=MIN_PERTURBATION,
+            description="smoothing radius μ: steps are μ·u, u ~ N(0, I); V",
         )
         directions: int = Field(
             default=1, ge=1, le=MAX_REPEATS, description="directions averaged per estimate"
@@ -250,7 +252,9 @@ class AntitheticES(_SeededDirections):
         model_config = ConfigDict(extra="forbid")
 
         sigma: float = Field(
-            default=0.05, gt=0, description="perturbation σ: pairs θ ± σε, ε ~ N(0, I); V"
+            default=0.05,
+            ge=MIN_PERTURBATION,
+            description="perturbation σ: pairs θ ± σε, ε ~ N(0, I); V",
         )
         pairs: int = Field(
             default=4, ge=1, le=MAX_REPEATS, description="mirrored pairs per estimate (2n evals)"
@@ -324,7 +328,9 @@ class WeightPerturbation(_SeededDirections):
 
         model_config = ConfigDict(extra="forbid")
 
-        sigma: float = Field(default=0.05, gt=0, description="perturbation ±σ per parameter, V")
+        sigma: float = Field(
+            default=0.05, ge=MIN_PERTURBATION, description="perturbation ±σ per parameter, V"
+        )
         perturbations: int = Field(
             default=1,
             ge=1,

@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hil.core import ConfigError, FloatArray, JSONDict, NodePerturbable, SeedLike, seed_sequence
 from hil.core.types import generator_state, restore_generator
-from protocols.base import MAX_REPEATS, GradientEstimate, Objective
+from protocols.base import MAX_REPEATS, MIN_PERTURBATION, GradientEstimate, Objective
 
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 LayerIndex = Annotated[int, Field(ge=0)]
@@ -111,8 +111,9 @@ class NodePerturbation:
             "'intrinsic': the device's own output noise against the mean of noisy passes "
             "(output layer only)",
         )
-        sigma: PositiveFloat = Field(
+        sigma: float = Field(
             default=4.0,
+            ge=MIN_PERTURBATION,
             description="injected: σ of the unit offsets, in the device's pre-activation units "
             "(output LSB on the analog MLP); keep it well above the output quantum and well "
             "below the device's offset limit",

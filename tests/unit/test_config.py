@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 
-from hil.config import json_schema, load_experiment, load_station
+from hil.config import json_schema, load_experiment, load_station, resolve_experiment
 from hil.core import ConfigError
 from hil.registry import Kind, available, resolve
-from hil.yamlfile import load_yaml
+from hil.yamlfile import YamlDocument, load_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -152,6 +153,43 @@ def test_json_schema_describes_both_files() -> None:
     assert "limits" in json_schema("station")["properties"]
     with pytest.raises(ConfigError, match="unknown schema"):
         json_schema("campaign")
+
+
+def test_exponents_without_a_dot_are_numbers(tmp_path: Path) -> None:
+    """YAML 1.2 floats: `1e-3` is a number (PyYAML alone reads it as a string)."""
+    path = _write(tmp_path, EXPERIMENT.replace("c: 0.05", "c: 5e-2"))
+    assert load_experiment(path).components["estimator"].settings.c == 0.05  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("steps: 5", "steps: '5'"), ("steps: 5", "steps: 5.0"), ("steps: 5", "steps: true")],
+)
+def test_files_are_typed_strictly_but_records_are_not(tmp_path: Path, old: str, new: str) -> None:
+    """A hand-written file gets no coercion; run.json (strict=False) validates as it was written,
+    with non-finite floats stored as strings."""
+    path = _write(tmp_path, EXPERIMENT.replace(old, new))
+    with pytest.raises(ConfigError, match=r"procedure\.steps: Input should be a valid integer"):
+        load_experiment(path)
+    recorded = load_experiment(_write(tmp_path)).as_dict()
+    assert recorded["station"]["device"]["max_slew"] == "inf"
+    recorded["procedure"]["steps"] = "5"
+    doc = YamlDocument(path=tmp_path / "run.json", data=recorded)
+    resolved = resolve_experiment(doc)
+    assert resolved.station.device.settings.max_slew == math.inf  # type: ignore[attr-defined]
+    assert resolved.as_dict()["procedure"]["steps"] == 5
+
+
+def test_errors_are_one_line_with_the_first_problems(tmp_path: Path) -> None:
+    bad = EXPERIMENT.replace("steps: 5", "steps: 0\n  a: 1\n  b: 2\n  c: 3\n  d: 4")
+    with pytest.raises(ConfigError) as info:
+        load_experiment(_write(tmp_path, bad))
+    message = str(info.value)
+    assert "\n" not in message
+    assert "exp.yaml:6: procedure.steps: Input should be greater than 0; use a larger value" in (
+        message
+    )
+    assert message.endswith("and 2 more problems")
 
 
 def test_station_check_catches_limits_on_unknown_channels(tmp_path: Path) -> None:
