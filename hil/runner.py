@@ -146,7 +146,7 @@ _active: Signals | None = None
 def signal_handling() -> Iterator[Signals]:
     """Ctrl-C and SIGTERM handled as `Signals` says while inside (nested use shares one state).
 
-    Outside the main thread handlers cannot be installed; the state then only records nothing.
+    Outside the main thread handlers cannot be installed; the state there stays empty.
     """
     global _active
     if _active is not None:
