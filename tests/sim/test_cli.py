@@ -41,6 +41,22 @@ BAD_CONFIGS = {
         experiment_text(initial="[0.95, 0, 0, 0, 0]"),
         "procedure.initial_controls.ctrl0: 0.95 is outside the allowed range [-0.8, 0.8]",
     ),
+    "task-inputs-outside-range": (
+        experiment_text().replace("[-0.5, 0.5]", "[-5.0, 0.5]"),
+        "task input -5 (case 0, channel 'in0') is outside the allowed range [-1, 1]",
+    ),
+    "optimizer-not-an-optimizer": (
+        experiment_text().replace("type: adam\n  lr: 0.03", "type: protocols.external:CMAAdapter"),
+        "does not implement the Optimizer (start, ask, tell, state_dict, load_state_dict)",
+    ),
+    "non-finite-learning-rate": (
+        experiment_text().replace("lr: 0.03", "lr: .inf"),
+        "optimizer.lr: inf is not a finite number",
+    ),
+    "bool-for-an-int": (
+        experiment_text().replace("steps: 40", "steps: true"),
+        "procedure.steps: Input should be a valid integer",
+    ),
 }
 
 
