@@ -141,9 +141,9 @@ def _check_data(inputs: FloatArray, targets: FloatArray, source: str) -> None:
             f"{source}: `inputs` must be a non-empty list of rows (n_cases × n_inputs), "
             f"got shape {inputs.shape}"
         )
-    if targets.ndim != 2:
+    if targets.ndim != 2 or targets.shape[1] == 0:
         raise ValueError(
-            f"{source}: `targets` must be n_cases numbers or n_cases rows, "
+            f"{source}: `targets` must be n_cases numbers or n_cases non-empty rows, "
             f"got shape {targets.shape}"
         )
     if targets.shape[0] != inputs.shape[0]:

@@ -173,9 +173,9 @@ def _config_path(value: Any, info: ValidationInfo) -> Any:
         if not value.strip() or "\x00" in value:
             raise ValueError("give a file path (a non-empty string without NUL characters)")
         value = Path(value)
-    if isinstance(value, Path):
-        return from_config_dir(value, info)
-    return value
+    if not isinstance(value, Path):
+        raise ValueError(f"give a file path as text, not {type(value).__name__}")
+    return from_config_dir(value, info)
 
 
 ConfigPath = Annotated[Path, BeforeValidator(_config_path)]

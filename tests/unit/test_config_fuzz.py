@@ -108,6 +108,18 @@ estimator: {type: node-perturbation, perturbations: 2}
 optimizer: {type: sgd, lr: 0.1}
 """
 
+TASK = "  inputs: [[-0.5, 0.5], [0.0, 0.0], [0.5, -0.5]]\n  targets: [0.3, -0.2, 0.8]\n"
+
+
+def dnpu(settings: str) -> str:
+    """The experiment on an inline DNPU station with extra device `settings`."""
+    device = f"{{type: dnpu, {settings}}}"
+    station = f"station: {{name: d, device: {device}, limits: {{max_abs_voltage: 1.6}}}}"
+    return EXPERIMENT.replace("station: station.yaml", station).replace(
+        "initial_controls: [0.1, 0.0, -0.1]", "initial_controls: null"
+    )
+
+
 HOMODYNE = """\
 estimator:
   type: homodyne
@@ -495,6 +507,30 @@ CASES: list[Case] = [
     with_data("data 3-d inputs", npz(inputs=np.zeros((3, 2, 2)), targets=np.zeros(3))),
     with_data("data outside the range", npz(inputs=np.full((3, 2), 9.0), targets=np.zeros(3))),
     with_data("data zip bomb", zip_bomb, "above the limit"),
+    with_data("data of another kind", npz(inputs=np.zeros((3, 2)), target=np.zeros(3)), "targets"),
+    edit("targets without columns", TASK, "  inputs: [[0.0, 0.0]]\n  targets: [[]]\n", "targets"),
+    edit("targets nested too deep", TASK, "  inputs: [[0.0, 0.0]]\n  targets: [[[1.0]]]\n"),
+    edit("empty input_channels", "type: regression", "type: regression\n  input_channels: []"),
+    edit(
+        "min-output of 5 outputs",
+        "type: regression\n" + TASK,
+        "type: minimize-output\n  outputs: 5\n",
+    ),
+    # -- surrogate weights and other device settings ----------------------------------------------
+    text("weights_file a number", dnpu("weights_file: 5"), "file path"),
+    text("weights_file empty", dnpu("weights_file: ''"), "file path"),
+    text("weights_file a folder", dnpu("weights_file: /tmp"), "directory"),
+    text("weights_file /dev/zero", dnpu("weights_file: /dev/zero"), "character device"),
+    Case(
+        "weights_file of a task",
+        lambda d: _write(d, dnpu(f"weights_file: {npz(inputs=np.zeros((3, 7)))(d)}")),
+        "weight_0",
+    ),
+    text("electrode range of 3", dnpu("electrode_ranges: [[0, 1, 2]]"), "electrode_ranges"),
+    text("input electrode 1.5", dnpu("input_electrodes: [1.5, 2]"), "whole number"),
+    text("hidden width huge", dnpu("hidden: [100000]"), "hidden"),
+    text("timing null", dnpu("timing: null"), "timing"),
+    edit("integer key in a component", "c: 0.05", "c: 0.05\n  1: 2", "Keys should be strings"),
     # -- estimator ------------------------------------------------------------------------------
     edit("estimator type unknown", "type: spsa", "type: sgpa", "unknown estimator"),
     edit("estimator type an optimizer", "type: spsa", "type: 'protocols.optimizers:SGD'"),
