@@ -72,16 +72,16 @@ def _the_run(out: Path) -> Path | None:
     return None
 
 
-def _lines(path: Path) -> int:
-    return path.read_bytes().count(b"\n") if path.exists() else 0
+def _journal_steps(path: Path) -> int:
+    return path.read_bytes().count(b'"event": "step"') if path.exists() else 0
 
 
-def _wait_for_lines(out: Path, lines: int, proc: subprocess.Popen[str]) -> None:
-    """Until the run's journal has `lines` lines (or the process ended)."""
+def _wait_for_steps(out: Path, steps: int, proc: subprocess.Popen[str]) -> None:
+    """Until the run's journal records `steps` steps (or the process ended)."""
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
         journals = list(out.glob("*/events.jsonl")) if out.exists() else []
-        if journals and _lines(journals[0]) >= lines:
+        if journals and _journal_steps(journals[0]) >= steps:
             return
         time.sleep(0.002)
 
@@ -95,6 +95,15 @@ def _steps_done(run: Path | None) -> int:
 def _completed(run: Path | None) -> bool:
     summary = RunDirectory(run).summary() if run is not None else None
     return summary is not None and summary["status"] == "completed"
+
+
+def _repairs(run: Path) -> dict[str, int]:
+    """How often resume dropped a torn line, journalled a step, removed temporary files."""
+    kinds = {"torn line": "torn", "step journalled": "journalled step", "temp files": "temporary"}
+    repairs = [
+        line for r in RunDirectory(run).events() if r["event"] == "resume" for line in r["repairs"]
+    ]
+    return {kind: sum(key in line for line in repairs) for kind, key in kinds.items()}
 
 
 def _comparable_checkpoint(run: Path) -> dict[str, Any]:
@@ -138,7 +147,7 @@ def _kill_and_resume(soak: _Soak, out: Path, kills_wanted: int, seed: int) -> No
     for _attempt in range(4 * kills_wanted + 10):
         run = soak.run
         command = "resume" if run is not None else "run"
-        journal_lines = _lines(run / "events.jsonl") if run else 0
+        journal_steps = _journal_steps(run / "events.jsonl") if run else 0
         proc = (
             _hil("resume", str(run), "-q")
             if run
@@ -148,8 +157,9 @@ def _kill_and_resume(soak: _Soak, out: Path, kills_wanted: int, seed: int) -> No
             if rng.random() < 0.25:  # while starting: imports, checks, repairs
                 moment = rng.uniform(0.0, STARTUP)
             else:  # while stepping: after a random number of further steps, within a step
-                left = soak.total - _steps_done(run)
-                _wait_for_lines(out, journal_lines + int(rng.integers(1, max(2, left))), proc)
+                left = soak.total - journal_steps  # spread the kills still wanted over it
+                span = max(1, min(left - 1, 2 * left // (kills_wanted - sum(soak.kills.values()))))
+                _wait_for_steps(out, journal_steps + int(rng.integers(0, span)), proc)
                 moment = rng.uniform(0.0, soak.duration / soak.total)
             try:
                 proc.wait(timeout=moment)
@@ -203,10 +213,12 @@ def test_killed_runs_resume_bit_identical(
     kills = sum(sum(soak.kills.values()) for soak in soaks)
     with capsys.disabled():
         for soak in soaks:
+            assert soak.run is not None
             print(
                 f"\nsoak {soak.name}: {sum(soak.kills.values())} SIGKILLs ({soak.kills['run']} "
                 f"in run, {soak.kills['resume']} in resume) over {soak.total} steps; summary, "
-                "checkpoint and journal bit-identical to the uninterrupted run"
+                "checkpoint and journal bit-identical to the uninterrupted run; repairs: "
+                f"{_repairs(soak.run)}"
             )
         print(f"soak: {kills} kill points, {len(soaks)} of {len(soaks)} runs bit-identical")
     assert kills >= 20
