@@ -524,14 +524,19 @@ def _limits_at_resume(
     if not path.is_file():
         return resolved, [f"station file {path} is missing; the limits recorded in run.json apply"]
     try:
-        current = load_station(path).config.limits
+        station = load_station(path)
     except (HilError, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return resolved, [
             f"station file {path} is not valid ({first}); the limits recorded in run.json apply"
         ]
-    merged, changes = stricter_limits(resolved.station.config.limits, current)
+    merged, changes = stricter_limits(resolved.station.config.limits, station.config.limits)
     notes = [f"station file {path}: {line}" for line in changes]
+    if station.device.as_dict() != resolved.station.device.as_dict():
+        notes.append(
+            f"station file {path}: its device settings differ from those recorded; the run "
+            "continues with the recorded ones (only stricter limits are taken over)"
+        )
     return (_with_limits(resolved, merged) if changes else resolved), notes
 
 

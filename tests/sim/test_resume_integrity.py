@@ -375,6 +375,21 @@ def test_looser_station_limits_are_ignored(
     result = runner.invoke(app, ["resume", str(run), "-q"])
     assert result.exit_code == 0, result.output
     assert "the recorded (stricter) value stays in force" in result.stderr
+    assert "device settings differ" not in result.stderr
+    summary = _json(run / "summary.json")
+    assert summary["final_controls"] == station_runs["reference"]["final_controls"]
+
+
+def test_changed_device_settings_are_reported_and_not_taken_over(
+    station_runs: dict[str, Any], station_run: tuple[Path, Path]
+) -> None:
+    run, station = station_run
+    data = yaml.safe_load(station.read_text())
+    data["device"]["noise"]["white"] = 0.02
+    station.write_text(yaml.safe_dump(data))
+    result = runner.invoke(app, ["resume", str(run), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "its device settings differ from those recorded" in result.stderr
     summary = _json(run / "summary.json")
     assert summary["final_controls"] == station_runs["reference"]["final_controls"]
 
