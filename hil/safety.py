@@ -260,10 +260,22 @@ class _Effective:
     lo_source: str
     hi_source: str
     slew_source: str
+    converted_from: tuple[float, float] | None = None  # the range before the converter fit
 
     @property
     def name(self) -> str:
         return self.channel.name
+
+    def describe_range(self) -> str:
+        """The range for messages, with the converter's narrowing spelled out."""
+        chan = self.channel
+        if self.converted_from is None:
+            return f"{_fmt_range(chan.min, chan.max)} {chan.unit}"
+        lo, hi = self.converted_from
+        return (
+            f"{_fmt_range(lo, hi)} {chan.unit}, narrowed to [{chan.min!r}, {chan.max!r}] so "
+            "that the converter's rounding stays inside"
+        )
 
 
 def _fmt_range(lo: float, hi: float) -> str:
@@ -329,6 +341,61 @@ def _effective_channels(spec: DeviceSpec, limits: SafetyLimits) -> tuple[_Effect
     return tuple(result)
 
 
+def _fit_to_converter(eff: _Effective, device: Converting, spec: DeviceSpec) -> _Effective:
+    """The effective range narrowed so that no request inside it converts outside it.
+
+    A DAC rounds to its codes: a range end between two codes would let a request at the end
+    (where the optimizer's projection and range-scaled data land) be refused after conversion.
+    Each finite end moves inward to the outermost request whose conversion stays inside, found
+    by bisection on the channel alone (others at 0; a row-coupled converter is judged
+    conservatively); every request is still checked after conversion.
+    """
+    chan = eff.channel
+    if chan.role not in _DRIVEN:
+        return eff
+    names = tuple(c.name for c in spec.by_role(chan.role))
+    col = names.index(chan.name)
+
+    def applied(v: float) -> float:
+        row = np.zeros((1, len(names)))
+        row[0, col] = v
+        return float(device.applied_levels(row, names)[0, col])
+
+    def inside(v: float) -> bool:
+        a = applied(v)
+        return chan.min <= a <= chan.max
+
+    lo, hi = chan.min, chan.max
+    if math.isfinite(lo) and not inside(lo):
+        lo = _bisect_inside(lo, 0.0, inside)
+    if math.isfinite(hi) and not inside(hi):
+        hi = _bisect_inside(hi, 0.0, inside)
+    if (lo, hi) == (chan.min, chan.max):
+        return eff
+    fitted = chan.model_copy(update={"min": lo, "max": hi})
+    return _Effective(fitted, eff.lo_source, eff.hi_source, eff.slew_source, (chan.min, chan.max))
+
+
+def _bisect_inside(outside: float, inside_point: float, inside: Callable[[float], bool]) -> float:
+    """The point nearest `outside` on the way to `inside_point` (which converts inside) that
+    still converts inside, for a monotone converter."""
+    if not inside(inside_point):
+        raise ConfigError(
+            f"the device converts {inside_point:g} to a level outside the channel's range; "
+            "the safe state could not be reached"
+        )
+    bad, good = outside, inside_point
+    for _ in range(2_000):
+        mid = (bad + good) / 2.0
+        if mid in (bad, good):
+            break
+        if inside(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
 def _ramp_down(
     levels: FloatArray, slew: FloatArray, rate_of: Callable[[FloatArray], FloatArray]
 ) -> FloatArray:
@@ -373,6 +440,10 @@ class SafetyGuard(DeviceBase):
         # A private deep copy: nobody holding the caller's object can loosen what is enforced.
         self._limits = limits.model_copy(deep=True)
         self._channels = _effective_channels(device.spec, self._limits)
+        if isinstance(device, Converting):
+            self._channels = tuple(
+                _fit_to_converter(e, device, device.spec) for e in self._channels
+            )
         spec = device.spec
         self._spec = spec.model_copy(update={"channels": tuple(e.channel for e in self._channels)})
         self._by_name = {e.name: e for e in self._channels}
@@ -748,8 +819,7 @@ class SafetyGuard(DeviceBase):
                 SafetyViolation(
                     eff.name,
                     value,
-                    f"range {_fmt_range(eff.channel.min, eff.channel.max)} {eff.channel.unit} "
-                    f"(from {source}, in {where(row)})",
+                    f"range {eff.describe_range()} (from {source}, in {where(row)})",
                     hint + "; nothing was sent",
                 )
             )
@@ -762,8 +832,8 @@ class SafetyGuard(DeviceBase):
                 SafetyViolation(
                     eff.name,
                     float(applied[row, col]),
-                    f"range {_fmt_range(eff.channel.min, eff.channel.max)} {eff.channel.unit} "
-                    f"after the device's conversion (requested {arr[row, col]:g}, in {where(row)})",
+                    f"range {eff.describe_range()} after the device's conversion (requested "
+                    f"{arr[row, col]:g}, in {where(row)})",
                     "the converter rounds or rescales the request past the limit; keep it a "
                     "step inside the range; nothing was sent",
                 )

@@ -181,10 +181,26 @@ def test_a_dac_cannot_round_a_request_past_a_limit() -> None:
     values[0] = 15.4  # code 15: inside
     guard.set_controls(values)
     assert device.weights[0][0, 0] == 15
-    values[0] = 15.5  # inside the limit, but the weight DAC rounds it to code 16 (ties to even)
-    with pytest.raises(SafetyViolation, match=r"after the device's conversion \(requested 15\.5"):
+    # 15.5 is inside the limit, but the weight DAC would round it to code 16 (ties to even): the
+    # guard's range is narrowed to what converts inside, so the optimizer's box ends there too.
+    w = guard.spec.channel("w0_0_0")
+    assert (w.min, w.max) == (float(np.nextafter(-15.5, 0)), float(np.nextafter(15.5, 0)))
+    values[0] = 15.5
+    with pytest.raises(SafetyViolation, match=r"narrowed to .* converter's rounding"):
         guard.set_controls(values)
     assert device.weights[0][0, 0] == 15, "the refused request reached the chip"
+    values[0] = w.max
+    guard.set_controls(values)
+    assert device.weights[0][0, 0] == 15
+
+
+def test_range_ends_between_dac_codes_move_inward() -> None:
+    guard = SafetyGuard(dnpu(), SafetyLimits(max_abs_voltage=1.6))
+    e5 = guard.spec.channel("E5")  # [-0.7, 0.3] V on a 16-bit DAC over ±10 V
+    assert -0.7 < e5.min < -0.7 + 20 / 2**16
+    assert e5.max == 0.3  # 0.3 V rounds inward already
+    controls = np.array([c.min for c in guard.spec.controls])  # where a projection lands
+    guard.set_controls(controls)
 
 
 def test_the_crossbars_row_scaling_is_checked_against_the_limits() -> None:
@@ -196,10 +212,12 @@ def test_the_crossbars_row_scaling_is_checked_against_the_limits() -> None:
         {"max_abs_voltage": 1.0, "channels": {"row1": {"max": 0.55}}}
     )
     guard = SafetyGuard(device, limits)
-    # Noise management divides each row by its largest |x|: 0.1 on row1 is driven at 1.0.
-    with pytest.raises(SafetyViolation, match=r"row1.*conversion"):
-        guard.measure(np.array([[0.0, 0.1, 0.05]]))
-    guard.measure(np.array([[0.0, 0.1, 0.2]]))  # row2 carries the peak; row1 gets ~0.5
+    # Noise management divides each row by its largest |x|: alone, any positive level on row1
+    # is driven at full scale (1.0), so the guard's range for row1 ends at 0 (conservative).
+    assert guard.spec.channel("row1").max == 0.0
+    with pytest.raises(SafetyViolation, match=r"row1.*narrowed"):
+        guard.measure(np.array([[0.0, 0.1, 0.2]]))
+    guard.measure(np.array([[0.0, -0.1, 0.2]]))  # row1 gets -0.5: inside
 
 
 # ------------------------------------------------------------------------------------------------
