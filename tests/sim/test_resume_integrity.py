@@ -144,6 +144,20 @@ def _device_without_part(data: Any) -> Any:
     return data
 
 
+def _input_at_seven_volts(data: Any) -> Any:
+    """The saved device levels edited past the station's 1 V ceiling, consistently: the guard's
+    record and the simulator's own level of input in0 (the first driven level) both at 7 V."""
+    data["device"]["last_inputs"][0] = 7.0
+    data["device"]["device"]["levels"][0] = 7.0
+    return data
+
+
+def _input_level_inconsistent(data: Any) -> Any:
+    """Only the simulator's level edited (inside the limits): guard and device disagree."""
+    data["device"]["device"]["levels"][0] = 0.25
+    return data
+
+
 def _checkpoint_of_other(runs: dict[str, Any]) -> Callable[[Path], None]:
     other: Path = runs["other"]
 
@@ -188,6 +202,14 @@ CASES: dict[str, tuple[Callable[[Path], object], str]] = {
     "checkpoint schema too new": (
         lambda r: _edit_json(r / CP, _set("schema_version", 3), reseal=True),
         "checkpoint schema version 3 is newer",
+    ),
+    "device level past the limit, resealed": (
+        lambda r: _edit_json(r / CP, _input_at_seven_volts, reseal=True),
+        "channel 'in0': value 7.0 violates range",
+    ),
+    "device level inconsistent, resealed": (
+        lambda r: _edit_json(r / CP, _input_level_inconsistent, reseal=True),
+        "the checkpoint is inconsistent",
     ),
     "checkpoint from another run": (lambda r: None, "belongs to run"),  # set in the test
     "garbage line in the journal": (_garbage_in_the_middle, "events.jsonl:6: not a journal record"),
