@@ -1,5 +1,5 @@
 """Shared pytest set-up: hardware tests are opt-in (`pytest --hardware --device-address ...`);
-`--soak` lengthens the kill-and-resume soak."""
+`--soak` lengthens the kill-and-resume soak and the guard fuzzer."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--soak",
         action="store_true",
-        help="longer kill-and-resume soak: more kill points, the shipped configs' full lengths",
+        help="longer suites: the kill-and-resume soak (more kill points, the shipped configs' "
+        "full lengths) and the guard fuzzer (ten times the requests)",
     )
 
 

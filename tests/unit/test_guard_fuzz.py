@@ -15,7 +15,7 @@ One station's device fails now and then after moving its levels (a timeout after
 guard must not check the next transition from levels it only assumes.
 
 HIL_GUARD_FUZZ_EXAMPLES (default 160 per station, 20 requests each: 16,000 requests in all)
-scales the run; `pytest -s` prints the figures.
+scales the run, `--soak` multiplies it by ten; `pytest -s` prints the figures.
 """
 
 from __future__ import annotations
@@ -289,8 +289,10 @@ class Probe:
             self.last_dc_change[name] = now
 
     def at_rest(self, levels: FloatArray, names: list[str]) -> None:
-        """Before the device's own safe state, slew-limited channels must already be at 0."""
-        for name, v in zip(names, levels, strict=True):
+        """Before the device's own safe state, slew-limited channels must already be at 0 (as
+        converted: what the electrode sees)."""
+        converted = _converted(self.device, levels[np.newaxis, :], names)[0]
+        for name, v in zip(names, converted, strict=True):
             limit = self.allowed.limits.channels.get(name)
             may_drop = limit is not None and limit.may_drop
             if v != 0.0 and math.isfinite(self.allowed.slew[name]) and not may_drop:
@@ -625,15 +627,16 @@ def totals() -> Iterator[dict[str, Tally]]:
 
 @pytest.mark.parametrize("station", list(STATIONS))
 def test_nothing_outside_the_limits_reaches_a_simulator(
-    station: str, totals: dict[str, Tally]
+    station: str, totals: dict[str, Tally], request: pytest.FixtureRequest
 ) -> None:
+    examples = EXAMPLES * (10 if request.config.getoption("--soak") else 1)
     config = STATIONS[station]
     limits = SafetyLimits.model_validate(config.limits)
     tally = Tally()
     escapes: list[str] = []
 
     @settings(
-        max_examples=EXAMPLES,
+        max_examples=examples,
         deadline=None,
         derandomize=True,
         database=None,
@@ -654,7 +657,7 @@ def test_nothing_outside_the_limits_reaches_a_simulator(
     run()
     totals[station] = tally
     assert escapes == []
-    assert tally.requests == EXAMPLES * OPS_PER_EXAMPLE
+    assert tally.requests == examples * OPS_PER_EXAMPLE
     # The fuzzer is only worth its count if both sides of the line were exercised.
     assert 0.1 < tally.refused / tally.requests < 0.9, tally
     assert set(tally.accepted) == set(tally.by_kind), tally  # every kind also got through
