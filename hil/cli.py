@@ -36,19 +36,17 @@ from rich.table import Table
 from hil.build import build_device, build_run
 from hil.config import is_station_document, json_schema, resolve_experiment, resolve_station
 from hil.core import ConfigError, HilError
-from hil.registry import Kind, available
-from hil.rundir import RUN_FILE
-from hil.runner import (
+from hil.interrupts import (
     Phase,
     RunInterrupted,
-    RunOutcome,
     RunStatus,
     Signals,
     install_signal_handlers,
-    resume_run,
     signal_handling,
-    start_run,
 )
+from hil.registry import Kind, available
+from hil.rundir import RUN_FILE
+from hil.runner import RunOutcome, resume_run, start_run
 from hil.safety import Terminated
 from hil.yamlfile import load_yaml
 
