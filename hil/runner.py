@@ -129,6 +129,18 @@ class _Result:
     final: JSONDict = field(default_factory=dict)
 
 
+def _start_event(ident: _Identity) -> JSONDict:
+    """The journal's first record: which run, which schema, which config."""
+    return {
+        "event": "start",
+        "time": time.time(),
+        "schema_version": SCHEMA_VERSION,
+        "run_id": ident.run_id,
+        "config_digest": ident.config_digest,
+        "steps_done": 0,
+    }
+
+
 def _checkpoint(built: BuiltRun, ident: _Identity, last_step: JSONDict) -> JSONDict:
     return {
         "schema_version": SCHEMA_VERSION,
@@ -356,16 +368,7 @@ def start_run(
 
         def prepare() -> None:
             rundir.write_run_info(info)
-            journal.append(
-                {
-                    "event": "start",
-                    "time": time.time(),
-                    "schema_version": SCHEMA_VERSION,
-                    "run_id": ident.run_id,
-                    "config_digest": ident.config_digest,
-                    "steps_done": 0,
-                }
-            )
+            journal.append(_start_event(ident))
             log.info(
                 "run %s started from %s; config digest %s, seed entropy %d",
                 rundir.path,
@@ -513,16 +516,7 @@ def _resume_locked(rundir: RunDirectory, signals: Signals, console: Console | No
                 f"dropped a torn last line of events.jsonl ({len(torn)} bytes: {shown!r})"
             )
         if not verified.journal.records:
-            journal.append(
-                {
-                    "event": "start",
-                    "time": time.time(),
-                    "schema_version": SCHEMA_VERSION,
-                    "run_id": ident.run_id,
-                    "config_digest": ident.config_digest,
-                    "steps_done": 0,
-                }
-            )
+            journal.append(_start_event(ident))
         if verified.missing_step is not None:
             journal.append(verified.missing_step)
             repairs.append(
