@@ -128,6 +128,7 @@ _console_handler: list[logging.Handler] = []
 
 @app.callback()
 def _main(
+    ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
 ) -> None:
     _state["debug"] = debug
@@ -143,6 +144,8 @@ def _main(
     _console_handler[:] = [handler]
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
+    # The console handler lives as long as the command (its stream may not outlive it).
+    ctx.call_on_close(lambda: root.removeHandler(handler))
 
 
 def _write_report(outcome: RunOutcome, signals: Signals) -> None:
