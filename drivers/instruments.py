@@ -1,0 +1,324 @@
+"""The source-measure channel: one DC voltage source that measures a current.
+
+`SourceMeasureChannel` is the interface rigs build on; `PyMeasureChannel` holds what every
+implementation on a PyMeasure instrument shares: the instrument-range check before anything is
+sent, the slew-limited ramp, the safe state, readback checks and fault translation.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Protocol, Self, TypeVar, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from drivers.faults import RetrySettings, Transcript, translated, with_retry
+from hil.core import Clock, InstrumentError, SafetyViolation, WallClock
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@runtime_checkable
+class SourceMeasureChannel(Protocol):
+    """A channel that sources a DC voltage and measures the current through it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def level(self) -> float:
+        """The voltage last set, V."""
+        ...
+
+    @property
+    def enabled(self) -> bool: ...
+
+    def connect(self, instrument: Any | None = None) -> None:
+        """Open the instrument (or adopt `instrument`), write the limits and read them back."""
+        ...
+
+    def identify(self) -> str:
+        """The instrument's identification string."""
+        ...
+
+    def set_level(self, volts: float) -> None: ...
+
+    def ramp_to(self, volts: float) -> None:
+        """Move to `volts` in steps no larger than the ramp step, at no more than the slew."""
+        ...
+
+    def read(self) -> float:
+        """The measured current, A."""
+        ...
+
+    def enable(self) -> None: ...
+
+    def disable(self) -> None: ...
+
+    def go_safe(self) -> None:
+        """Ramp to 0 V within the slew limit, then switch the output off."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class InstrumentSettings(BaseModel):
+    """What every instrument channel needs from the station file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str = Field(min_length=1, description="channel name in the station")
+    address: str = Field(min_length=1, description="VISA resource, e.g. GPIB0::24::INSTR")
+    timeout: float = Field(default=2.0, gt=0, le=60, description="s per I/O operation")
+    read_termination: str | None = "\n"
+    write_termination: str | None = "\n"
+    visa_library: str = Field(default="", description='"" for the default, "@py" for pyvisa-py')
+    retry: RetrySettings = RetrySettings()
+    ramp_step: float = Field(default=0.1, gt=0, description="largest step of a ramp, V")
+    max_slew: float = Field(default=1.0, gt=0, description="fastest ramp, V/s")
+    readback_rtol: float = Field(default=1e-4, gt=0, lt=0.1, description="readback tolerance")
+
+    def adapter_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for PyMeasure's VISA adapter; the timeout is always set (ms)."""
+        kwargs: dict[str, Any] = {
+            "timeout": int(self.timeout * 1000),
+            "visa_library": self.visa_library,
+        }
+        if self.read_termination is not None:
+            kwargs["read_termination"] = self.read_termination
+        if self.write_termination is not None:
+            kwargs["write_termination"] = self.write_termination
+        return kwargs
+
+
+def ramp_levels(start: float, stop: float, max_step: float) -> list[float]:
+    """Equal steps from `start` (excluded) to `stop` (included), none larger than `max_step`."""
+    distance = abs(stop - start)
+    if distance == 0:
+        return []
+    n = math.ceil(distance / max_step - 1e-12)
+    return [start + (stop - start) * k / n for k in range(1, n)] + [stop]
+
+
+def as_float(value: Any) -> float:
+    """A number from an instrument reply; a garbled reply raises ValueError (a protocol fault)."""
+    if isinstance(value, list | tuple):
+        if len(value) != 1:
+            raise ValueError(f"expected one number, got {value!r}")
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"expected a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {value!r}")
+    return number
+
+
+class PyMeasureChannel(ABC):
+    """Shared behaviour of source-measure channels on a PyMeasure instrument.
+
+    Subclasses say how to open the instrument, configure it, and which commands set, read,
+    enable and disable; this class guards every command with the instrument range, translates
+    faults and keeps track of the level and output state.
+    """
+
+    def __init__(self, settings: InstrumentSettings, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock: Clock = clock if clock is not None else WallClock()
+        self.instrument: Any = None
+        self._transcript: Transcript | None = None
+        self._identity = ""
+        self._level = 0.0
+        self._enabled = False
+
+    # -- what a concrete instrument provides -------------------------------------------------
+    @property
+    @abstractmethod
+    def level_range(self) -> tuple[float, float]:
+        """The levels this channel accepts, V (the instrument range as configured)."""
+
+    @abstractmethod
+    def _open(self) -> Any:
+        """Open the PyMeasure instrument at the configured address."""
+
+    @abstractmethod
+    def _query_identity(self) -> str: ...
+
+    @abstractmethod
+    def _configure(self) -> None:
+        """Write the instrument-level limits, read them back (`check_readback`), start at 0 V."""
+
+    @abstractmethod
+    def _write_level(self, volts: float) -> None: ...
+
+    @abstractmethod
+    def _query_current(self) -> float: ...
+
+    @abstractmethod
+    def _write_output(self, on: bool) -> None: ...
+
+    # -- the interface --------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def who(self) -> str:
+        """How errors name this instrument: channel, identity (or address)."""
+        return f"{self.name} ({self._identity or self.settings.address})"
+
+    @property
+    def level(self) -> float:
+        return self._level
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    def connect(self, instrument: Any | None = None) -> None:
+        """Open (or adopt) the instrument, identify it, write its limits and read them back.
+
+        Refuses to start, with an `InstrumentError`, if a limit reads back different.
+        """
+        with translated(self.who, "connect", None):
+            raw = instrument if instrument is not None else self._open()
+        self._transcript = Transcript(raw.adapter)
+        raw.adapter = self._transcript
+        self.instrument = raw
+        self._identity = self.identify()
+        self._call("configure", self._configure)
+        log.info("%s connected and configured", self.who)
+
+    def identify(self) -> str:
+        return self._query("identify", self._query_identity)
+
+    def set_level(self, volts: float) -> None:
+        self.check_level(volts)
+        self._call("set level", lambda: self._write_level(volts))
+        self._level = float(volts)
+
+    def ramp_to(self, volts: float) -> None:
+        self.check_level(volts)
+        levels = ramp_levels(self._level, volts, self.settings.ramp_step)
+        if not levels:
+            return
+        pause = abs(volts - self._level) / len(levels) / self.settings.max_slew
+        for v in levels:
+            self.set_level(v)
+            self.clock.advance(pause)
+
+    def read(self) -> float:
+        if not self._enabled:
+            raise InstrumentError(f"{self.who}: output is off; enable it before reading a current")
+        return self._query("read current", self._query_current)
+
+    def enable(self) -> None:
+        self._call("enable output", lambda: self._write_output(True))
+        self._enabled = True
+
+    def disable(self) -> None:
+        self._call("disable output", lambda: self._write_output(False))
+        self._enabled = False
+
+    def go_safe(self) -> None:
+        """Ramp to 0 V (if the output is on), then switch the output off.
+
+        The output is switched off even if the ramp fails, so nothing is left energised.
+        """
+        try:
+            if self._enabled:
+                self.ramp_to(0.0)
+            elif self._level != 0.0:
+                self.set_level(0.0)
+        finally:
+            self.disable()
+
+    def close(self) -> None:
+        """Go safe and release the connection."""
+        if self.instrument is None:
+            return
+        try:
+            self.go_safe()
+        finally:
+            with translated(self.who, "close", self._transcript):
+                self.instrument.adapter.close()
+            self.instrument = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- helpers for subclasses ----------------------------------------------------------------
+    def check_level(self, volts: float) -> None:
+        """Refuse a level outside the instrument range before anything is sent."""
+        low, high = self.level_range
+        if not (math.isfinite(volts) and low <= volts <= high):
+            raise SafetyViolation(
+                self.name,
+                volts,
+                f"the instrument range [{low:g}, {high:g}] V of {self.who}",
+                "widen source_range in the station file if the instrument allows it",
+            )
+
+    def check_readback(
+        self, setting: str, written: object, read: object, rule: str = "equal"
+    ) -> None:
+        """Compare a setting's readback with what was written; a mismatch refuses to start.
+
+        rule "equal": numbers within `readback_rtol`, anything else exactly. Rule "range": an
+        auto-selecting range reads back as the smallest range that holds the written value: at
+        least the value (less a 5 % over-range) and below the next decade (2 V must not read 20 V;
+        2.1 V may).
+        """
+        if rule == "range":
+            w, r = abs(as_float(written)), abs(as_float(read))
+            tol = 1 - self.settings.readback_rtol
+            ok = w / 1.05 * tol <= r < 10 * w * tol
+        elif isinstance(written, int | float) and not isinstance(written, bool):
+            ok = math.isclose(
+                as_float(read), written, rel_tol=self.settings.readback_rtol, abs_tol=1e-15
+            )
+        else:
+            ok = read == written
+        if not ok:
+            raise InstrumentError(
+                f"{self.who}: setting {setting} was written as {written!r} but reads back "
+                f"{read!r}; refusing to start (check the value against the instrument's "
+                "allowed settings)"
+            )
+
+    def _call(self, action: str, fn: Callable[[], T]) -> T:
+        if self.instrument is None:
+            raise InstrumentError(f"{self.who}: not connected; call connect() first ({action})")
+        with translated(self.who, action, self._transcript):
+            return fn()
+
+    def _query(self, action: str, fn: Callable[[], T]) -> T:
+        """An idempotent query, retried on timeouts and garbled replies."""
+        return with_retry(
+            lambda: self._call(action, fn),
+            self.settings.retry,
+            self.clock.advance,
+            self._flush,
+        )
+
+    def _flush(self) -> None:
+        """Drop whatever a late reply left in the input buffer before a retry."""
+        try:
+            with translated(self.who, "flush input", self._transcript):
+                self.instrument.adapter.flush_read_buffer()
+        except (InstrumentError, NotImplementedError) as exc:
+            log.warning("%s: could not flush the input buffer: %s", self.who, exc)
