@@ -137,9 +137,10 @@ def with_retry(
             return query()
         except (InstrumentTimeout, InstrumentProtocolError) as exc:
             if attempt == settings.count:
-                if settings.count:
-                    exc.add_note(f"gave up after {settings.count + 1} attempts")
-                raise
+                if not settings.count:
+                    raise
+                tries = settings.count + 1
+                raise type(exc)(f"{exc}; gave up after {tries} attempts") from exc
             attempt += 1
             log.warning("%s; retry %d of %d in %.3g s", exc, attempt, settings.count, delay)
             sleep(delay)

@@ -7,6 +7,7 @@ sent, the slew-limited ramp, the safe state, readback checks and fault translati
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from abc import ABC, abstractmethod
@@ -191,8 +192,15 @@ class PyMeasureChannel(ABC):
         self._transcript = Transcript(raw.adapter)
         raw.adapter = self._transcript
         self.instrument = raw
-        self._identity = self.identify()
-        self._call("configure", self._configure)
+        try:
+            self._identity = self.identify()
+            self._call("configure", self._configure)
+        except BaseException:
+            # Refused or failed: release the session so no later command can reach the output.
+            self.instrument = None
+            with contextlib.suppress(Exception):
+                raw.adapter.close()
+            raise
         log.info("%s connected and configured", self.who)
 
     def identify(self) -> str:

@@ -13,7 +13,9 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from drivers.instruments import InstrumentSettings, PyMeasureChannel, as_float
-from hil.core import InstrumentError
+from hil.core import DeviceSaturated, InstrumentError
+
+STATUS_COMPLIANCE = 1 << 3  # 2400 status word, bit 3: in compliance
 
 
 class SMUSettings(InstrumentSettings):
@@ -141,7 +143,14 @@ class Keithley2400Channel(_KeithleyChannel):
         elements = self.instrument.values(":READ?")
         if len(elements) != 5:
             raise ValueError(f"expected 5 elements (V, I, R, t, status), got {elements!r}")
-        return as_float(elements[1])
+        current, status = as_float(elements[1]), int(as_float(elements[4]))
+        if status & STATUS_COMPLIANCE:
+            raise DeviceSaturated(
+                f"{self.who}: in compliance at {self.level:g} V: read {current:g} A at the "
+                f"{self.settings.compliance_current:g} A limit; the reading is clipped (lower the "
+                "level or raise compliance_current)"
+            )
+        return current
 
     def _write_output(self, on: bool) -> None:
         self.instrument.source_enabled = on

@@ -20,7 +20,7 @@ from drivers import (
     Keithley2600Settings,
     SourceMeasureChannel,
 )
-from hil.core import InstrumentError, SafetyViolation, VirtualClock
+from hil.core import DeviceSaturated, InstrumentError, SafetyViolation, VirtualClock
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:It is not known whether this device support SCPI:FutureWarning"
@@ -202,6 +202,33 @@ def test_2400_set_enable_read_disable() -> None:
         assert ch.read() == pytest.approx(1.2345e-7)
         ch.disable()
         assert not ch.enabled
+
+
+def test_2400_reading_in_compliance_is_saturated() -> None:
+    # Status word 0x5008: V sourced, I measured, bit 3 = in compliance.
+    pairs = [
+        *CONNECT_2400,
+        ("OUTPUT 1", None),
+        (":READ?", "+0.000000E+00,+1.000000E-05,+9.910000E+37,+1.0E+00,+2.048800E+04"),
+    ]
+    with expected_protocol(Keithley2400, pairs) as inst:
+        ch = Keithley2400Channel(settings_2400(), clock=VirtualClock())
+        ch.connect(inst)
+        ch.enable()
+        with pytest.raises(
+            DeviceSaturated, match="in compliance at 0 V: read 1e-05 A at the 1e-05 A"
+        ):
+            ch.read()
+
+
+def test_a_refused_connect_leaves_the_channel_unusable() -> None:
+    pairs = replace(CONNECT_2400, ":SENSE:CURRENT:PROTECTION?", "1.050000E-04")
+    with expected_protocol(Keithley2400, pairs) as inst:
+        ch = Keithley2400Channel(settings_2400(), clock=VirtualClock())
+        with pytest.raises(InstrumentError, match="compliance_current"):
+            ch.connect(inst)
+        with pytest.raises(InstrumentError, match="not connected"):
+            ch.enable()
 
 
 def test_2400_read_with_output_off_is_refused_before_sending() -> None:
