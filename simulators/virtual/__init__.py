@@ -6,8 +6,8 @@ pluggable load (`Resistor`, or `DeviceElectrode` in front of any simulator); `Vi
 (station) serves several at once and lists their VISA addresses.
 """
 
-from simulators.virtual.keithley2400 import Keithley2400, Load, Resistor
-from simulators.virtual.loads import DeviceElectrode
+from simulators.virtual.keithley2400 import Keithley2400, Load
+from simulators.virtual.loads import DeviceElectrode, Resistor
 from simulators.virtual.scpi import Command, ScpiDevice, ScpiError
 from simulators.virtual.server import Faults, ScpiServer
 from simulators.virtual.station import VirtualStation

@@ -6,7 +6,7 @@ state VOLT source at 0 V on auto range, 105 µA compliance, output off, and a re
 five elements in fixed order (voltage, current, resistance — 9.91e37 when not measured —,
 timestamp, status word; `:FORM:ELEM` picks which). In compliance the measured quantity is
 clipped at the limit and status bit 3 is set. What the terminals see comes from a pluggable
-`Load`: `current(voltage) -> amperes`, e.g. a simulator electrode or a seeded noisy resistor.
+`Load`: `current(voltage) -> amperes` (see `simulators.virtual.loads`).
 
 Commands (short form shown; long forms, case and optional nodes as the manual allows):
 `:SOUR:FUNC VOLT|CURR`, `:SOUR:VOLT[:LEV][:IMM][:AMPL] <v>|MIN|MAX|DEF`, `:SOUR:VOLT:RANG <v>`,
@@ -14,7 +14,9 @@ Commands (short form shown; long forms, case and optional nodes as the manual al
 `[:SENS]:CURR[:DC]:PROT:TRIP?`, `[:SENS]:CURR[:DC]:RANG[:UPP] <i>`, `[:SENS]:CURR[:DC]:RANG:AUTO`,
 `[:SENS]:CURR[:DC]:NPLC`, `[:SENS]:VOLT[:DC]:PROT[:LEV]`, `[:SENS]:FUNC "CURR"|"VOLT"`,
 `:OUTP[:STAT] <b>`, `:FORM:ELEM <list>`, `:READ?`, `:MEAS[:CURR[:DC]]?`, `:FETC?`,
-`:ROUT:TERM FRON|REAR` — every one with its query, plus the common and `SYST:ERR?` commands.
+`:ROUT:TERM FRON|REAR`, `:SOUR:VOLT:MODE FIX` (the only mode emulated), `:TRAC:FEED:CONT`,
+`:TRAC:CLE` and `:ABOR` (accepted; no buffer is emulated) — every one with its query where the
+manual has one, plus the common commands and `SYST:ERR?`.
 """
 
 from __future__ import annotations
@@ -23,9 +25,6 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from hil.core import SeedLike, seed_sequence
 from simulators.virtual.scpi import (
     Command,
     ScpiDevice,
@@ -55,23 +54,6 @@ ELEMENTS = ("VOLT", "CURR", "RES", "TIME", "STAT")
 # Status word bits (2400 manual, "Status word").
 STATUS_FRONT, STATUS_COMPLIANCE = 1 << 2, 1 << 3
 STATUS_V_MEAS, STATUS_I_MEAS, STATUS_V_SOUR, STATUS_I_SOUR = 1 << 11, 1 << 12, 1 << 14, 1 << 15
-
-
-class Resistor:
-    """A resistor with seeded white current noise: a reproducible load for tests and demos."""
-
-    def __init__(self, resistance: float, noise: float = 0.0, *, seed: SeedLike = None) -> None:
-        if resistance <= 0:
-            raise ValueError(f"resistance {resistance!r} Ω must be positive")
-        self.resistance = resistance
-        self.noise = noise
-        self._rng = np.random.default_rng(seed_sequence(seed))
-
-    def __call__(self, voltage: float) -> float:
-        current = voltage / self.resistance
-        if self.noise > 0:
-            current += float(self._rng.normal(0.0, self.noise))
-        return current
 
 
 def _range_for(value: float, ranges: Sequence[float]) -> float:
@@ -117,6 +99,7 @@ class _State:
     output: bool = False
     elements: list[str] = field(default_factory=lambda: list(ELEMENTS))
     front: bool = True
+    feed: str = "NEV"
     tripped: bool = False
     last: list[float] | None = None
 
@@ -151,6 +134,9 @@ class Keithley2400(ScpiDevice):
             Command(":OUTPut[:STATe]", self._set_output, self._get_output),
             Command(":FORMat:ELEMents[:SENSe]", self._set_elements, self._get_elements),
             Command(":ROUTe:TERMinals", self._set_terminals, self._get_terminals),
+            Command(":ABORt", write=no_args),
+            Command(":TRACe:CLEar", write=no_args),
+            Command(":TRACe:FEED:CONTrol", self._set_feed, self._get_feed),
             Command(":READ", read=self._read),
             Command(":FETCh", read=self._fetch),
             Command(":MEASure", read=self._measure),
@@ -195,8 +181,17 @@ class Keithley2400(ScpiDevice):
             top = s.ranges[-1] if s.auto else s.range
             return _numeric_query(args, s.level, {"MIN": -top, "MAX": top, "DEF": 0.0})
 
+        def set_mode(args: Sequence[str]) -> None:
+            if mnemonic(one_arg(args), ["FIXed", "LIST", "SWEep"]) != "FIX":
+                raise ScpiError(-221, "only FIXed source mode is emulated")
+
+        def get_mode(args: Sequence[str]) -> str:
+            no_args(args)
+            return "FIX"
+
         root = f":SOURce:{name}"
         return [
+            Command(f"{root}:MODE", set_mode, get_mode),
             Command(f"{root}[:LEVel][:IMMediate][:AMPLitude]", set_level, get_level),
             Command(f"{root}:RANGe", set_range, get(lambda s: nr3(s.range))),
             Command(f"{root}:RANGe:AUTO", set_auto, get(lambda s: str(int(s.auto)))),
@@ -297,6 +292,13 @@ class Keithley2400(ScpiDevice):
     def _get_terminals(self, args: Sequence[str]) -> str:
         no_args(args)
         return "FRON" if self.state.front else "REAR"
+
+    def _set_feed(self, args: Sequence[str]) -> None:
+        self.state.feed = mnemonic(one_arg(args), ["NEVer", "NEXT"])
+
+    def _get_feed(self, args: Sequence[str]) -> str:
+        no_args(args)
+        return self.state.feed
 
     # Readings.
 

@@ -1,6 +1,7 @@
 """Loads for a virtual SMU: what the terminals of a sourcing channel see, from a simulator.
 
 A virtual source-measure unit asks its load for the current at the voltage it sources. A
+`Resistor` is the simplest, with seeded noise. A
 `DeviceElectrode` puts one channel of any `hil.core.Device` simulator (a DNPU electrode, say)
 behind the SMU: that channel follows the sourced voltage while every other channel holds its
 level, and one output of the device, scaled to amperes, is the current read back. The simulator
@@ -11,7 +12,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from hil.core import Device, FloatArray, Role
+from hil.core import Device, FloatArray, Role, SeedLike, seed_sequence
+
+
+class Resistor:
+    """A resistor with seeded white current noise: a reproducible load for tests and demos."""
+
+    def __init__(self, resistance: float, noise: float = 0.0, *, seed: SeedLike = None) -> None:
+        if resistance <= 0:
+            raise ValueError(f"resistance {resistance!r} Ω must be positive")
+        self.resistance = resistance
+        self.noise = noise
+        self._rng = np.random.default_rng(seed_sequence(seed))
+
+    def __call__(self, voltage: float) -> float:
+        current = voltage / self.resistance
+        if self.noise > 0:
+            current += float(self._rng.normal(0.0, self.noise))
+        return current
 
 
 class DeviceElectrode:

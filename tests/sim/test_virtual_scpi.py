@@ -372,3 +372,48 @@ def test_dnpu_electrode_behind_the_smu(inst: MessageBasedResource, server: ScpiS
     inputs = np.zeros((1, len(local.spec.inputs)))
     in_process = [float(local.measure(inputs)[0, 0]) * 1e-9 for _ in range(3)]
     assert through_wire == [float(f"{v:.6E}") for v in in_process]
+
+
+def test_pymeasure_keithley2400_end_to_end(server: ScpiServer) -> None:
+    """PyMeasure's own driver (what drivers/ wraps) configures, reads and shuts the SMU down."""
+    from pymeasure.instruments.keithley import Keithley2400 as PyMeasure2400
+
+    smu = PyMeasure2400(
+        server.address,
+        visa_library="@py",
+        read_termination="\n",
+        write_termination="\n",
+        timeout=TIMEOUT_MS,
+    )
+    try:
+        smu.reset()
+        assert smu.id.startswith("KEITHLEY INSTRUMENTS INC.,MODEL 2400")
+        assert smu.source_enabled is False
+        smu.source_mode = "voltage"
+        smu.write(":SOURCE:VOLTAGE:MODE FIXED")
+        smu.source_voltage_range = 2
+        smu.source_voltage = 0.0
+        smu.write(':SENSE:FUNCTION "CURR"')
+        smu.compliance_current = 1e-4
+        smu.current_range_auto_enabled = True
+        smu.current_nplc = 1
+        assert smu.source_mode == "voltage"
+        assert smu.ask(":SOURCE:VOLTAGE:MODE?").strip() == "FIX"
+        assert smu.source_voltage_range == 2.1
+        assert smu.compliance_current == 1e-4
+        assert smu.current_range_auto_enabled is True
+        assert smu.current_nplc == 1
+        assert smu.check_errors() == []
+        smu.enable_source()
+        smu.source_voltage = 0.05
+        assert smu.current == 5e-5
+        values = smu.values(":READ?")
+        assert values[:3] == [0.05, 5e-5, 9.91e37]
+        smu.source_voltage = 1.0
+        assert smu.values(":READ?")[1] == 1e-4  # clipped at the compliance
+        smu.shutdown()
+        assert smu.source_voltage == 0.0
+        assert smu.source_enabled is False
+        assert smu.check_errors() == []
+    finally:
+        smu.adapter.close()
