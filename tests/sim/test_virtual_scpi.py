@@ -311,6 +311,8 @@ def test_clean_shutdown_with_clients_connected(rm: pyvisa.ResourceManager) -> No
         inst = open_visa(rm, srv.address)
         sock = socket.create_connection(("127.0.0.1", port), timeout=2.0)
         assert inst.query("*OPC?") == "1"
+        sock.sendall(b"*OPC?\n")
+        assert readline(sock) == b"1\n"
         assert len(_threads("smu-shutdown")) == 3
     assert _threads("smu-shutdown") == []
     assert readline(sock) == b""
