@@ -251,12 +251,13 @@ class PyMeasureChannel(ABC):
         """Go safe and release the connection."""
         if self.instrument is None:
             return
+        instrument = self.instrument
         try:
             self.go_safe()
         finally:
-            with translated(self.who, "close", self._transcript):
-                self.instrument.adapter.close()
             self.instrument = None
+            with translated(self.who, "close", self._transcript):
+                instrument.adapter.close()
 
     def __enter__(self) -> Self:
         return self

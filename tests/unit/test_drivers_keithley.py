@@ -403,3 +403,15 @@ def test_2600_settings_bounds() -> None:
         settings_2600(compliance_current=1.6)
     with pytest.raises(ValidationError, match="channel"):
         settings_2600(channel="smuc")
+
+
+def test_close_goes_safe_and_releases_the_session() -> None:
+    pairs = [*CONNECT_2400, ("OUTPUT 1", None), (":SOURCE:VOLTAGE 0", None), ("OUTPUT 0", None)]
+    with expected_protocol(Keithley2400, pairs) as inst:
+        with Keithley2400Channel(settings_2400(), clock=VirtualClock()) as ch:
+            ch.connect(inst)
+            ch.enable()
+            ch.set_level(0.0)
+        assert ch.instrument is None
+        with pytest.raises(InstrumentError, match="not connected"):
+            ch.enable()
