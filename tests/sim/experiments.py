@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+
+
+def hil_process(*args: str, stdout: int = subprocess.PIPE) -> subprocess.Popen[str]:
+    """`python -m hil ARGS` in a child process (for signal and kill tests), the test helpers
+    importable so configs may name `faulty:...` devices."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "sim"), str(ROOT)])}
+    return subprocess.Popen(
+        [sys.executable, "-m", "hil", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def experiment_text(

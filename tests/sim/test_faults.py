@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ from hil.cli import app
 from hil.rundir import RunDirectory
 from hil.runner import RunStatus, resume_run, start_run
 
-from experiments import ROOT, experiment_text, small_experiment
+from experiments import experiment_text, hil_process, small_experiment
 
 runner = CliRunner()
 
@@ -331,18 +330,6 @@ def test_an_unexpected_error_anywhere_is_recorded_and_the_run_resumes(
 # -- signals -----------------------------------------------------------------------------------
 
 
-def _hil(*args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "sim"), str(ROOT)])}
-    return subprocess.Popen(
-        [sys.executable, "-m", "hil", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def _slow_experiment(
     tmp_path: Path, *, steps: int = 40, settle: float = 0.001, **slow: float
 ) -> tuple[Path, Path]:
@@ -405,7 +392,7 @@ def test_repeated_signals_give_the_documented_exit_code(
 ) -> None:
     config, _ = _slow_experiment(tmp_path, settle=0.05)  # ~0.5 s per step
     out = tmp_path / "runs"
-    proc = _hil("run", str(config), "--out", str(out), "-q")
+    proc = hil_process("run", str(config), "--out", str(out), "-q")
     _wait_until(_has_steps(out, 2), proc, "2 steps")
     for sig in signals:
         proc.send_signal(sig)
@@ -420,7 +407,7 @@ def test_repeated_signals_give_the_documented_exit_code(
 def test_signals_during_cleanup_are_ignored(tmp_path: Path) -> None:
     config, marker = _slow_experiment(tmp_path, safe_state_delay=1.0)
     out = tmp_path / "runs"
-    proc = _hil("run", str(config), "--out", str(out), "-q")
+    proc = hil_process("run", str(config), "--out", str(out), "-q")
     _wait_until(_has_steps(out, 3), proc, "3 steps")
     proc.send_signal(signal.SIGTERM)
     _wait_until(_marked(marker, "safe"), proc, "the safe state")
@@ -438,7 +425,7 @@ def test_signals_during_cleanup_are_ignored(tmp_path: Path) -> None:
 def test_a_signal_before_the_run_starts_writes_nothing(tmp_path: Path, sig: int, name: str) -> None:
     config, marker = _slow_experiment(tmp_path, build_delay=0.5)
     out = tmp_path / "runs"
-    proc = _hil("run", str(config), "--out", str(out), "-q")
+    proc = hil_process("run", str(config), "--out", str(out), "-q")
     _wait_until(_marked(marker, "built"), proc, "the device build")
     proc.send_signal(sig)
     rc, stderr = _finished(proc)
@@ -451,7 +438,7 @@ def test_a_signal_before_the_run_starts_writes_nothing(tmp_path: Path, sig: int,
 def test_sigterm_while_the_program_starts_exits_4(tmp_path: Path, delay: float) -> None:
     """During imports (after the first fraction of a second), loading and building."""
     out = tmp_path / "runs"
-    proc = _hil("run", str(small_experiment(tmp_path / "cfg", steps=200)), "--out", str(out))
+    proc = hil_process("run", str(small_experiment(tmp_path / "cfg", steps=200)), "--out", str(out))
     time.sleep(delay)
     proc.send_signal(signal.SIGTERM)
     rc, stderr = _finished(proc)
@@ -462,13 +449,13 @@ def test_sigterm_while_the_program_starts_exits_4(tmp_path: Path, delay: float) 
 def test_sigterm_while_resume_sets_up_changes_nothing(tmp_path: Path) -> None:
     config, marker = _slow_experiment(tmp_path, steps=6, build_delay=0.3)
     out = tmp_path / "runs"
-    proc = _hil("run", str(config), "--out", str(out), "-q")
+    proc = hil_process("run", str(config), "--out", str(out), "-q")
     _wait_until(_has_steps(out, 2), proc, "2 steps")
     proc.send_signal(signal.SIGINT)
     assert _finished(proc)[0] == 3
     run = _only_run(out)
     before = {k: v for k, v in _fingerprint(run).items() if k != ".lock"}
-    proc = _hil("resume", str(run), "-q")
+    proc = hil_process("resume", str(run), "-q")
     _wait_until(_marked(marker, "built", 2), proc, "the device build")
     proc.send_signal(signal.SIGTERM)
     rc, stderr = _finished(proc)
@@ -482,7 +469,7 @@ def test_sigterm_while_the_report_is_written_keeps_the_completed_exit_code(
 ) -> None:
     config, _ = _slow_experiment(tmp_path, steps=3)
     out = tmp_path / "runs"
-    proc = _hil("run", str(config), "--out", str(out), "-q")
+    proc = hil_process("run", str(config), "--out", str(out), "-q")
     assert proc.stderr is not None
     lines = []
     for line in proc.stderr:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +18,7 @@ from hil.report import write_report
 from hil.rundir import RunDirectory, seal
 from hil.runner import RunStatus, resume_run, start_run
 
-from experiments import QUICKSTART, ROOT, small_experiment
+from experiments import QUICKSTART, ROOT, hil_process, small_experiment
 from faulty import FlakyAnalytic
 
 
@@ -110,18 +108,6 @@ def test_resume_refuses_completed_and_missing_runs(
         resume_run(tmp_path / "nowhere")
 
 
-def _hil(*args: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "sim"), str(ROOT)])}
-    return subprocess.Popen(
-        [sys.executable, "-m", "hil", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def _wait_for_steps(out: Path, n: int, proc: subprocess.Popen[str], timeout: float = 60) -> Path:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -152,7 +138,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(
 ) -> None:
     config = small_experiment(tmp_path / "cfg", real_time=True)
     out = tmp_path / "runs"
-    proc = _hil("run", str(config), "--out", str(out), "--quiet")
+    proc = hil_process("run", str(config), "--out", str(out), "--quiet")
     run = _wait_for_steps(out, 8, proc)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
@@ -354,7 +340,7 @@ def test_calibrated_run_killed_mid_training_resumes_exactly(
 ) -> None:
     config = calibrated_experiment(tmp_path / "cfg", real_time=True)
     out = tmp_path / "runs"
-    proc = _hil("run", str(config), "--out", str(out), "--quiet")
+    proc = hil_process("run", str(config), "--out", str(out), "--quiet")
     run = _wait_for_steps(out, 8, proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)

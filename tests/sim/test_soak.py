@@ -11,10 +11,8 @@ Only wall-clock fields (times) and the run's own identity differ.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,7 +25,7 @@ import pytest
 from hil.rundir import RUN_FILE, RunDirectory, unsealed
 from hil.runner import RunOutcome, RunStatus, start_run
 
-from experiments import ROOT
+from experiments import ROOT, hil_process
 
 # config -> (steps in the fast suite, kill points in the fast suite)
 CONFIGS = {"quickstart": (60, 8), "dnpu-homodyne": (8, 8), "crossbar-pulses": (16, 8)}
@@ -50,17 +48,6 @@ def _copy(name: str, folder: Path, steps: int | None) -> Path:
     path = folder / source.name
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def _hil(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "hil", *args],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def _the_run(out: Path) -> Path | None:
@@ -148,11 +135,8 @@ def _kill_and_resume(soak: _Soak, out: Path, kills_wanted: int, seed: int) -> No
         run = soak.run
         command = "resume" if run is not None else "run"
         journal_steps = _journal_steps(run / "events.jsonl") if run else 0
-        proc = (
-            _hil("resume", str(run), "-q")
-            if run
-            else _hil("run", str(soak.config), "--out", str(out), "-q")
-        )
+        args = ("resume", str(run)) if run else ("run", str(soak.config), "--out", str(out))
+        proc = hil_process(*args, "-q", stdout=subprocess.DEVNULL)
         if sum(soak.kills.values()) < kills_wanted:
             if rng.random() < 0.25:  # while starting: imports, checks, repairs
                 moment = rng.uniform(0.0, STARTUP)
