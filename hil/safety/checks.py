@@ -167,31 +167,9 @@ class GuardChecks:
             )
         return rate_hz
 
-    def _check_sample_slew(self, arr: FloatArray, effs: Sequence[Effective]) -> None:
-        slew = np.array([e.channel.max_slew for e in effs])
-        limited = np.isfinite(slew)
-        if not limited.any() or arr.shape[0] < 2:
-            return
-        rate_hz = self._stream_rate()
-        rate = np.abs(np.diff(arr, axis=0)) * rate_hz
-        bad = limited[np.newaxis, :] & (rate > slew[np.newaxis, :])
-        if bad.any():
-            row, col = (int(i) for i in np.argwhere(bad)[0])
-            eff = effs[col]
-            unit = eff.channel.unit
-            self._refuse(
-                SafetyViolation(
-                    eff.name,
-                    float(rate[row, col]),
-                    f"max_slew {eff.channel.max_slew:g} {unit}/s (step {arr[row, col]:g} -> "
-                    f"{arr[row + 1, col]:g} {unit} between samples {row} and {row + 1} at "
-                    f"{rate_hz:g} Hz; value is the rate in {unit}/s)",
-                    self._slew_hint(eff, "smooth the waveform (more samples per transition)"),
-                )
-            )
-
-    def _check_entry_slew(self, arr: FloatArray, effs: Sequence[Effective]) -> None:
-        """From the level each channel holds into the waveform's first sample, within max_slew.
+    def _check_stream_slew(self, arr: FloatArray, effs: Sequence[Effective]) -> None:
+        """The path from the level each channel holds through every sample, within max_slew at
+        the sample rate: the entry into the first sample and each step between samples.
 
         After a stream every channel holds its last sample, so the next request's transition
         starts from there (tracked by the guard).
@@ -202,26 +180,38 @@ class GuardChecks:
             return
         rate_hz = self._stream_rate()
         held = np.array([self._held_level(e) for e in effs])
-        rate = np.abs(arr[0] - held) * rate_hz
-        bad = limited & (rate > slew)
-        if bad.any():
-            col = int(np.argmax(bad))
-            eff = effs[col]
-            unit = eff.channel.unit
-            self._refuse(
-                SafetyViolation(
-                    eff.name,
-                    float(rate[col]),
-                    f"max_slew {eff.channel.max_slew:g} {unit}/s (entry jump from the held "
-                    f"level {held[col]:g} {unit} to the first sample {arr[0, col]:g} {unit} in "
-                    f"one sample at {rate_hz:g} Hz; value is the rate in {unit}/s)",
-                    self._slew_hint(
-                        eff,
-                        "bring the channel to the waveform's first sample first (set_controls "
-                        "ramps controls; safe_state ramps every channel to 0)",
-                    ),
-                )
+        path = np.vstack([held[np.newaxis, :], arr])
+        rate = np.abs(np.diff(path, axis=0)) * rate_hz
+        bad = limited[np.newaxis, :] & (rate > slew[np.newaxis, :])
+        if not bad.any():
+            return
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        eff = effs[col]
+        unit = eff.channel.unit
+        if row == 0:
+            where = (
+                f"entry jump from the held level {held[col]:g} {unit} to the first sample "
+                f"{arr[0, col]:g} {unit} in one sample"
             )
+            remedy = (
+                "bring the channel to the waveform's first sample first (set_controls ramps "
+                "controls; safe_state ramps every channel to 0)"
+            )
+        else:
+            where = (
+                f"step {arr[row - 1, col]:g} -> {arr[row, col]:g} {unit} between samples "
+                f"{row - 1} and {row}"
+            )
+            remedy = "smooth the waveform (more samples per transition)"
+        self._refuse(
+            SafetyViolation(
+                eff.name,
+                float(rate[row, col]),
+                f"max_slew {eff.channel.max_slew:g} {unit}/s ({where} at {rate_hz:g} Hz; value "
+                f"is the rate in {unit}/s)",
+                self._slew_hint(eff, remedy),
+            )
+        )
 
     def _held_level(self, eff: Effective) -> float:
         """The level the guard last sent to a driven channel (0 before anything was sent)."""

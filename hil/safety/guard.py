@@ -283,8 +283,7 @@ class SafetyGuard(GuardChecks, DeviceBase):
             wave = ramp_down(levels, slew[cols], lambda step: step * rate)
             log.info("ramping inputs %s to zero (%d samples)", [e.name for e in effs], len(wave))
             self._check_values(wave, effs, "safe-state ramp", row_word="sample")
-            self._check_sample_slew(wave, effs)
-            self._check_entry_slew(wave, effs)
+            self._check_stream_slew(wave, effs)
             with self._driving("the ramp of the inputs to zero"):
                 self._device.stream(wave, tuple(e.name for e in effs))
             self._last_inputs[cols] = wave[-1]

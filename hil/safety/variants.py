@@ -56,8 +56,7 @@ class StreamingSafetyGuard(SafetyGuard):
                 )
         self._check_values(arr, effs, "stream", row_word="sample")
         self._check_zero_ends(arr, effs)
-        self._check_sample_slew(arr, effs)
-        self._check_entry_slew(arr, effs)
+        self._check_stream_slew(arr, effs)
         self._check_known("stream")
         streamer = self._device
         assert isinstance(streamer, Streaming)  # guaranteed by SafetyGuard.__new__
