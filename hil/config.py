@@ -40,6 +40,27 @@ class Component(BaseModel):
         return dict(self.model_extra or {})
 
 
+class VirtualConfig(BaseModel):
+    """The simulator a station's virtual instruments serve (`hil serve`, `address: virtual`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device: Component = Field(description="the simulator behind the virtual instruments")
+    seed: int | None = Field(
+        default=None, ge=0, description="the simulator's seed; omitted = the run's device seed"
+    )
+
+
+class FaultPolicy(BaseModel):
+    """What the run engine does when an instrument fails during a step."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    retries: int = Field(default=2, ge=0, le=20, description="attempts of a failed step again")
+    backoff: float = Field(default=1.0, ge=0, le=600, description="s before the first retry")
+    factor: float = Field(default=2.0, ge=1, le=10, description="backoff growth per retry")
+
+
 class StationConfig(BaseModel):
     """One station: the device and the limits the safety guard enforces on it."""
 
@@ -49,6 +70,9 @@ class StationConfig(BaseModel):
     description: str = Field(default="", max_length=MAX_DESCRIPTION)
     device: Component
     limits: SafetyLimits
+    virtual: VirtualConfig | None = Field(
+        default=None, description="a simulator served as this station's instruments"
+    )
 
 
 class ExperimentConfig(BaseModel):
@@ -71,6 +95,9 @@ class ExperimentConfig(BaseModel):
     task: Component
     estimator: Component
     optimizer: Component
+    faults: FaultPolicy = Field(
+        default_factory=FaultPolicy, description="retries of a step an instrument fault broke"
+    )
 
 
 COMPONENT_KINDS: dict[str, Kind] = {
