@@ -25,6 +25,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from simulators.virtual.loads import Terminal
 from simulators.virtual.scpi import (
     Command,
     ScpiDevice,
@@ -40,7 +41,8 @@ from simulators.virtual.scpi import (
 )
 
 Load = Callable[[float], float]
-"""What is wired to the terminals: the current (A) it draws at a voltage (V)."""
+"""What is wired to the terminals: the current (A) it draws at a voltage (V). A load that is also
+a `simulators.virtual.loads.Terminal` is told the voltage as soon as it changes."""
 
 VOLTAGE_RANGES = (0.21, 2.1, 21.0, 210.0)
 CURRENT_RANGES = tuple(1.05 * 10.0**e for e in range(-6, 1))
@@ -117,6 +119,14 @@ class Keithley2400(ScpiDevice):
 
     def reset(self) -> None:
         self.state = _State()
+        self._terminals_changed()
+
+    def _terminals_changed(self) -> None:
+        """Tell a `Terminal` load the voltage it now sees (0 V with the output off)."""
+        if isinstance(self.load, Terminal):
+            s = self.state
+            on = s.output and s.function == "VOLT"
+            self.load.source(s.volt.level if on else 0.0)
 
     def commands(self) -> list[Command]:
         sens = "[:SENSe]"
@@ -153,6 +163,7 @@ class Keithley2400(ScpiDevice):
             if s.auto:
                 s.range = _range_for(value, s.ranges)
             s.level = value
+            self._terminals_changed()
 
         def set_range(args: Sequence[str]) -> None:
             s = source()
@@ -199,6 +210,7 @@ class Keithley2400(ScpiDevice):
 
     def _set_function(self, args: Sequence[str]) -> None:
         self.state.function = mnemonic(one_arg(args), ["VOLTage", "CURRent"])
+        self._terminals_changed()
 
     def _get_function(self, args: Sequence[str]) -> str:
         no_args(args)
@@ -271,6 +283,7 @@ class Keithley2400(ScpiDevice):
 
     def _set_output(self, args: Sequence[str]) -> None:
         self.state.output = boolean(one_arg(args))
+        self._terminals_changed()
 
     def _get_output(self, args: Sequence[str]) -> str:
         no_args(args)

@@ -1,18 +1,20 @@
 """Loads for a virtual SMU: what the terminals of a sourcing channel see, from a simulator.
 
 A virtual source-measure unit asks its load for the current at the voltage it sources. A
-`Resistor` is the simplest, with seeded noise. A
-`DeviceElectrode` puts one channel of any `hil.core.Device` simulator (a DNPU electrode, say)
-behind the SMU: that channel follows the sourced voltage while every other channel holds its
-level, and one output of the device, scaled to amperes, is the current read back. The simulator
-keeps its own seeds, noise and virtual clock, so a run through the wire reproduces one in process.
+`Resistor` is the simplest, with seeded noise. An `Electrode` wires the SMU to one channel of a
+simulator through a `Backplane`: on a driven channel the sourced level is held there, on an
+output the device's output, scaled to amperes, is the current read back. The simulator keeps its
+own seeds, noise and virtual clock, so a run through the wire reproduces one in process.
 """
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import numpy as np
 
-from hil.core import Device, FloatArray, Role, SeedLike, seed_sequence
+from hil.core import Role, SeedLike, seed_sequence
+from simulators.virtual.backplane import Backplane
 
 
 class Resistor:
@@ -32,48 +34,39 @@ class Resistor:
         return current
 
 
-class DeviceElectrode:
-    """One channel of a simulated device as an SMU load: `current(voltage) -> A`."""
+@runtime_checkable
+class Terminal(Protocol):
+    """A load that must know the sourced voltage as soon as it changes, not only at a reading."""
 
-    def __init__(
-        self,
-        device: Device,
-        channel: str,
-        *,
-        output: str | None = None,
-        inputs: FloatArray | None = None,
-        controls: FloatArray | None = None,
-        scale: float = 1e-9,
-    ) -> None:
-        spec = device.spec
-        self.device = device
-        self.scale = scale  # amperes per unit of the device output (1e-9 for nA)
-        self._inputs = _levels(inputs, len(spec.inputs))
-        self._controls = _levels(controls, len(spec.controls))
-        self._role = spec.channel(channel).role
-        if self._role not in (Role.INPUT, Role.CONTROL):
-            raise ValueError(f"channel {channel!r} is an output; an SMU load must be driven")
-        names = spec.inputs if self._role is Role.INPUT else spec.controls
-        self._index = [c.name for c in names].index(channel)
-        outputs = [c.name for c in spec.outputs]
-        self._output = outputs.index(output) if output is not None else 0
+    def __call__(self, voltage: float) -> float: ...
+
+    def source(self, voltage: float) -> None:
+        """The terminals now carry `voltage` (0 V with the output off)."""
+        ...
+
+
+class Electrode:
+    """One channel of a `Backplane`'s device as an SMU load.
+
+    On an input or control, the sourced voltage is held on that channel as soon as it changes;
+    the current drawn is not modelled (0 A). On an output, the SMU is the virtual ground the
+    current flows into: a reading measures one plateau of the device and returns that output
+    times `scale` (A per unit of the device's output; 1e-9 for nA). The voltage sourced on an
+    output node is not fed back into the simulator.
+    """
+
+    def __init__(self, backplane: Backplane, channel: str, *, scale: float = 1e-9) -> None:
+        self.backplane = backplane
+        self.channel = channel
+        self.scale = scale
+        self.driven = backplane.role(channel) is not Role.OUTPUT
+
+    def source(self, voltage: float) -> None:
+        if self.driven:
+            self.backplane.set_level(self.channel, voltage)
 
     def __call__(self, voltage: float) -> float:
-        inputs = self._inputs.copy()
-        if self._role is Role.INPUT:
-            inputs[self._index] = voltage
-        else:
-            controls = self._controls.copy()
-            controls[self._index] = voltage
-            self.device.set_controls(controls)
-        reading = self.device.measure(inputs[np.newaxis, :])
-        return float(reading[0, self._output]) * self.scale
-
-
-def _levels(values: FloatArray | None, n: int) -> FloatArray:
-    if values is None:
-        return np.zeros(n)
-    levels = np.array(values, dtype=float)
-    if levels.shape != (n,):
-        raise ValueError(f"expected {n} held levels, got shape {levels.shape}")
-    return levels
+        if self.driven:
+            self.source(voltage)
+            return 0.0
+        return self.backplane.measure()[self.channel] * self.scale

@@ -14,7 +14,8 @@ from pyvisa.resources import MessageBasedResource
 
 from simulators.dnpu import DNPUDevice
 from simulators.virtual import (
-    DeviceElectrode,
+    Backplane,
+    Electrode,
     Keithley2400,
     Resistor,
     ScpiServer,
@@ -359,14 +360,24 @@ def test_seeded_noise_is_reproducible() -> None:
     assert currents(7) != currents(8)
 
 
-def test_dnpu_electrode_behind_the_smu(inst: MessageBasedResource, server: ScpiServer) -> None:
-    def dnpu() -> DNPUDevice:
-        return DNPUDevice(seed=3)
-
-    wired, local = dnpu(), dnpu()
+def test_dnpu_electrodes_behind_two_smus(
+    inst: MessageBasedResource, server: ScpiServer, rm: pyvisa.ResourceManager
+) -> None:
+    """One SMU holds a control of a DNPU, another reads its output: the backplane wires them."""
+    wired, local = DNPUDevice(seed=3), DNPUDevice(seed=3)
+    backplane = Backplane(wired)
     control = wired.spec.controls[0].name
-    server.device = Keithley2400(DeviceElectrode(wired, control))
-    inst.write(":SENS:CURR:PROT 1e-6;:SOUR:VOLT 0.3;:OUTP ON;:FORM:ELEM CURR")
+    output = wired.spec.outputs[0].name
+    server.device = Keithley2400(Electrode(backplane, output))
+    with ScpiServer(Keithley2400(Electrode(backplane, control)), "gate") as gate:
+        source = open_visa(rm, gate.address)
+        try:
+            source.write(":SOUR:VOLT 0.3;:OUTP ON")
+            assert source.query("SYST:ERR?").startswith("0,")
+        finally:
+            source.close()
+    assert backplane.levels()[control] == 0.3
+    inst.write(":SENS:CURR:PROT 1e-6;:SOUR:VOLT 0;:OUTP ON;:FORM:ELEM CURR")
     through_wire = [float(inst.query(":READ?")) for _ in range(3)]
     controls = np.zeros(len(local.spec.controls))
     controls[0] = 0.3
