@@ -1,0 +1,187 @@
+"""The Keithley 2600 driver against the virtual 2602B over real TCP (pyvisa-py), on smua and
+smub: limits are written and read back, the current is the load's, compliance clips it, a
+malformed TSP chunk lands in the error queue, the output goes safe on close, and transport faults
+arrive as `InstrumentError`s naming the channel."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import pytest
+
+from drivers.keithley import Keithley2600Channel, Keithley2600Settings
+from hil.core import InstrumentError, SafetyViolation, VirtualClock
+from simulators.virtual.keithley2600 import Keithley2600
+from simulators.virtual.loads import Resistor
+from simulators.virtual.server import ScpiServer
+
+pytestmark = pytest.mark.timeout(30)
+
+RESISTANCE = {"smua": 1e6, "smub": 2e6}  # Ω: 0.5 V drives 0.5 µA / 0.25 µA
+
+
+@pytest.fixture
+def device() -> Keithley2600:
+    return Keithley2600(Resistor(RESISTANCE["smua"]), Resistor(RESISTANCE["smub"]))
+
+
+@pytest.fixture
+def server(device: Keithley2600) -> Iterator[ScpiServer]:
+    with ScpiServer(device, "smu2600") as running:
+        yield running
+
+
+def channel(server: ScpiServer, name: str, **overrides: object) -> Keithley2600Channel:
+    settings = Keithley2600Settings.model_validate(
+        {
+            "name": f"gate-{name}",
+            "address": server.address,
+            "channel": name,
+            "visa_library": "@py",
+            "timeout": 1.0,
+            "compliance_current": 1e-5,
+            "source_range": 2.0,
+            "measure_range": None,
+            "nplc": 0.5,
+            "ramp_step": 0.1,
+            "max_slew": 10.0,
+            "retry": {"count": 1, "backoff": 0.01, "factor": 2},
+            **overrides,
+        }
+    )
+    return Keithley2600Channel(settings, clock=VirtualClock())
+
+
+@pytest.mark.parametrize(("name", "measure_range"), [("smua", None), ("smub", 1e-5)])
+def test_both_channels_configure_measure_and_go_safe(
+    server: ScpiServer, device: Keithley2600, name: str, measure_range: float | None
+) -> None:
+    smu = channel(server, name, measure_range=measure_range)
+    smu.connect()
+    try:
+        assert "2602B" in smu.identify()
+        state = device.smu[name]
+        assert (state.rangev, state.limiti, state.nplc) == (6.0, 1e-5, 0.5)  # 2 V → the 6 V range
+        assert state.autorangei is (measure_range is None)
+        smu.enable()
+        smu.ramp_to(0.5)
+        assert smu.read() == pytest.approx(0.5 / RESISTANCE[name], rel=1e-5)
+        with pytest.raises(SafetyViolation):
+            smu.set_level(2.5)  # beyond source_range: refused before sending
+        assert state.levelv == pytest.approx(0.5)
+    finally:
+        smu.close()
+    assert not smu.enabled
+    server.stop()  # joins the connection's thread: every message sent has been executed
+    assert (state.output, state.levelv) == (False, 0.0)
+
+
+def test_the_channels_are_independent(server: ScpiServer, device: Keithley2600) -> None:
+    a, b = channel(server, "smua"), channel(server, "smub", compliance_current=2e-5)
+    a.connect()
+    b.connect()
+    try:
+        a.enable()
+        a.set_level(1.0)
+        assert device.smu["smub"].levelv == 0.0
+        assert not device.smu["smub"].output
+        assert device.smu["smub"].limiti == 2e-5
+        b.enable()
+        b.set_level(-1.0)
+        assert a.read() == pytest.approx(1e-6, rel=1e-5)
+        assert b.read() == pytest.approx(-0.5e-6, rel=1e-5)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_compliance_clips_the_current_and_sets_the_status(server: ScpiServer) -> None:
+    smu = channel(server, "smua", compliance_current=1e-7)
+    smu.connect()
+    try:
+        smu.enable()
+        smu.set_level(0.05)  # 50 nA < 100 nA: not in compliance
+        assert smu.read() == pytest.approx(5e-8, rel=1e-5)
+        assert smu.instrument.ask("print(smua.source.compliance)").strip() == "false"
+        smu.set_level(1.0)  # 1 µA wanted, limited at 100 nA
+        assert smu.read() == pytest.approx(1e-7, rel=1e-5)
+        assert smu.instrument.ask("print(smua.source.compliance)").strip() == "true"
+    finally:
+        smu.close()
+
+
+@pytest.mark.parametrize(
+    ("chunk", "code", "text"),
+    [
+        ("smua.source.levelv=", -285, "TSP Syntax error"),
+        ("print(smua.source.levelv", -285, "TSP Syntax error"),
+        ("smua.source.nosuch=1", -286, "TSP Runtime error"),
+        ("smuc.source.levelv=0", -286, "TSP Runtime error"),
+        ("smua.source.compliance=1", -286, "read-only"),
+        ("smua.source.limiti=2", 1101, "Parameter too big"),
+        ("smua.measure.nplc=0", 1102, "Parameter too small"),
+        ("smua.source.levelv=7", 1101, "Parameter too big"),  # beyond the fixed 6 V range
+        ("smua.source.output=2", 1101, "Parameter too big"),
+    ],
+)
+def test_a_bad_chunk_answers_nothing_and_queues_an_error(
+    server: ScpiServer, device: Keithley2600, chunk: str, code: int, text: str
+) -> None:
+    smu = channel(server, "smua")
+    smu.connect()
+    try:
+        smu.instrument.write(chunk)
+        assert smu.instrument.ask("print(errorqueue.count)").strip() == "1.00000e+00"
+        errors = smu.instrument.check_errors()
+        assert [e[0] for e in errors] == [code]
+        assert text in errors[0][1]
+        assert smu.instrument.check_errors() == []
+        assert (device.smu["smua"].levelv, device.smu["smua"].limiti) == (0.0, 1e-5)
+        smu.instrument.write("smua.source.levelv=9")
+        smu.instrument.write("errorqueue.clear()")
+        assert smu.instrument.ask("print(errorqueue.count)").strip() == "0.00000e+00"
+    finally:
+        smu.close()
+
+
+def test_a_live_output_is_refused_at_connect(server: ScpiServer, device: Keithley2600) -> None:
+    device.execute("smub.source.output=1")
+    smu = channel(server, "smub")
+    with pytest.raises(InstrumentError, match="output is on at connect"):
+        smu.connect()
+    assert smu.instrument is None
+
+
+def test_star_rst_restores_the_reset_state(device: Keithley2600) -> None:
+    for chunk in ("smua.source.levelv=1", "smua.source.limiti=1e-3", "smua.source.output=1"):
+        assert device.execute(chunk) is None
+    assert device.execute("print(smua.source.levelv, smua.source.output)") == (
+        "1.00000e+00\t1.00000e+00"
+    )
+    device.execute("*RST")
+    assert device.execute("print(smua.source.levelv; smua.source.limiti)") is None
+    assert device.execute("print(smua.source.levelv, smua.source.limiti)") == (
+        "0.00000e+00\t1.00000e-01"
+    )
+    assert device.execute("print(errorqueue.next())") == (
+        "-2.85000e+02\tTSP Syntax error at line 1: unexpected symbol near "
+        "`print(smua.source.levelv'\t2.00000e+01\t1.00000e+00"
+    )
+
+
+def test_a_garbled_reply_and_a_disconnect_become_instrument_errors(server: ScpiServer) -> None:
+    smu = channel(server, "smub", retry={"count": 0, "backoff": 0.01, "factor": 2})
+    smu.connect()
+    try:
+        smu.enable()
+        server.set_faults(garble=1)
+        with pytest.raises(InstrumentError, match="gate-smub"):
+            smu.read()
+        server.set_faults(disconnect_after=0)
+        with pytest.raises(InstrumentError, match="gate-smub"):
+            smu.read()
+    finally:
+        server.clear_faults()
+        with contextlib.suppress(InstrumentError):  # the link is gone: reported, no hang
+            smu.close()
