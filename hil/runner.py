@@ -7,6 +7,8 @@ Resume first checks that run.json, journal and checkpoint agree and refuses, cha
 when they do not. The first Ctrl-C pauses at the next step boundary; a second aborts; SIGTERM
 aborts. Once the run directory exists, every exit (any exception, any signal but SIGKILL) leaves
 the device in its safe state and records the outcome in summary.json, the journal and run.log.
+An instrument fault in a step is retried as the experiment's `faults:` says (`hil.retry`), then
+the run pauses, resumable from the last completed step.
 """
 
 from __future__ import annotations
@@ -24,11 +26,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hil.build import BuiltRun, build_run, fresh_entropy
-from hil.config import ResolvedExperiment, load_experiment, load_station, resolve_experiment
+from hil.config import (
+    FaultPolicy,
+    ResolvedExperiment,
+    load_experiment,
+    load_station,
+    resolve_experiment,
+)
 from hil.core import HilError, JSONDict, RunError, SafetyViolation
 from hil.interrupts import Phase, Signals, signal_handling, signal_name
 from hil.interrupts import RunStatus as RunStatus  # re-exported: callers read outcomes here
 from hil.provenance import environment
+from hil.retry import FaultPause, Retrier
 from hil.rundir import (
     CHECKPOINT_FILE,
     LOG_FILE,
@@ -161,9 +170,11 @@ def _loop(
     ident: _Identity,
     signals: Signals,
     console: Console | None,
+    faults: FaultPolicy,
     result: _Result,
 ) -> None:
     procedure = built.procedure
+    retrier = Retrier(built.guard, procedure, faults, signals, journal)
     with _progress_bar(console) as bar:
         task = None
         if isinstance(bar, Progress):
@@ -183,9 +194,11 @@ def _loop(
             if signals.pause_requested:
                 result.status, result.reason = RunStatus.PAUSED, "paused by Ctrl-C"
                 return
-            record = procedure.step()
+            record = retrier.call(procedure.step, f"step {procedure.steps_done + 1}")
             entry = {"event": "step", "time": time.time(), **record}
-            rundir.write_checkpoint(_checkpoint(built, ident, entry))  # first: it holds `entry`
+            state = _checkpoint(built, ident, entry)
+            rundir.write_checkpoint(state)  # first: it holds `entry`
+            retrier.mark(state["procedure"], state["device"])
             journal.append(entry)
             if isinstance(bar, Progress) and task is not None:
                 bar.update(
@@ -195,7 +208,7 @@ def _loop(
                     best=_fmt(record.get("best_loss")),
                     device_time=f"{_fmt(record.get('device_time'))} s",
                 )
-        result.final = procedure.finish()
+        result.final = retrier.call(procedure.finish, "the final measurement")
         result.status, result.reason = RunStatus.COMPLETED, f"all {procedure.steps_done} steps done"
 
 
@@ -213,6 +226,8 @@ def _classify(exc: BaseException, built: BuiltRun, result: _Result) -> None:
         result.status, result.reason = RunStatus.ABORTED, "aborted by a second Ctrl-C"
     elif isinstance(exc, Terminated):
         result.status, result.reason = RunStatus.ABORTED, "aborted by SIGTERM"
+    elif isinstance(exc, FaultPause):
+        result.status, result.reason = RunStatus.PAUSED, str(exc)
     elif isinstance(exc, RunFileError):
         result.status, result.reason = RunStatus.FAILED, str(exc)
         log.error("run stopped at step %d: %s", step, exc, extra=RUN_LOG_ONLY)
@@ -303,6 +318,7 @@ def _execute(
     ident: _Identity,
     signals: Signals,
     console: Console | None,
+    faults: FaultPolicy,
     prepare: Callable[[], None],
 ) -> RunOutcome:
     """Prepare the files, run the steps, and record the outcome whatever happens."""
@@ -315,7 +331,7 @@ def _execute(
                     console.print(f"run directory: {rundir.path}", highlight=False, soft_wrap=True)
                 rundir.reserve_space()
                 prepare()
-                _loop(rundir, built, journal, ident, signals, console, result)
+                _loop(rundir, built, journal, ident, signals, console, faults, result)
             finally:
                 signals.phase = Phase.STOPPING
         except BaseException as exc:  # whatever stopped it, the outcome is recorded below
@@ -377,7 +393,8 @@ def start_run(
                 entropy,
             )
 
-        return _execute(rundir, built, journal, ident, signals, console, prepare)
+        faults = resolved.config.faults
+        return _execute(rundir, built, journal, ident, signals, console, faults, prepare)
 
 
 # -- resume --------------------------------------------------------------------------------
@@ -553,4 +570,5 @@ def _resume_locked(rundir: RunDirectory, signals: Signals, console: Console | No
             ident.config_digest,
         )
 
-    return _execute(rundir, built, journal, ident, signals, console, prepare)
+    faults = resolved.config.faults
+    return _execute(rundir, built, journal, ident, signals, console, faults, prepare)

@@ -157,6 +157,18 @@ class RestoreChecked(Protocol):
         ...
 
 
+@runtime_checkable
+class Reconnecting(Protocol):
+    """A device whose connection can be opened again after a fault (a dropped link, or a session
+    a timeout left out of step with the instrument's replies)."""
+
+    def reconnect(self) -> None:
+        """Drop the session without sending anything and open it again, configured and its limits
+        read back as at connect. Must not change what the outputs hold: the guard then ramps
+        them to 0 from the last levels it sent."""
+        ...
+
+
 class DeviceBase:
     """Context-manager behaviour shared by devices: leaving the block makes the device safe."""
 

@@ -17,6 +17,7 @@ from hil.core.capabilities import (
     DeviceBase,
     NodePerturbable,
     ProgrammableState,
+    Reconnecting,
     RestoreChecked,
     Stateful,
     Streaming,
@@ -75,6 +76,7 @@ class SafetyGuard(GuardChecks, DeviceBase):
                 isinstance(device, Streaming),
                 isinstance(device, ProgrammableState),
                 isinstance(device, NodePerturbable),
+                isinstance(device, Reconnecting),
             )
             from hil.safety.variants import guard_class  # the variants subclass this one
 
@@ -483,4 +485,5 @@ _CAPABILITY_OF: dict[str, type] = {
     "measure_nodes": NodePerturbable,
     "layer_shapes": NodePerturbable,
     "layer_gains": NodePerturbable,
+    "reconnect": Reconnecting,
 }

@@ -1,4 +1,5 @@
-"""Guards for the capabilities a device may have: streaming, programmable state, node offsets.
+"""Guards for the capabilities a device may have: streaming, programmable state, node offsets,
+reconnection.
 
 `SafetyGuard(device, limits)` picks the class that offers exactly the device's capabilities.
 """
@@ -12,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from hil.core.capabilities import NodePerturbable, ProgrammableState, Streaming
+from hil.core.capabilities import NodePerturbable, ProgrammableState, Reconnecting, Streaming
 from hil.core.errors import SafetyViolation
 from hil.core.types import FloatArray
 from hil.safety.effective import DRIVEN, Effective
@@ -192,8 +193,27 @@ class NodeSafetyGuard(SafetyGuard):
             self._last_inputs = arr[-1].copy()
 
 
+class ReconnectingSafetyGuard(SafetyGuard):
+    """A guard around a device whose connection can be opened again after a fault."""
+
+    def reconnect(self) -> None:
+        """Open the device's connection again, then bring it to the safe state.
+
+        What the instrument holds after a fault is not known: a dropped link leaves the outputs
+        where they were, possibly mid-ramp or on a control step that may not have landed. So the
+        levels count as unknown (nothing is driven) until the safe state, which ramps from the
+        last levels sent (and the pending step) to 0 within the limits, has succeeded.
+        """
+        device = self._device
+        assert isinstance(device, Reconnecting)  # guaranteed by SafetyGuard.__new__
+        if self._unknown is None:
+            self._unknown = "reconnect"
+        device.reconnect()
+        self.safe_state()
+
+
 @functools.cache
-def guard_class(streams: bool, pulses: bool, nodes: bool) -> type[SafetyGuard]:
+def guard_class(streams: bool, pulses: bool, nodes: bool, reconnects: bool) -> type[SafetyGuard]:
     """The guard class that offers exactly the capabilities of the device behind it."""
     bases = [
         cls
@@ -201,6 +221,7 @@ def guard_class(streams: bool, pulses: bool, nodes: bool) -> type[SafetyGuard]:
             (StreamingSafetyGuard, streams),
             (PulsingSafetyGuard, pulses),
             (NodeSafetyGuard, nodes),
+            (ReconnectingSafetyGuard, reconnects),
         )
         if has
     ]
