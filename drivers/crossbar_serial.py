@@ -262,7 +262,9 @@ class CrossbarSerialBoard:
         command = f"READROW {word} {_fmt(vread)}"
         return np.array(self._numbers("read row", command, self.settings.bit_lines))
 
-    def pulse(self, polarity: Literal["SET", "RESET"], shape: PulseShape, count: int) -> int:
+    def pulse(
+        self, polarity: Literal["SET", "RESET"], shape: PulseShape, count: int | np.integer[Any]
+    ) -> int:
         """A train of `count` pulses on the selected device; returns the pulses delivered."""
         s = self.settings
         if isinstance(count, bool) or not isinstance(count, int | np.integer):
