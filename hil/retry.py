@@ -38,6 +38,12 @@ class FaultPause(Exception):
     """Ends the run paused (resumable from the last checkpoint); the message is the reason."""
 
 
+def retry_delay(policy: FaultPolicy, attempt: int) -> float:
+    """Seconds to wait after failed attempt `attempt` (1-based): backoff × factor^(attempt-1),
+    at most MAX_WAIT, so `retries` (at most 20) retries wait a bounded time in all."""
+    return min(MAX_WAIT, policy.backoff * policy.factor ** (attempt - 1))
+
+
 def _one_line(exc: BaseException) -> str:
     return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
@@ -66,11 +72,6 @@ class Retrier:
         retry starts from exactly what a resume would load."""
         self._point = json.loads(canonical({"procedure": procedure, "device": device}))
 
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt `attempt` (1-based), at most MAX_WAIT."""
-        policy = self.policy
-        return min(MAX_WAIT, policy.backoff * policy.factor ** (attempt - 1))
-
     def call(self, action: Callable[[], T], what: str) -> T:
         """`action()`, attempted up to `retries + 1` times while it fails with an
         InstrumentError; raises FaultPause when the attempts are used up or Ctrl-C asks to pause
@@ -98,7 +99,7 @@ class Retrier:
         self.procedure.load_state_dict(copy.deepcopy(self._point["procedure"]))
         self._make_safe()
         last = attempt == attempts
-        wait = None if last else self.delay(attempt)
+        wait = None if last else retry_delay(self.policy, attempt)
         error = f"{type(exc).__name__}: {_one_line(exc)}"
         then = "no retries left" if wait is None else f"retrying in {wait:.3g} s"
         state = "device safe" if self._safe else "device NOT confirmed safe"
