@@ -108,11 +108,10 @@ class AIChannelSettings(BaseModel):
     max: float = Field(default=10.0, description="V, max_val of the AI channel")
     terminal: Terminal = Field(default="default", description="TerminalConfiguration")
     gain: float = Field(
-        default=1.0, gt=0, description="V per output unit: the transimpedance (V/A for unit A)"
+        default=1.0, gt=0, description="V per output unit: the transimpedance (V/A for A)"
     )
     inverted: bool = Field(default=False, description="an inverting amplifier: sign -1")
     offset: float = Field(default=0.0, description="V read with the AO at 0 V; subtracted")
-    unit: str = Field(default="A", min_length=1, description="unit of the output")
 
     @model_validator(mode="after")
     def _range(self) -> AIChannelSettings:
@@ -179,10 +178,9 @@ class Limits:
     slew: FloatArray
     owner: str
 
-    def check(self, waveform: FloatArray, rate: float, held: FloatArray | None) -> None:
-        """Refuse non-finite samples, samples outside [lo, hi], and steps faster than the slew
-        (from the held levels into the first sample too, when `held` is given)."""
-        w = waveform
+    def check_levels(self, levels: FloatArray) -> None:
+        """Refuse non-finite levels and levels outside [lo, hi] (rows × channels)."""
+        w = levels
         bad = ~np.isfinite(w)
         if bad.any():
             row, col = (int(i) for i in np.argwhere(bad)[0])
@@ -196,6 +194,12 @@ class Limits:
                 f"{self.owner} range [{self.lo[col]:g}, {self.hi[col]:g}] V",
                 "nothing was sent",
             )
+
+    def check(self, waveform: FloatArray, rate: float, held: FloatArray | None) -> None:
+        """Refuse what `check_levels` refuses, and steps faster than the slew (from the held
+        levels into the first sample too, when `held` is given)."""
+        w = waveform
+        self.check_levels(w)
         path = w if held is None else np.vstack([held[np.newaxis, :], w])
         if path.shape[0] < 2:
             return
@@ -330,7 +334,9 @@ class DaqStream:
         log.info("%s: AI offsets %s V", self.who, self._offsets.tolist())
         return self.offsets
 
-    def park(self, max_slew: Sequence[float] | None = None, min_samples: int = 1) -> int:
+    def park(
+        self, max_slew: FloatArray | Sequence[float] | None = None, min_samples: int = 1
+    ) -> int:
         """Ramp every AO channel from its held level to 0 V within its slew (and `max_slew`, if
         tighter), in at least `min_samples`; returns the samples played (0 if already at 0 V).
 
