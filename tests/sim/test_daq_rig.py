@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from drivers.rigs.daq import DaqRig
+from drivers.rigs.daq import DaqRig, DaqRigSettings
 from hil.core import Device, InstrumentError, SafetyViolation, Streaming, VirtualClock
 from hil.testing import CHECKS, DeviceFactory
 from simulators.dnpu import DNPUDevice
@@ -39,7 +39,7 @@ def dnpu(seed: int, noise: bool, **changes: Any) -> DNPUDevice:
     return DNPUDevice(DNPUDevice.Settings.model_validate(settings), seed=seed)
 
 
-def rig_settings(**changes: Any) -> DaqRig.Settings:
+def rig_settings(**changes: Any) -> DaqRigSettings:
     channels: dict[str, Any] = {
         f"E{i}": {
             "ao": f"ao{i}",
