@@ -30,6 +30,7 @@ from hil.core import (
     FloatArray,
     InstrumentError,
     InstrumentProtocolError,
+    IntArray,
     SafetyViolation,
     WallClock,
 )
@@ -288,6 +289,35 @@ class CrossbarSerialBoard:
             self._check_voltage(f"word line {i}", float(value))
         command = "VMM " + " ".join(_fmt(float(x)) for x in v)
         return np.array(self._numbers("vmm", command, self.settings.bit_lines))
+
+    def read_array(self, vread: float) -> FloatArray:
+        """Currents of every device at `vread`, word lines × bit lines, A (row by row)."""
+        return np.vstack([self.read_row(w, vread) for w in range(self.settings.word_lines)])
+
+    def pulse_trains(self, counts: IntArray, set_pulse: PulseShape, reset: PulseShape) -> None:
+        """`counts[w, b]` pulses on each device (positive: SET trains, negative: RESET trains),
+        device by device; every value is checked before the first is sent; grounded after."""
+        s = self.settings
+        n = np.asarray(counts)
+        if n.shape != (s.word_lines, s.bit_lines) or n.dtype.kind not in "iu":
+            raise ValueError(
+                f"{self.who}: counts must be integers of shape {(s.word_lines, s.bit_lines)}"
+            )
+        for shape in (set_pulse, reset):
+            self._check("amplitude", shape.amplitude, 0.0, s.max_amplitude, "V")
+            self._check("pulse width", shape.width_ns, s.min_width_ns, s.max_width_ns, "ns")
+        self._check("pulse count", float(np.abs(n).max(initial=0)), 0, s.max_count, "pulses")
+        try:
+            for (w, b), count in np.ndenumerate(n):
+                if count:
+                    self.select(w, b)
+                    polarity: Literal["SET", "RESET"] = "SET" if count > 0 else "RESET"
+                    self.pulse(polarity, set_pulse if count > 0 else reset, abs(int(count)))
+        except BaseException:
+            with contextlib.suppress(InstrumentError):
+                self.go_safe()
+            raise
+        self.ground_all()
 
     def ping(self) -> None:
         """Keep the watchdog from grounding the array."""
