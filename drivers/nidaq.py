@@ -304,6 +304,15 @@ class DaqStream:
                     f"a stream's {where} sample must be 0 V",
                     "ramp from and back to 0 V inside the waveform; nothing was sent",
                 )
+        away = np.flatnonzero(self._held != 0)
+        if away.size:
+            col = int(away[0])
+            raise SafetyViolation(
+                self.limits.names[col],
+                float(self._held[col]),
+                "a stream starts with the card holding 0 V",
+                "park() first; nothing was sent",
+            )
         return self._to_outputs(self.drive_raw(w))
 
     def drive(self, waveform: FloatArray) -> FloatArray:
