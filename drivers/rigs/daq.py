@@ -159,11 +159,19 @@ class DaqRig(DeviceBase):
         self._closed = False
 
     def _make_spec(self) -> DeviceSpec:
+        """The channel map as channels; a driven channel's slew is the tighter of its own and
+        its AO channel's."""
         s = self.settings
         channels = [
             Channel(name=name, role=c.role, unit=c.unit)
-            if c.role is Role.OUTPUT
-            else Channel(name=name, role=c.role, min=c.min, max=c.max, max_slew=c.max_slew)
+            if c.ao is None
+            else Channel(
+                name=name,
+                role=c.role,
+                min=c.min,
+                max=c.max,
+                max_slew=min(c.max_slew, s.daq.ao[c.ao].max_slew),
+            )
             for name, c in s.channels.items()
         ]
         first_output = next(c for c in s.channels.values() if c.role is Role.OUTPUT)

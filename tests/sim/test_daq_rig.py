@@ -263,3 +263,16 @@ def test_a_wall_clock_is_not_advanced_by_the_rig() -> None:
     assert device.clock is clock
     device.measure(np.zeros((2, 2)))
     assert clock.now() == 0.0  # the card's play took the time; nothing is added on top
+
+
+def test_a_driven_channel_in_the_spec_has_the_tighter_of_its_own_and_the_ao_slew() -> None:
+    base = rig_settings()
+    daq = base.daq.model_copy(
+        update={
+            "ao": {**base.daq.ao, "ao0": base.daq.ao["ao0"].model_copy(update={"max_slew": 100.0})}
+        }
+    )
+    fake = fake_for(dnpu(0, False))
+    device = DaqRig(base.model_copy(update={"daq": daq}), nidaqmx_module=fake)
+    assert device.spec.channel("E0").max_slew == 100.0
+    assert device.spec.channel("E3").max_slew == MAX_SLEW
