@@ -15,6 +15,7 @@ import pytest
 
 from drivers.rigs.daq import DaqRig, DaqRigSettings
 from hil.core import Device, InstrumentError, SafetyViolation, Streaming, VirtualClock
+from hil.safety import SafetyGuard, SafetyLimits
 from hil.testing import CHECKS, DeviceFactory
 from simulators.dnpu import DNPUDevice
 from simulators.virtual.nidaq import (
@@ -276,3 +277,20 @@ def test_a_driven_channel_in_the_spec_has_the_tighter_of_its_own_and_the_ao_slew
     device = DaqRig(base.model_copy(update={"daq": daq}), nidaqmx_module=fake)
     assert device.spec.channel("E0").max_slew == 100.0
     assert device.spec.channel("E3").max_slew == MAX_SLEW
+
+
+def test_behind_the_safety_guard_the_rig_trains_streams_and_ends_at_zero() -> None:
+    device, fake = make_rig(6, True)
+    with SafetyGuard(device, SafetyLimits(max_abs_voltage=1.5)) as guard:
+        assert isinstance(guard, Streaming)
+        guard.set_controls(np.array([0.2, -0.3, 0.1, -0.2, 0.1]))
+        before = guard.measure(np.array([[0.1, -0.2], [-0.4, 0.3]]))
+        assert before.shape == (2, 1)
+        guard.park()
+        t = np.arange(200) / 10_000
+        tone = 0.05 * np.sin(2 * np.pi * 100 * t)[:, np.newaxis]
+        tone[-1] = 0.0  # streams begin and end at 0 V (the guard's zero ends)
+        trace = guard.stream(tone, ["E0"])
+        assert trace.shape == (200, 1)
+    assert all(v == 0.0 for v in device.held.values())
+    assert fake.open_tasks == []
