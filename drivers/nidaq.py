@@ -504,17 +504,22 @@ class DaqStream:
 
     @contextlib.contextmanager
     def _translated(self, task: str, call: str) -> Iterator[None]:
-        """nidaqmx errors → InstrumentError subclasses naming device, task, call and code."""
+        """nidaqmx errors → InstrumentError subclasses naming device, task, call and code.
+
+        Errors without a code (errors.Error, e.g. DaqNotFoundError: no NI-DAQmx driver) become
+        plain InstrumentErrors naming their class.
+        """
+        errors = self._ni.errors
         try:
             yield
-        except self._ni.errors.DaqError as exc:
-            code = int(exc.error_code)
+        except getattr(errors, "Error", errors.DaqError) as exc:
+            code = getattr(exc, "error_code", None)
             kind: type[InstrumentError] = InstrumentError
             if code in TIMEOUT_CODES:
                 kind = InstrumentTimeout
             elif code in DISCONNECT_CODES:
                 kind = InstrumentDisconnected
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise kind(
-                f"{self.who}: task {task!r}: {call} failed with DAQmx error {code}: {detail}"
-            ) from exc
+            text = str(exc).strip()
+            detail = text.splitlines()[0] if text else type(exc).__name__
+            what = f"DAQmx error {code}" if code is not None else type(exc).__name__
+            raise kind(f"{self.who}: task {task!r}: {call} failed with {what}: {detail}") from exc

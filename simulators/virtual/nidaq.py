@@ -6,8 +6,8 @@ synchronised finite AO/AI stream uses — `Task(new_task_name)`, `ao_channels.ad
 `ai_channels.add_ai_voltage_chan`, `timing.cfg_samp_clk_timing`,
 `triggers.start_trigger.cfg_dig_edge_start_trig`, `write`, `start`, `read`, `wait_until_done`,
 `stop`, `close`, `out_stream.total_samp_per_chan_generated` — with NI's names, keyword arguments,
-enum values and error classes (`errors.DaqError` / `DaqReadError` / `DaqWriteError` carrying real
-DAQmx error codes), and:
+enum values and error classes (`errors.Error`, `DaqNotFoundError`, and `DaqError` / `DaqReadError`
+/ `DaqWriteError` carrying real DAQmx error codes), and:
 
 - records every call as `Call(name, args, kwargs)` in `FakeNidaqmx.calls` (arrays as lists), so a
   test compares the whole sequence with an expected list;
@@ -82,7 +82,15 @@ class VoltageUnits(Enum):
 READ_ALL_AVAILABLE = -1
 
 
-class DaqError(Exception):
+class Error(Exception):
+    """nidaqmx.errors.Error: the base of the package's errors."""
+
+
+class DaqNotFoundError(Error):
+    """nidaqmx.errors.DaqNotFoundError: the NI-DAQmx driver is not installed."""
+
+
+class DaqError(Error):
     """nidaqmx.errors.DaqError: message, error_code, optional task name."""
 
     def __init__(self, message: str, error_code: int, task_name: str = "") -> None:
@@ -196,7 +204,11 @@ class FakeNidaqmx:
             READ_ALL_AVAILABLE=READ_ALL_AVAILABLE,
         )
         self.errors = SimpleNamespace(
-            DaqError=DaqError, DaqReadError=DaqReadError, DaqWriteError=DaqWriteError
+            Error=Error,
+            DaqNotFoundError=DaqNotFoundError,
+            DaqError=DaqError,
+            DaqReadError=DaqReadError,
+            DaqWriteError=DaqWriteError,
         )
         self.Task = partial(FakeTask, self)
 

@@ -392,3 +392,16 @@ def test_an_ao_started_after_ai_misses_the_trigger_and_times_out() -> None:
         daq._call("ao", "wait_until_done", ao.wait_until_done, timeout=1.0)
     ao.close()
     ai.close()
+
+
+def test_a_missing_ni_daqmx_driver_is_an_instrument_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    daq, fake = make()
+
+    def no_driver(new_task_name: str = "") -> Any:
+        raise fake_ni.DaqNotFoundError("Could not find an installation of NI-DAQmx")
+
+    monkeypatch.setattr(fake, "Task", no_driver)
+    with pytest.raises(InstrumentError, match="Task failed with DaqNotFoundError: Could not find"):
+        daq.play(WAVE)
