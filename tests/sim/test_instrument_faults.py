@@ -136,6 +136,17 @@ def test_a_fault_within_the_retries_is_retried_and_the_run_ends_identically(
     assert plan.log == ref[:start] + 2 * (attempt + ramp) + ref[start:]
 
 
+def test_a_fault_in_the_first_step_goes_back_to_the_state_before_it(
+    tmp_path: Path, reference: dict[str, Any]
+) -> None:
+    TransientAnalytic.plan = FaultPlan(at_plateau=5, times=1)  # no checkpoint yet
+    outcome = start_run(_config(tmp_path), tmp_path / "runs")
+    assert outcome.status is RunStatus.COMPLETED, outcome.reason
+    _same_result(outcome.summary, reference)
+    (fault,) = _events(outcome.path, "fault")
+    assert fault["during"] == "step 1"
+
+
 def test_a_fault_in_the_final_measurement_is_retried(
     tmp_path: Path, reference: dict[str, Any]
 ) -> None:
@@ -184,8 +195,8 @@ def test_a_fault_beyond_the_retries_pauses_with_the_device_safe_and_resumes_iden
     assert plan.log[-1] == "safe_state"  # left safe: controls ramped to 0, then the safe state
     assert _controls([c for c in plan.log if c.startswith("set_controls")][-1]).tolist() == [0] * 5
 
-    resumed = runner.invoke(app, ["resume", str(run), "-q"])  # one injected fault left: retried
-    assert resumed.exit_code == 0, resumed.output
+    resumed = resume_run(run)  # one injected fault left: retried
+    assert resumed.status is RunStatus.COMPLETED, resumed.reason
     assert [r["step"] for r in _events(run, "step")] == list(range(1, 41))
     _same_result(json.loads((run / "summary.json").read_text()), reference)
 
