@@ -1,7 +1,7 @@
 """A virtual SCPI DAC/ADC board backed by a simulator: AO channels hold levels on the device's
 driven channels, AI channels read its outputs.
 
-The command set is the one `drivers.scpi_daq` documents (AO channels 1…n, AI channels 101…100+n,
+The command set is the one `drivers.scpi_daq` documents (AO channels 1..n, AI channels 101..100+n,
 channel lists `(@1,2)` / `(@101:104)`): `SOUR:VOLT[:LEV] <v>,(@list)` and its query,
 `SOUR:VOLT:RANG <r>,(@list)` (2.5 | 5 | 10 V; a value selects the smallest range holding it) and
 its query, `OUTP[:STAT] <b>`, `[SENS:]VOLT[:DC]:RANG[:UPP] <r>,(@list)` (0.1 | 1 | 10 V) and its
@@ -106,6 +106,7 @@ class ScpiDaq(ScpiDevice):
             backplane.role(wire.channel)  # KeyError for a channel the device lacks
         self.ao, self.ai = dict(ao), dict(ai)
         self.state = self._power_on()
+        self._binary_reply = False
         super().__init__()
 
     def _power_on(self) -> _State:
@@ -120,8 +121,11 @@ class ScpiDaq(ScpiDevice):
         self._drive()
 
     def execute(self, message: str) -> str | None:
-        reply = super().execute(message)
-        return _Block(reply) if reply is not None and not reply.isascii() else reply
+        """Run one message; a reply that carries a binary block goes out byte for byte."""
+        with self.lock:
+            self._binary_reply = False
+            reply = super().execute(message)
+            return _Block(reply) if reply is not None and self._binary_reply else reply
 
     def commands(self) -> list[Command]:
         sens = "[:SENSe]:VOLTage[:DC]"
@@ -145,7 +149,7 @@ class ScpiDaq(ScpiDevice):
     def _check_channel(channel: int, allowed: range) -> int:
         if channel not in allowed:
             raise ScpiError(
-                -224, f"no channel {channel} (this board has {allowed[0]}–{allowed[-1]})"
+                -224, f"no channel {channel} (this board has {allowed[0]}-{allowed[-1]})"
             )
         return channel
 
@@ -292,6 +296,7 @@ class ScpiDaq(ScpiDevice):
     def _encode(self, data: Sequence[float]) -> str:
         if not self.state.binary:
             return ",".join(nr3(v) for v in data)
+        self._binary_reply = True
         payload = struct.pack(f">{len(data)}d", *data)
         length = str(len(payload))
         return f"#{len(length)}{length}" + payload.decode("latin-1")

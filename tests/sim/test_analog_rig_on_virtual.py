@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+import pyvisa
+from pyvisa.resources import MessageBasedResource
 
 from drivers.rigs.analog import AnalogRig
 from hil.core import InstrumentError, SafetyViolation
@@ -206,3 +208,73 @@ def test_a_broken_link_is_an_instrument_error_naming_the_board(make_rig: Rigs) -
     server.clear_faults()
     with pytest.raises(InstrumentError):
         rig.close()  # the safe state is attempted and its failure reported, never hung
+
+
+@pytest.fixture
+def raw_board() -> Iterator[tuple[MessageBasedResource, ScpiDaq]]:
+    """A virtual board with 4 AO / 2 AI, and a plain pyvisa session to it."""
+    chip = AnalogMLPDevice(chip_settings(False), seed=1)
+    board = ScpiDaq(Backplane(chip), {1: Wire("x0", 4.0)}, {101: Wire("y0", 0.5)}, n_ao=4, n_ai=2)
+    rm = pyvisa.ResourceManager("@py")
+    with ScpiServer(board, "daq-raw") as server:
+        inst = rm.open_resource(
+            server.address, read_termination="\n", write_termination="\n", timeout=2000
+        )
+        assert isinstance(inst, MessageBasedResource)
+        try:
+            yield inst, board
+        finally:
+            inst.close()
+            rm.close()
+
+
+@pytest.mark.parametrize(
+    ("command", "code"),
+    [
+        ("SOUR:VOLT 1,(@5)", -224),  # no AO 5 on this board
+        ("SOUR:VOLT 10.5,(@1)", -222),  # beyond the 10 V range
+        ("SOUR:VOLT 1,(@1", -104),  # an unterminated channel list
+        ("SOUR:VOLT 1", -109),  # no channel list
+        ("SENS:VOLT:RANG 20,(@101)", -222),
+        ("SAMP:COUN 1.5", -224),
+        ("FORM REAL,32", -224),
+        ("ROUT:SCAN (@103)", -224),  # no AI 103
+        ("FETC?", -230),  # no reading yet
+        ("SOUR:CURR 1,(@1)", -113),
+    ],
+)
+def test_the_virtual_board_is_strict(
+    raw_board: tuple[MessageBasedResource, ScpiDaq], command: str, code: int
+) -> None:
+    inst, board = raw_board
+    inst.write(command)
+    assert inst.query("SYST:ERR?").startswith(f"{code},")
+    assert inst.query("SYST:ERR?") == '0,"No error"'
+    assert set(board.state.ao_levels.values()) == {0.0}
+
+
+def test_the_virtual_board_holds_levels_and_reads_blocks(
+    raw_board: tuple[MessageBasedResource, ScpiDaq],
+) -> None:
+    inst, board = raw_board
+    inst.write("SOUR:VOLT 2.5,(@1:2)")
+    assert inst.query("SOUR:VOLT? (@1,2,3)") == "+2.500000E+00,+2.500000E+00,+0.000000E+00"
+    assert board.backplane.levels()["x0"] == 0.0  # outputs off: the chip sees 0 V
+    assert inst.query("OUTP ON;*OPC?") == "1"  # executed once answered
+    assert board.backplane.levels()["x0"] == 10.0  # 2.5 V at 4 codes per volt
+    inst.write("SOUR:VOLT:RANG 2.5,(@1)")  # holds 2.5 V: allowed
+    inst.write("SOUR:VOLT:RANG 1,(@1)")  # selects 2.5 V again
+    inst.write("SOUR:VOLT 3,(@1)")  # beyond it: refused
+    assert inst.query("SYST:ERR?").startswith("-222,")
+    inst.write("ROUT:SCAN (@101:102);:SAMP:COUN 3;:FORM REAL,64")
+    values = inst.query_binary_values("READ?", datatype="d", is_big_endian=True)
+    assert len(values) == 6
+    assert values[1::2] == [0.0, 0.0, 0.0]  # AI 102 is not wired
+    assert values[0::2] == [2.0, 2.0, 2.0]  # the chip's offset, 1 LSB, at 0.5 LSB per volt
+    inst.write("FORM ASC")
+    assert [float(v) for v in inst.query("FETC?").split(",")] == values
+    inst.write("SENS:VOLT:RANG 1,(@101)")
+    assert inst.query("READ?").split(",")[:2] == ["+9.900000E+37", "+0.000000E+00"]  # overload
+    inst.write("*RST")
+    assert inst.query("OUTP?;:FORM?;:ROUT:SCAN?") == "0;ASC;(@)"
+    assert inst.query("SYST:ERR?") == '0,"No error"'
