@@ -188,3 +188,19 @@ def test_a_garbled_reply_and_a_disconnect_become_instrument_errors(server: ScpiS
         server.clear_faults()
         with contextlib.suppress(InstrumentError):  # the link is gone: reported, no hang
             smu.close()
+
+
+def test_a_current_beyond_a_fixed_measure_range_reads_overflow(device: Keithley2600) -> None:
+    for chunk in (
+        "smua.source.limiti=1e-4",
+        "smua.measure.rangei=1e-6",
+        "smua.source.levelv=3",  # 3 µA through 1 MΩ: above the 1 µA range, below the limit
+        "smua.source.output=smua.OUTPUT_ON",
+    ):
+        assert device.execute(chunk) is None
+    assert device.execute("print(smua.measure.i(), smua.source.compliance)") == (
+        "9.91000e+37\tfalse"
+    )
+    assert device.execute("smua.measure.autorangei=smua.AUTORANGE_ON") is None
+    assert device.execute("print(smua.measure.i())") == "3.00000e-06"
+    assert device.execute("print(errorqueue.count)") == "0.00000e+00"
