@@ -78,6 +78,7 @@ def tsp_error(code: int, detail: str) -> ScpiError:
 
 
 def _syntax(text: str) -> ScpiError:
+    """A -285 naming the first symbol of what failed to parse, as the 2600's Lua does."""
     near = text.split()[0] if text.split() else text
     return tsp_error(-285, f"unexpected symbol near `{near}'")
 
@@ -91,6 +92,7 @@ def _range_for(value: float, ranges: tuple[float, ...]) -> float:
 
 
 def _bounded(value: float, low: float, high: float, what: str) -> float:
+    """`value` if within [low, high]; else 1101 (too big) or 1102 (too small)."""
     if value > high:
         raise tsp_error(TOO_BIG, f"{what} {value:g} above {high:g}")
     if value < low:
@@ -107,6 +109,7 @@ def _choice(value: float, what: str) -> bool:
 
 
 def _format(value: Value) -> str:
+    """A value as `print` shows it (numbers in the 2600's default `%.5e`)."""
     if value is None:
         return "nil"
     if isinstance(value, bool):
@@ -190,6 +193,7 @@ class Keithley2600(ScpiDevice):
 
     # -- statements ------------------------------------------------------------------------------
     def _common_command(self, text: str) -> str | None:
+        """`*IDN?`, `*RST`, `*CLS`: the IEEE 488.2 commands a 2600 takes outside TSP."""
         command = text.upper()
         if command == "*IDN?":
             return self.idn
@@ -202,6 +206,7 @@ class Keithley2600(ScpiDevice):
         raise _syntax(text)
 
     def _statement(self, text: str) -> str | None:
+        """One statement: `print(...)`, a call or an assignment; what it printed."""
         if m := _PRINT.fullmatch(text):
             args = [a.strip() for a in split_outside_quotes(m.group(1), ",")]
             if any(not a for a in args):
@@ -234,12 +239,14 @@ class Keithley2600(ScpiDevice):
 
     # -- the object model --------------------------------------------------------------------
     def _split(self, name: str) -> tuple[_Smu, str]:
+        """`smua.source.levelv` → the channel and `source.levelv` (-286 for another table)."""
         head, _, rest = name.partition(".")
         if head not in self.smu or not rest:
             raise tsp_error(-286, f"attempt to index a nil value (`{name}')")
         return self.smu[head], rest
 
     def _call(self, name: str) -> list[Value]:
+        """A function call without arguments; the values it returns."""
         if name == "errorqueue.next":
             if not self._errors:
                 return [0.0, "Queue Is Empty", 0.0, 0.0]
@@ -256,6 +263,7 @@ class Keithley2600(ScpiDevice):
         return [current if attribute == "measure.i" else (smu.levelv if smu.output else 0.0)]
 
     def _read(self, name: str) -> Value:
+        """An attribute or constant read."""
         if name == "errorqueue.count":
             return float(len(self._errors))
         smu, attribute = self._split(name)
@@ -278,6 +286,7 @@ class Keithley2600(ScpiDevice):
         return readers[attribute]()
 
     def _assign(self, name: str, values: list[Value]) -> None:
+        """An attribute write, checked as the 2600 checks it."""
         smu, attribute = self._split(name)
         if attribute == "source.compliance" or attribute in CONSTANTS:
             raise tsp_error(-286, f"attempt to set a read-only attribute (`{name}')")

@@ -65,6 +65,8 @@ class _Block(str):
 
 @dataclass
 class _State:
+    """The board's settings (`*RST` restores them) and its last reading."""
+
     ao_levels: dict[int, float]
     ao_ranges: dict[int, float]
     ai_ranges: dict[int, float]
@@ -77,6 +79,7 @@ class _State:
 
 
 def _range_for(value: float, ranges: Sequence[float]) -> float:
+    """The smallest range holding |value| (-222 above the top one), as the board selects it."""
     for r in ranges:
         if abs(value) <= r:
             return r
