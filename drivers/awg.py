@@ -211,16 +211,20 @@ class Keysight33500Channel(PyMeasureSession):
         self._verify("offset", volts, lambda: self._ch.offset)
 
     def set_sine(self, frequency: float, amplitude: float, offset: float) -> None:
-        """Change all three; amplitude and offset in the order that keeps every intermediate
-        state within the ceiling (a shrinking amplitude first, a growing one last)."""
+        """Change what differs of the three; amplitude and offset in the order that keeps every
+        intermediate state within the ceiling (a shrinking amplitude first, a growing one last)."""
         self.check_sine(frequency, amplitude, offset)
         if frequency != self._frequency:
             self.set_frequency(frequency)
-        steps = [(self.set_amplitude, amplitude), (self.set_offset, offset)]
+        steps: list[tuple[Callable[[float], None], float, float]] = [
+            (self.set_amplitude, amplitude, self._amplitude),
+            (self.set_offset, offset, self._offset),
+        ]
         if amplitude > self._amplitude:
             steps.reverse()
-        for setter, value in steps:
-            setter(value)
+        for setter, value, current in steps:
+            if value != current:
+                setter(value)
 
     def enable(self) -> None:
         self._call("enable output", lambda: setattr(self._ch, "output", True))
