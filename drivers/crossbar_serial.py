@@ -376,11 +376,13 @@ class CrossbarSerialBoard:
     def _exchange(self, command: str, n: int | None, extra_time: float = 0.0) -> list[str]:
         """Send one line, read one reply line; `OK` fields (n of them, if given) or an error."""
         self._command, self._reply = command, None
-        self.port.timeout = self.settings.timeout + extra_time
+        wait = self.settings.timeout + extra_time
+        if self.port.timeout != wait:  # a real port reconfigures on every change
+            self.port.timeout = wait
         self.port.write((command + "\n").encode("ascii"))
         raw: bytes = self.port.readline()
         if not raw.endswith(b"\n"):
-            raise TimeoutError(f"no complete reply within {self.port.timeout:g} s")
+            raise TimeoutError(f"no complete reply within {wait:g} s")
         self._reply = raw.decode("ascii").rstrip("\r\n")  # UnicodeDecodeError: a protocol fault
         fields = self._reply.split(" ")
         if fields[0] == "ERR" and len(fields) >= 3 and fields[1].isdigit():

@@ -21,6 +21,7 @@ import re
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -34,6 +35,7 @@ from simulators.virtual.server import HOST, POLL, Faults
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
+LOG_LENGTH = 10_000
 BIAS_SCHEMES = ("V/2", "V/3", "FLOAT", "GND")
 _REAL = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 _COUNT = re.compile(r"\d+")
@@ -76,9 +78,8 @@ class _Limits:
     count_max: int
 
     def text(self) -> str:
-        return f"{_num(self.vmax)} {_num(self.vread)} {self.width_min} {self.width_max} " + (
-            f"{self.count_max}"
-        )
+        volts = f"{_num(self.vmax)} {_num(self.vread)}"
+        return f"{volts} {self.width_min} {self.width_max} {self.count_max}"
 
 
 def _num(value: float) -> str:
@@ -89,7 +90,8 @@ def _num(value: float) -> str:
 class CrossbarBoardEmulator:
     """The board's firmware over a `CrossbarDevice`: `handle(line)` → one reply line.
 
-    Thread-safe: one lock serialises every command. `log` keeps (command, reply) pairs.
+    Thread-safe: one lock serialises every command. `log` keeps the last `LOG_LENGTH`
+    (command, reply) pairs.
     """
 
     def __init__(
@@ -98,7 +100,7 @@ class CrossbarBoardEmulator:
         self.device = device
         self.model = model if model is not None else BoardModel()
         self.lock = threading.RLock()
-        self.log: list[tuple[str, str]] = []
+        self.log: deque[tuple[str, str]] = deque(maxlen=LOG_LENGTH)
         self.default_watchdog = watchdog
         self._last = time.monotonic()
         self.disconnect()
@@ -127,7 +129,7 @@ class CrossbarBoardEmulator:
         """Execute one command line (terminator removed); return the reply line."""
         with self.lock:
             now = time.monotonic()
-            if now - self._last > self.watchdog and self.lines != "GND":
+            if now - self._last > self.watchdog and self.lines != "GND":  # idle too long
                 log.debug("watchdog: %.3g s without a command, lines grounded", now - self._last)
                 self._ground()
             self._last = now
@@ -382,6 +384,9 @@ class CrossbarSerialServer:
                 setattr(self.faults, key, value)
 
     def start(self) -> CrossbarSerialServer:
+        """Bind a free loopback port and start accepting connections."""
+        if self._listener is not None:
+            raise RuntimeError(f"virtual board {self.name!r} is already started")
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.bind((HOST, 0))
         listener.listen()
@@ -423,6 +428,7 @@ class CrossbarSerialServer:
         with self._lock:
             if client is not None:
                 self._clients.add(client)
+            self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(thread)
         thread.start()
 
