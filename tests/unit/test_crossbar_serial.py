@@ -3,6 +3,7 @@ board emulator's strictness, command by command (docs/crossbar-protocol.md)."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 
 import numpy as np
@@ -310,3 +311,12 @@ def test_session_limits_and_compliance_are_enforced_by_the_board(
     assert emulator.selected is None
     assert emulator.lines == "GND"
     assert emulator.handle("SEL 0 0").startswith("ERR 11 ")
+
+
+def test_a_port_that_cannot_be_opened_names_the_board() -> None:
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        url = f"socket://127.0.0.1:{probe.getsockname()[1]}"
+    xbar = CrossbarSerialBoard(settings(url=url), clock=VirtualClock())
+    with pytest.raises(InstrumentDisconnected, match=r"xbar \(socket://127.0.0.1:\d+\): connect"):
+        xbar.connect()
