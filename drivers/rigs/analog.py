@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from drivers.scpi_daq import AI_IDS, AO_IDS, ScpiDaqBoard, ScpiDaqSettings
 from hil.core import (
@@ -38,8 +39,20 @@ from hil.core import (
 
 log = logging.getLogger(__name__)
 
-Wiring = dict[int, tuple[str, float]]
-"""Board channel → (the chip's channel, its scale)."""
+BOARD_TYPE = "scpi-daq"
+"""The `type:` of the board's entry under `instruments`."""
+
+
+@dataclass(frozen=True)
+class Wire:
+    """One board terminal wired to one chip channel."""
+
+    instrument: str
+    kind: str  # the entry's `type:`
+    channel: str
+    role: Role
+    scale: float  # units of the channel per board volt
+    terminal: int  # the board channel: AO 1–99, AI 101–199
 
 
 class BoardChannel(BaseModel):
@@ -80,7 +93,9 @@ class AnalogRig(DeviceBase):
         model_config = ConfigDict(extra="forbid", frozen=True)
 
         name: str = Field(default="analog-chip", min_length=1)
-        board: ScpiDaqSettings = Field(description="the DAC/ADC board (drivers.scpi_daq)")
+        instruments: dict[str, dict[str, Any]] = Field(
+            description="the one board: name → {type: scpi-daq, …its settings}"
+        )
         channels: dict[str, BoardChannel] = Field(description="chip channel → role, board, range")
         settle_time: float = Field(default=0.01, ge=0, le=60, description="s after a change")
         reading_time: float = Field(
@@ -93,19 +108,10 @@ class AnalogRig(DeviceBase):
             "(virtual instruments only: nothing physical settles)",
         )
 
-        @model_validator(mode="before")
-        @classmethod
-        def _board_name(cls, data: Any) -> Any:
-            """The board is named after the rig unless the station file names it."""
-            if isinstance(data, dict) and isinstance(data.get("board"), dict):
-                board = data["board"]
-                data = {**data, "board": {"name": f"{data.get('name', 'analog-chip')}-board"}}
-                data["board"].update(board)
-            return data
-
         @model_validator(mode="after")
         def _wired(self) -> AnalogRig.Settings:
-            b = self.board
+            b = self.board()
+            where_b = f"instruments.{b.name}"
             used = [c.board for c in self.channels.values()]
             for name, chan in self.channels.items():
                 where = f"channels.{name}"
@@ -113,10 +119,10 @@ class AnalogRig(DeviceBase):
                     raise ValueError(f"{where}: board channel {chan.board} is wired twice")
                 if chan.kind is Role.OUTPUT:
                     if chan.board not in b.ai:
-                        raise ValueError(f"{where}: AI {chan.board} is not under board.ai")
+                        raise ValueError(f"{where}: AI {chan.board} is not under {where_b}.ai")
                     continue
                 if chan.board not in b.ao:
-                    raise ValueError(f"{where}: AO {chan.board} is not under board.ao")
+                    raise ValueError(f"{where}: AO {chan.board} is not under {where_b}.ao")
                 top = min(b.ao[chan.board], b.max_voltage)
                 volts = max(abs(chan.min), abs(chan.max)) / abs(chan.scale)
                 if volts > top:
@@ -126,22 +132,39 @@ class AnalogRig(DeviceBase):
                     )
                 if b.max_slew * abs(chan.scale) > chan.max_slew:
                     raise ValueError(
-                        f"{where}: board.max_slew {b.max_slew:g} V/s is "
+                        f"{where}: the board's max_slew {b.max_slew:g} V/s is "
                         f"{b.max_slew * abs(chan.scale):g} {chan.unit}/s here, faster than "
-                        f"max_slew {chan.max_slew:g}; lower board.max_slew"
+                        f"max_slew {chan.max_slew:g}; lower {where_b}.max_slew"
                     )
             if not any(c.kind is Role.OUTPUT for c in self.channels.values()):
                 raise ValueError("channels: at least one output is needed")
             return self
 
-        def wiring(self) -> tuple[Wiring, Wiring]:
-            """AO and AI wiring (board channel → chip channel, scale): what a virtual board
-            serving this rig needs."""
-            ao = {
-                c.board: (n, c.scale) for n, c in self.channels.items() if c.kind is not Role.OUTPUT
-            }
-            ai = {c.board: (n, c.scale) for n, c in self.channels.items() if c.kind is Role.OUTPUT}
-            return ao, ai
+        def board(self) -> ScpiDaqSettings:
+            """The validated settings of the one board (ValueError naming the key)."""
+            if len(self.instruments) != 1:
+                raise ValueError(f"instruments: exactly one board, got {sorted(self.instruments)}")
+            ((name, entry),) = self.instruments.items()
+            entry = dict(entry)
+            kind = entry.pop("type", None)
+            if kind != BOARD_TYPE:
+                raise ValueError(f"instruments.{name}.type: {kind!r} is not {BOARD_TYPE!r}")
+            try:
+                return ScpiDaqSettings.model_validate({"name": name, **entry})
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in (name, *first["loc"]))
+                message = first["msg"].removeprefix("Value error, ")
+                raise ValueError(f"instruments.{where}: {message}") from None
+
+        def wiring(self) -> list[Wire]:
+            """Every board terminal and the chip channel it is wired to: what virtual
+            instruments standing in for the board need (`hil.virtual`)."""
+            (board,) = self.instruments
+            return [
+                Wire(board, BOARD_TYPE, n, c.kind, c.scale, c.board)
+                for n, c in self.channels.items()
+            ]
 
     def __init__(
         self, settings: AnalogRig.Settings, *, clock: Clock | None = None, instrument: Any = None
@@ -161,7 +184,7 @@ class AnalogRig(DeviceBase):
         self._outputs = [c.name for c in self._spec.outputs]
         self._board_of = {n: c.board for n, c in channels.items()}
         self._scale = {n: c.scale for n, c in channels.items()}
-        self.board = ScpiDaqBoard(settings.board, clock=clock)
+        self.board = ScpiDaqBoard(settings.board(), clock=clock)
         self.board.connect(instrument)
         self._open = True
 
@@ -195,7 +218,7 @@ class AnalogRig(DeviceBase):
             self._wait(self.settings.settle_time)
             volts = self.board.read()
             if isinstance(self._clock, VirtualClock):  # on a wall clock the reading took it
-                self._clock.advance(self.settings.board.sample_count * self.settings.reading_time)
+                self._clock.advance(self.board.settings.sample_count * self.settings.reading_time)
             out[i] = [volts[self._board_of[n]] * self._scale[n] for n in self._outputs]
         return out
 
@@ -212,10 +235,11 @@ class AnalogRig(DeviceBase):
     # -- helpers ---------------------------------------------------------------------------------
     def _build_spec(self) -> DeviceSpec:
         s = self.settings
+        board = s.board()
         channels = []
         for name, c in s.channels.items():
             if c.kind is Role.OUTPUT:
-                top = s.board.ai[c.board] * abs(c.scale)
+                top = board.ai[c.board] * abs(c.scale)
                 channels.append(Channel(name=name, role=c.kind, min=-top, max=top, unit=c.unit))
             else:
                 channels.append(
@@ -232,7 +256,7 @@ class AnalogRig(DeviceBase):
             name=s.name,
             channels=tuple(channels),
             settle_time=s.settle_time,
-            plateau_samples=s.board.sample_count,
+            plateau_samples=board.sample_count,
             sample_rate=1.0 / s.reading_time,
             output_gain=s.output_gain,
         )

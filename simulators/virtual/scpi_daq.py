@@ -11,7 +11,8 @@ commands and `SYST:ERR?`. Strict like the virtual 2400: a level beyond its chann
 -222, a range below the level it must hold -221, a channel the board lacks -224, `FETC?` before
 any reading -230, a reading with an empty scan list -221.
 
-Wiring (`Wire`: a device channel and its scale, device units per volt): with the outputs on, an
+Wiring (`Wire`: a device channel and its scale, device units per volt; `board_for` builds a
+board from a rig's wiring): with the outputs on, an
 AO channel holds `volts × scale` on its device channel through the `Backplane`; with them off, 0.
 One sample is one plateau of the device (`Backplane.measure`); an AI channel reads its output
 divided by the scale, 9.9E37 beyond the channel's range, 0 V when unwired. A `REAL,64` reading
@@ -23,6 +24,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from simulators.virtual.backplane import Backplane
 from simulators.virtual.scpi import (
@@ -51,6 +53,28 @@ class Wire:
 
     channel: str
     scale: float = 1.0
+
+
+class Terminal(Protocol):
+    """A rig's wiring item for a board terminal (`drivers.rigs.analog` `Settings.wiring()`)."""
+
+    @property
+    def channel(self) -> str: ...
+
+    @property
+    def scale(self) -> float: ...
+
+    @property
+    def terminal(self) -> int: ...
+
+
+def board_for(backplane: Backplane, terminals: Sequence[Terminal]) -> ScpiDaq:
+    """A virtual board wired as a rig declares it: 16 AO / 8 AI, more if the wiring needs them."""
+    ao = {t.terminal: Wire(t.channel, t.scale) for t in terminals if t.terminal <= AI_BASE}
+    ai = {t.terminal: Wire(t.channel, t.scale) for t in terminals if t.terminal > AI_BASE}
+    n_ao = max(16, *ao) if ao else 16
+    n_ai = max(8, *(c - AI_BASE for c in ai)) if ai else 8
+    return ScpiDaq(backplane, ao, ai, n_ao=n_ao, n_ai=n_ai)
 
 
 class _Block(str):

@@ -20,7 +20,7 @@ from hil.core import InstrumentError, SafetyViolation
 from hil.testing import CHECKS
 from simulators.analog_mlp import AnalogMLPDevice
 from simulators.virtual.backplane import Backplane
-from simulators.virtual.scpi_daq import ScpiDaq, Wire
+from simulators.virtual.scpi_daq import ScpiDaq, Wire, board_for
 from simulators.virtual.server import ScpiServer
 
 pytestmark = pytest.mark.timeout(30)
@@ -56,31 +56,25 @@ def rig_settings(address: str = "TCPIP::127.0.0.1::1::SOCKET", **board: Any) -> 
     return AnalogRig.Settings.model_validate(
         {
             "name": "mlp-chip",
-            "board": {
-                "address": address,
-                "visa_library": "@py",
-                "timeout": 1.0,
-                "ao": dict.fromkeys(driven, 10.0),
-                "ai": {101: 10.0},
-                "ramp_step": 0.5,
-                "max_slew": 20.0,
-                "retry": {"count": 0},
-                **board,
+            "instruments": {
+                "daq": {
+                    "type": "scpi-daq",
+                    "address": address,
+                    "visa_library": "@py",
+                    "timeout": 1.0,
+                    "ao": dict.fromkeys(driven, 10.0),
+                    "ai": {101: 10.0},
+                    "ramp_step": 0.5,
+                    "max_slew": 20.0,
+                    "retry": {"count": 0},
+                    **board,
+                }
             },
             "channels": channels,
             "settle_time": 1e-3,
             "reading_time": 1e-3,
             "clock": "virtual",
         }
-    )
-
-
-def virtual_board(settings: AnalogRig.Settings, chip: AnalogMLPDevice) -> ScpiDaq:
-    ao, ai = settings.wiring()
-    return ScpiDaq(
-        Backplane(chip),
-        {c: Wire(name, scale) for c, (name, scale) in ao.items()},
-        {c: Wire(name, scale) for c, (name, scale) in ai.items()},
     )
 
 
@@ -101,7 +95,9 @@ class Rigs:
 
     def __call__(self, seed: int, noise: bool, **board: Any) -> AnalogRig:
         chip = AnalogMLPDevice(chip_settings(noise), seed=seed)
-        server = ScpiServer(virtual_board(rig_settings(), chip), f"daq-{seed}").start()
+        server = ScpiServer(
+            board_for(Backplane(chip), rig_settings().wiring()), f"daq-{seed}"
+        ).start()
         try:
             rig = AnalogRig(rig_settings(server.address, **board))
         except BaseException:
@@ -194,7 +190,7 @@ def test_settings_refuse_a_range_the_board_cannot_drive() -> None:
         AnalogRig.Settings.model_validate(data)
     data = rig_settings().model_dump()
     data["channels"]["x0"]["max_slew"] = 10.0  # board ramps at 20 V/s = 80 codes/s
-    with pytest.raises(ValueError, match=r"lower board\.max_slew"):
+    with pytest.raises(ValueError, match=r"lower instruments\.daq\.max_slew"):
         AnalogRig.Settings.model_validate(data)
 
 
@@ -203,7 +199,7 @@ def test_a_broken_link_is_an_instrument_error_naming_the_board(make_rig: Rigs) -
     server, _ = make_rig.server(rig)
     rig.measure(np.array([[1.0, 2.0]]))
     server.set_faults(disconnect_after=0)
-    with pytest.raises(InstrumentError, match="mlp-chip-board"):
+    with pytest.raises(InstrumentError, match=r"daq \(HIL,VIRTUAL SCPI DAQ"):
         rig.measure(np.array([[3.0, 2.0]]))
     server.clear_faults()
     with pytest.raises(InstrumentError):

@@ -272,9 +272,14 @@ def rig_settings() -> AnalogRig.Settings:
     return AnalogRig.Settings.model_validate(
         {
             "name": "chip",
-            "board": settings(
-                sample_count=1, ai={101: 10.0}, max_voltage=10.0, ramp_step=8.0
-            ).model_dump(exclude={"name"}),  # named after the rig
+            "instruments": {
+                "chip-board": {
+                    "type": "scpi-daq",
+                    **settings(
+                        sample_count=1, ai={101: 10.0}, max_voltage=10.0, ramp_step=8.0
+                    ).model_dump(exclude={"name"}),  # named by its key
+                }
+            },
             "channels": {
                 "x": {"role": "input", "board": 1, "min": 0, "max": 31, "unit": "LSB", "scale": 4},
                 "w": {"role": "control", "board": 2, "min": -8, "max": 8, "scale": 4},
@@ -323,4 +328,28 @@ def test_the_rig_sends_controls_and_plateaus_in_board_volts() -> None:
     spec = rig.spec
     assert [c.name for c in spec.inputs] == ["x"]
     assert (spec.outputs[0].min, spec.outputs[0].max) == (-160.0, 160.0)
-    assert rig.settings.board.name == "chip-board"
+    assert rig.board.settings.name == "chip-board"
+    assert [(w.channel, w.role.value, w.terminal) for w in rig.settings.wiring()] == [
+        ("x", "input", 1),
+        ("w", "control", 2),
+        ("y", "output", 101),
+    ]
+
+
+def test_rig_settings_name_the_key_that_is_wrong() -> None:
+    data = rig_settings().model_dump()
+    data["instruments"]["chip-board"]["type"] = "keithley2400"
+    with pytest.raises(ValidationError, match=r"instruments\.chip-board\.type: 'keithley2400'"):
+        AnalogRig.Settings.model_validate(data)
+    data = rig_settings().model_dump()
+    data["instruments"]["chip-board"]["nplc"] = -1
+    with pytest.raises(ValidationError, match=r"instruments\.chip-board: nplc -1 is outside"):
+        AnalogRig.Settings.model_validate(data)
+    data = rig_settings().model_dump()
+    data["instruments"]["other"] = data["instruments"]["chip-board"]
+    with pytest.raises(ValidationError, match="exactly one board"):
+        AnalogRig.Settings.model_validate(data)
+    data = rig_settings().model_dump()
+    data["channels"]["y"]["board"] = 102
+    with pytest.raises(ValidationError, match=r"AI 102 is not under instruments\.chip-board\.ai"):
+        AnalogRig.Settings.model_validate(data)
