@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from drivers.instruments import InstrumentSettings, as_float
+from drivers.instruments import InstrumentSettings, as_float, ramp_levels
 from drivers.lockin import PyMeasureSession
 from hil.core import Clock, InstrumentError, SafetyViolation
 
@@ -28,6 +29,12 @@ log = logging.getLogger(__name__)
 
 HIGH_Z = 9.9e37
 """What `OUTP:LOAD?` answers for INFinity (high impedance)."""
+
+
+def sent(value: float) -> float:
+    """The value the instrument receives: PyMeasure formats frequency, amplitude and offset
+    with `%f` (six decimals), so the checks and the state use that, not the request."""
+    return float(f"{value:f}") if math.isfinite(value) else value
 
 
 class Keysight33500Settings(InstrumentSettings):
@@ -45,6 +52,9 @@ class Keysight33500Settings(InstrumentSettings):
         default=20e6, gt=0, le=30e6, description="sine limit of the model (20 or 30 MHz), Hz"
     )
     sync: bool = Field(default=True, description="drive the rear Sync output from this channel")
+    two_channel: bool = Field(
+        default=True, description="false for one-channel models (no OUTP:SYNC:SOURce)"
+    )
 
     min_frequency: ClassVar[float] = 1e-6
     # Amplitude range and |offset| + amplitude/2 limit per load (33500B data sheet).
@@ -75,6 +85,8 @@ class Keysight33500Settings(InstrumentSettings):
                 f"|offset| + amplitude/2 = {abs(self.offset) + amplitude / 2:g} V exceeds "
                 f"max_voltage {self.max_voltage:g} V"
             )
+        if self.channel == 2 and not self.two_channel:
+            raise ValueError("channel 2 needs a two-channel model (two_channel: true)")
         if not self.min_frequency <= self.frequency <= self.max_frequency:
             raise ValueError(
                 f"frequency {self.frequency:g} Hz outside [{self.min_frequency:g}, "
@@ -148,7 +160,7 @@ class Keysight33500Channel(PyMeasureSession):
         ch.frequency = s.frequency
         ch.amplitude = amplitude
         ch.offset = s.offset
-        if s.sync:
+        if s.sync and s.two_channel:
             self.instrument.write(f"OUTP:SYNC:SOUR CH{s.channel}")
         self.instrument.write(f"OUTP:SYNC {int(s.sync)}")
         self.check_equal("function", "SIN", str(ch.shape).strip())
@@ -158,7 +170,7 @@ class Keysight33500Channel(PyMeasureSession):
         self.check_equal("frequency", s.frequency, ch.frequency)
         self.check_equal("amplitude", amplitude, ch.amplitude)
         self.check_equal("offset", s.offset, ch.offset)
-        if s.sync:
+        if s.sync and s.two_channel:
             sync_source = self.instrument.ask("OUTP:SYNC:SOUR?").strip()
             self.check_equal("sync source", f"CH{s.channel}", sync_source)
         self.check_equal("sync", float(s.sync), self.instrument.ask("OUTP:SYNC?"))
@@ -173,7 +185,12 @@ class Keysight33500Channel(PyMeasureSession):
 
     # -- checks -----------------------------------------------------------------------------------
     def check_sine(self, frequency: float, amplitude: float, offset: float) -> None:
-        """Refuse a sine outside the instrument range or the station ceiling, before sending."""
+        """Refuse a sine outside the instrument range or the station ceiling, before sending:
+        both as asked and as it will be sent (`%f`)."""
+        self._check_sine(frequency, amplitude, offset)
+        self._check_sine(sent(frequency), sent(amplitude), sent(offset))
+
+    def _check_sine(self, frequency: float, amplitude: float, offset: float) -> None:
         s = self.settings
         if not (math.isfinite(frequency) and s.min_frequency <= frequency <= s.max_frequency):
             limit = f"the sine range [{s.min_frequency:g}, {s.max_frequency:g}] Hz of {self.who}"
@@ -195,26 +212,26 @@ class Keysight33500Channel(PyMeasureSession):
     def set_frequency(self, hz: float) -> None:
         self.check_sine(hz, self._amplitude, self._offset)
         self._call("set frequency", lambda: setattr(self._ch, "frequency", hz))
-        self._frequency = hz
-        self._verify("frequency", hz, lambda: self._ch.frequency)
+        self._frequency = sent(hz)
+        self._verify("frequency", self._frequency, lambda: self._ch.frequency)
 
     def set_amplitude(self, vpp: float) -> None:
         self.check_sine(self._frequency, vpp, self._offset)
         self._call("set amplitude", lambda: setattr(self._ch, "amplitude", vpp))
-        self._amplitude = vpp
-        self._verify("amplitude", vpp, lambda: self._ch.amplitude)
+        self._amplitude = sent(vpp)
+        self._verify("amplitude", self._amplitude, lambda: self._ch.amplitude)
 
     def set_offset(self, volts: float) -> None:
         self.check_sine(self._frequency, self._amplitude, volts)
         self._call("set offset", lambda: setattr(self._ch, "offset", volts))
-        self._offset = volts
-        self._verify("offset", volts, lambda: self._ch.offset)
+        self._offset = sent(volts)
+        self._verify("offset", self._offset, lambda: self._ch.offset)
 
     def set_sine(self, frequency: float, amplitude: float, offset: float) -> None:
         """Change what differs of the three; amplitude and offset in the order that keeps every
         intermediate state within the ceiling (a shrinking amplitude first, a growing one last)."""
         self.check_sine(frequency, amplitude, offset)
-        if frequency != self._frequency:
+        if sent(frequency) != self._frequency:
             self.set_frequency(frequency)
         steps: list[tuple[Callable[[float], None], float, float]] = [
             (self.set_amplitude, amplitude, self._amplitude),
@@ -223,26 +240,38 @@ class Keysight33500Channel(PyMeasureSession):
         if amplitude > self._amplitude:
             steps.reverse()
         for setter, value, current in steps:
-            if value != current:
+            if sent(value) != current:
                 setter(value)
 
     def enable(self) -> None:
+        """Output on, read back (which also waits until the instrument has carried it out)."""
         self._call("enable output", lambda: setattr(self._ch, "output", True))
         self._enabled = True
+        on = self._query("read back output", lambda: self._ch.output)
+        if on is not True:
+            raise InstrumentError(f"{self.who}: output was switched on but reads back {on!r}")
 
     def disable(self) -> None:
         self._call("disable output", lambda: setattr(self._ch, "output", False))
         self._enabled = False
 
     def go_safe(self) -> None:
-        """Amplitude to the minimum, offset to 0, output off — the output goes off even if the
-        other two fail. Nothing is read back, so a confused instrument cannot stop it."""
+        """Amplitude to the minimum, the offset to 0 (in steps of at most `ramp_step` at no more
+        than `max_slew` while the output is on), output off. The output goes off even if the
+        rest fails; nothing is read back, so a confused instrument cannot stop it."""
         try:
             low = self.settings.min_amplitude
             self._call("safe amplitude", lambda: setattr(self._ch, "amplitude", low))
             self._amplitude = low
-            self._call("safe offset", lambda: setattr(self._ch, "offset", 0.0))
-            self._offset = 0.0
+            levels = ramp_levels(self._offset, 0.0, self.settings.ramp_step)
+            if not self._enabled:
+                levels = levels[-1:]
+            pause = abs(self._offset) / max(len(levels), 1) / self.settings.max_slew
+            for level in levels:
+                self._call("safe offset", partial(setattr, self._ch, "offset", level))
+                self._offset = sent(level)
+                if self._enabled:
+                    self.clock.advance(pause)
         finally:
             self.disable()
 

@@ -50,16 +50,15 @@ SR830_SENSITIVITIES = _decades((1, 2, 5), -9, 0)[1:-2]  # 2 nV … 1 V
 SR830_TIME_CONSTANTS = _decades((1, 3), -5, 4)  # 10 µs … 30 ks
 SR860_SENSITIVITIES = _decades((1, 2, 5), -9, 0)[:-2]  # 1 nV … 1 V
 SR860_TIME_CONSTANTS = _decades((1, 3), -6, 4)  # 1 µs … 30 ks
+SR860_INPUT_RANGES = (1.0, 0.3, 0.1, 0.03, 0.01)  # V peak, IRNG 0…4
+_SR860_RANGE_NAMES = ("1V", "300M", "100M", "30M", "10M")  # PyMeasure's `input_range` values
 
 
-def index_of(value: float, allowed: Sequence[float], what: str, who: str) -> int:
-    """The position of `value` in an instrument's allowed list; refuse anything else.
-
-    Raises `SafetyViolation` before anything is sent: a value between two steps is not rounded.
-    """
-    for i, v in enumerate(allowed):
-        if math.isclose(value, v, rel_tol=1e-9):
-            return i
+def check_in_list(value: float, allowed: Sequence[float], what: str, who: str) -> None:
+    """Refuse a value that is not in an instrument's allowed list (`SafetyViolation`, before
+    anything is sent): a value between two steps is not rounded."""
+    if any(math.isclose(value, v, rel_tol=1e-9) for v in allowed):
+        return
     raise SafetyViolation(
         who,
         value,
@@ -160,10 +159,21 @@ class SR860Settings(LockInSettings):
     """SR860: sensitivities 1 nV…1 V, time constants 1 µs…30 ks, harmonics up to 98
     (PyMeasure's validator stops one short of the manual's 99); no dynamic reserve."""
 
+    input_range: float | None = Field(
+        default=None, description="voltage input range, V peak: 1, 0.3, 0.1, 0.03, 0.01"
+    )
+
     sensitivities: ClassVar[tuple[float, ...]] = SR860_SENSITIVITIES
     time_constants: ClassVar[tuple[float, ...]] = SR860_TIME_CONSTANTS
     max_harmonic: ClassVar[int] = 98
     has_reserve: ClassVar[bool] = False
+
+    @field_validator("input_range")
+    @classmethod
+    def _range_in_list(cls, value: float | None) -> float | None:
+        if value is None or value in SR860_INPUT_RANGES:
+            return value
+        raise ValueError(f"{value:g} V is not one of {SR860_INPUT_RANGES}")
 
 
 class PyMeasureSession(ABC):
@@ -301,8 +311,8 @@ class _SRSLockIn(PyMeasureSession):
     def _check_allowed(self, s: LockInSettings) -> None:
         """Refuse values outside the allowed lists before anything is sent (settings that
         bypassed validation, e.g. built with `model_construct`)."""
-        index_of(s.sensitivity, s.sensitivities, "sensitivity", self.who)
-        index_of(s.time_constant, s.time_constants, "time constant", self.who)
+        check_in_list(s.sensitivity, s.sensitivities, "sensitivity", self.who)
+        check_in_list(s.time_constant, s.time_constants, "time constant", self.who)
         if not 1 <= s.harmonic <= s.max_harmonic:
             raise SafetyViolation(self.name, s.harmonic, f"harmonics 1…{s.max_harmonic}")
 
@@ -450,6 +460,7 @@ class SR860LockIn(_SRSLockIn):
         return self._query("identify", lambda: str(self.instrument.ask("*IDN?")).strip())
 
     def _write_settings(self, s: LockInSettings) -> None:
+        assert isinstance(s, SR860Settings)
         li = self.instrument
         li.reference_source = "EXT" if s.reference == "external" else "INT"
         li.harmonic = s.harmonic
@@ -459,12 +470,15 @@ class SR860LockIn(_SRSLockIn):
             li.input_current_gain = "1MEG" if s.input == "I1M" else "100MEG"
         else:
             li.input_voltage_mode = s.input
+            if s.input_range is not None:
+                li.input_range = _SR860_RANGE_NAMES[SR860_INPUT_RANGES.index(s.input_range)]
         li.input_coupling = s.coupling
         li.sensitivity = s.sensitivity
         li.filter_slope = SLOPES.index(s.filter_slope)
         li.time_constant = s.time_constant
 
     def _read_back(self, s: LockInSettings) -> None:
+        assert isinstance(s, SR860Settings)
         li = self.instrument
         self.check_equal("reference", "EXT" if s.reference == "external" else "INT",
                          li.reference_source)  # fmt: skip
@@ -476,6 +490,9 @@ class SR860LockIn(_SRSLockIn):
             self.check_equal("input current gain", gain, li.input_current_gain)
         else:
             self.check_equal("input", s.input, li.input_voltage_mode)
+            if s.input_range is not None:
+                name = _SR860_RANGE_NAMES[SR860_INPUT_RANGES.index(s.input_range)]
+                self.check_equal("input_range", name, li.input_range)
         self.check_equal("coupling", s.coupling, li.input_coupling)
         self.check_equal("sensitivity", s.sensitivity, li.sensitivity)
         self.check_equal("filter_slope", SLOPES.index(s.filter_slope), li.filter_slope)

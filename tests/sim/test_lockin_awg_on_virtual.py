@@ -165,6 +165,17 @@ def test_the_emulations_reject_malformed_commands(station: VirtualStation) -> No
         assert a.query("SYST:ERR?") == '0,"No error"'
     finally:
         a.close()
+    s = raw_session(station.addresses["sr860"])
+    try:
+        s.write("SCAL 28")  # one past 1 nV
+        s.write("RSRC 2")  # dual reference: not emulated
+        assert s.query("*ESR?") == "16"
+        s.write("CUROVLDSTAT? 1")  # takes no parameter: no answer
+        assert s.query("*ESR?") == "32"
+        assert len(s.query("SNAP? THeta, x").split(",")) == 2  # names, short or long, any case
+        assert s.query("outp? phase") == "0"
+    finally:
+        s.close()
     s = raw_session(station.addresses["sr830"])
     try:
         s.write("SENS 27")  # one past 1 V
@@ -175,6 +186,22 @@ def test_the_emulations_reject_malformed_commands(station: VirtualStation) -> No
         assert s.query("SENS?") == "26"  # nothing changed
     finally:
         s.close()
+
+
+def test_the_awg_channel_suffix_and_load(station: VirtualStation, source: SineSource) -> None:
+    a = raw_session(station.addresses["awg"])
+    try:
+        a.write("SOURce1:FREQ 250;VOLT 0.4;:OUTPut1:LOAD INF")  # relative units stay on ch 1
+        assert a.query("SOUR1:FREQ?;VOLT?") == "+2.500000000000000E+02;+8.000000000000000E-01"
+        assert a.query("SOUR2:FREQ?") == "+1.000000000000000E+03"  # channel 2 untouched
+        a.write("OUTP1 ON")
+        assert a.query("*OPC?") == "1"
+        assert source.on
+        assert source.amplitude_vpp == pytest.approx(0.8)  # 0.4 Vpp into 50 Ω is 0.8 V open
+        a.write("SOUR1:VOLT:OFFS 9.7")  # 9.7 + 0.4 > 10 V open circuit: refused
+        assert a.query("SYST:ERR?").startswith("-221")
+    finally:
+        a.close()
 
 
 def test_a_garbled_reply_and_a_disconnect_become_instrument_errors(

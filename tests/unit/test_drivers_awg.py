@@ -152,6 +152,7 @@ def test_each_change_is_read_back() -> None:
             ("SOUR2:VOLT:OFFS -0.300000", None),
             ("SOUR2:VOLT:OFFS?", "-3.000000000000000E-01"),
             ("OUTP2 1", None),
+            ("OUTP2?", "1"),
         ]
     )
     with expected_protocol(Agilent33500, pairs) as inst:
@@ -224,8 +225,9 @@ def test_close_goes_safe_and_releases() -> None:
     pairs = connected(
         [
             ("OUTP2 1", None),
+            ("OUTP2?", "1"),
             ("SOUR2:VOLT 0.002000", None),  # the high-Z minimum
-            ("SOUR2:VOLT:OFFS 0.000000", None),
+            ("SOUR2:VOLT:OFFS 0.000000", None),  # 0.1 V: one ramp step
             ("OUTP2 0", None),
         ]
     )
@@ -238,6 +240,59 @@ def test_close_goes_safe_and_releases() -> None:
     assert gen.instrument is None
     assert (gen.amplitude, gen.offset, gen.enabled) == (2e-3, 0.0, False)
     gen.close()  # closing again is a no-op
+
+
+def test_go_safe_ramps_a_live_offset_within_the_slew() -> None:
+    clock = VirtualClock()
+    pairs = connected(
+        [
+            ("OUTP2 1", None),
+            ("OUTP2?", "1"),
+            ("SOUR2:VOLT 0.002000", None),
+            ("SOUR2:VOLT:OFFS 0.066667", None),
+            ("SOUR2:VOLT:OFFS 0.033333", None),
+            ("SOUR2:VOLT:OFFS 0.000000", None),
+            ("OUTP2 0", None),
+        ]
+    )
+    with expected_protocol(Agilent33500, pairs) as inst:
+        gen = Keysight33500Channel(settings(ramp_step=0.04, max_slew=0.5), clock=clock)
+        gen.connect(inst)
+        gen.enable()
+        gen.go_safe()
+    assert clock.now() == pytest.approx(0.2)  # 0.1 V at 0.5 V/s
+
+
+def test_an_output_that_does_not_switch_on_is_an_error() -> None:
+    pairs = connected([("OUTP2 1", None), ("OUTP2?", "0")])
+    with expected_protocol(Agilent33500, pairs) as inst:
+        gen = Keysight33500Channel(settings(retry={"count": 0}), clock=VirtualClock())
+        gen.connect(inst)
+        with pytest.raises(InstrumentError, match="switched on but reads back False"):
+            gen.enable()
+
+
+def test_a_value_is_checked_as_it_will_be_sent() -> None:
+    # 0.9750006 V + 0.025 V is within 1.0000008 V as asked, but `%f` sends 0.975001 V.
+    with expected_protocol(Agilent33500, CONNECT) as inst:
+        gen = Keysight33500Channel(settings(max_voltage=1.0000008), clock=VirtualClock())
+        gen.connect(inst)
+        with pytest.raises(SafetyViolation, match="max_voltage"):
+            gen.set_offset(0.9750006)
+    assert gen.offset == 0.1
+
+
+def test_one_channel_models_have_no_sync_source() -> None:
+    pairs = [
+        (c.replace("SOUR2", "SOUR1").replace("OUTP2", "OUTP1"), r)
+        for c, r in CONNECT
+        if not c.startswith("OUTP:SYNC:SOUR")
+    ]
+    with expected_protocol(Agilent33500, pairs) as inst:
+        s = settings(channel=1, two_channel=False)
+        Keysight33500Channel(s, clock=VirtualClock()).connect(inst)
+    with pytest.raises(ValidationError, match="two-channel"):
+        settings(channel=2, two_channel=False)
 
 
 def test_go_safe_switches_the_output_off_even_if_a_write_fails(

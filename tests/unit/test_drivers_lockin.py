@@ -6,12 +6,25 @@ exact form PyMeasure or the driver sends it.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from pydantic import ValidationError
 from pymeasure.instruments.srs import SR830, SR860
 from pymeasure.test import expected_protocol
 
-from drivers.lockin import LockIn, SR830LockIn, SR830Settings, SR860LockIn, SR860Settings
+from drivers.lockin import (
+    SETTLE_FACTOR,
+    SR830_SENSITIVITIES,
+    SR830_TIME_CONSTANTS,
+    SR860_SENSITIVITIES,
+    SR860_TIME_CONSTANTS,
+    LockIn,
+    SR830LockIn,
+    SR830Settings,
+    SR860LockIn,
+    SR860Settings,
+)
 from hil.core import (
     DeviceSaturated,
     InstrumentError,
@@ -298,3 +311,28 @@ def test_settings_take_the_instruments_own_value() -> None:
 def test_a_lockin_needs_its_own_settings_class() -> None:
     with pytest.raises(TypeError, match="SR860Settings"):
         SR860LockIn(settings_830())
+
+
+def test_sr860_input_range() -> None:
+    pairs = list(CONNECT_860)
+    pairs.insert(pairs.index(("ISRC 1", None)) + 1, ("IRNG 3", None))  # 30 mV peak
+    pairs.insert(pairs.index(("ISRC?", "1")) + 1, ("IRNG?", "3"))
+    with expected_protocol(SR860, pairs) as inst:
+        SR860LockIn(settings_860(input_range=0.03), clock=VirtualClock()).connect(inst)
+    with pytest.raises(ValidationError, match="input_range"):
+        settings_860(input_range=0.5)
+
+
+def test_the_allowed_lists_are_pymeasures() -> None:
+    # PyMeasure maps a value to its index in these lists: they must be the very same numbers.
+    assert tuple(SR830.SENSITIVITIES) == SR830_SENSITIVITIES
+    assert tuple(SR830.TIME_CONSTANTS) == SR830_TIME_CONSTANTS
+    assert tuple(sorted(SR860.SENSITIVITIES)) == SR860_SENSITIVITIES
+    assert tuple(SR860.TIME_CONSTANTS) == SR860_TIME_CONSTANTS
+
+
+@pytest.mark.parametrize(("slope", "stages"), [(6, 1), (12, 2), (18, 3), (24, 4)])
+def test_settle_factors_leave_one_percent_of_a_step(slope: int, stages: int) -> None:
+    x = SETTLE_FACTOR[slope]
+    left = math.exp(-x) * sum(x**k / math.factorial(k) for k in range(stages))
+    assert left == pytest.approx(0.01, rel=0.02)
