@@ -46,8 +46,9 @@ SR860_INPUT_RANGES = (1.0, 0.3, 0.1, 0.03, 0.01)
 CURRENT_GAIN = 1e6
 """V per A on a current input: the full scale there is the sensitivity × 1 µA/V."""
 
-# LIA status bits (SR830 manual, ch. 5; SR860 manual, status model).
-SR830_INPUT_OVERLOAD, SR830_FILTER_OVERLOAD, SR830_OUTPUT_OVERLOAD = 1, 2, 4
+# LIA status bits set here (SR830 manual, ch. 5: 0 input, 1 filter, 2 output overload, 3 unlock;
+# SR860: 0-1 output (scale) overloads, 3 unlock, 4 input range).
+SR830_OUTPUT_OVERLOAD = 4
 REFERENCE_UNLOCK = 8
 SR860_X_OVERLOAD, SR860_Y_OVERLOAD, SR860_INPUT_RANGE = 1, 2, 16
 
