@@ -331,8 +331,9 @@ class _SRSLockIn(PyMeasureSession):
         self.instrument.write("*CLS")
 
     def configure(self, settings: LockInSettings | None = None) -> None:
-        """Write `settings` (or the current ones again) and read them back; on a mismatch the
-        instrument is left as read and the previous settings stay in force."""
+        """Write `settings` (or the current ones again) and read them back. A refusal keeps the
+        previous settings object, but the instrument may hold part of the new ones: configure
+        again before reading."""
         if settings is not None:
             settings = self.settings_class.model_validate(settings.model_dump())
             previous, self.settings = self.settings, settings
@@ -360,7 +361,7 @@ class _SRSLockIn(PyMeasureSession):
             raise DeviceSaturated(
                 f"{self.who}: overload while reading X={x:g}, Y={y:g} at sensitivity "
                 f"{self.settings.sensitivity:g} (LIA status {status}); the reading is clipped "
-                "(raise the sensitivity or lower the dither)"
+                "(choose a larger full scale or a smaller dither)"
             )
         return x, y
 
