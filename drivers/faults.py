@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import pyvisa.errors
+import pyvisa.resources
 from pydantic import BaseModel, ConfigDict, Field
 from pyvisa.constants import StatusCode
 
@@ -73,6 +74,34 @@ class Transcript:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.adapter, name)
+
+
+DRAIN_TIMEOUT_MS = 20
+"""How long the input buffer is read for leftovers before a retry, per read."""
+MAX_DRAIN_READS = 100
+
+
+def drain_input(adapter: Any) -> None:
+    """Drop whatever a late or garbled reply left in the input before a query is retried.
+
+    On a pyvisa session: read with a short timeout until nothing more arrives (bounded).
+    pyvisa-py's own flush (`viClear` on a socket) spins forever once the peer has closed the
+    connection, so it is not used there; other adapters flush their read buffer.
+    """
+    resource = getattr(adapter, "connection", None)
+    if not isinstance(resource, pyvisa.resources.MessageBasedResource):
+        adapter.flush_read_buffer()
+        return
+    timeout = resource.timeout
+    resource.timeout = DRAIN_TIMEOUT_MS
+    try:
+        for _ in range(MAX_DRAIN_READS):
+            try:
+                resource.read_raw()
+            except pyvisa.errors.VisaIOError:
+                return
+    finally:
+        resource.timeout = timeout
 
 
 def fault_class(exc: BaseException) -> type[InstrumentError] | None:

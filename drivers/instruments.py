@@ -17,7 +17,7 @@ from typing import Any, Protocol, Self, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from drivers.faults import RetrySettings, Transcript, translated, with_retry
+from drivers.faults import RetrySettings, Transcript, drain_input, translated, with_retry
 from hil.core import Clock, InstrumentError, SafetyViolation, WallClock
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,10 @@ class SourceMeasureChannel(Protocol):
         """The instrument's identification string."""
         ...
 
+    def sent_level(self, volts: float) -> float:
+        """The level the instrument receives for `volts` (after the command's number format)."""
+        ...
+
     def set_level(self, volts: float) -> None: ...
 
     def ramp_to(self, volts: float) -> None:
@@ -56,6 +60,10 @@ class SourceMeasureChannel(Protocol):
 
     def read(self) -> float:
         """The measured current, A."""
+        ...
+
+    def sync(self) -> None:
+        """Return once every command sent so far has been carried out."""
         ...
 
     def enable(self) -> None: ...
@@ -84,6 +92,10 @@ class InstrumentSettings(BaseModel):
     ramp_step: float = Field(default=0.1, gt=0, description="largest step of a ramp, V")
     max_slew: float = Field(default=1.0, gt=0, description="fastest ramp, V/s")
     readback_rtol: float = Field(default=1e-4, gt=0, lt=0.1, description="readback tolerance")
+    sync_query: str | None = Field(
+        default="*OPC?",
+        description="query answered once every command sent before it is done (null: none)",
+    )
 
     def adapter_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for PyMeasure's VISA adapter; the timeout is always set (ms)."""
@@ -206,10 +218,19 @@ class PyMeasureChannel(ABC):
     def identify(self) -> str:
         return self._query("identify", self._query_identity)
 
+    def sent_level(self, volts: float) -> float:
+        """The level the instrument receives for `volts`, after the command's number format.
+
+        The base sends what it is given; a driver that formats levels overrides this, so the
+        guard can check what really reaches the output.
+        """
+        return float(volts)
+
     def set_level(self, volts: float) -> None:
         self.check_level(volts)
+        self.check_level(self.sent_level(volts))
         self._call("set level", lambda: self._write_level(volts))
-        self._level = float(volts)
+        self._level = self.sent_level(volts)
 
     def ramp_to(self, volts: float) -> None:
         self.check_level(volts)
@@ -225,6 +246,24 @@ class PyMeasureChannel(ABC):
         if not self._enabled:
             raise InstrumentError(f"{self.who}: output is off; enable it before reading a current")
         return self._query("read current", self._query_current)
+
+    def sync(self) -> None:
+        """Return once the instrument has carried out every command sent so far.
+
+        A write returns when it is sent, not when it is applied; a rig that waits for settling
+        syncs first, so the wait counts from the level being applied. Without a `sync_query`
+        this returns at once.
+        """
+        query = self.settings.sync_query
+        if query is None:
+            return
+
+        def ask() -> None:
+            reply = self.instrument.ask(query)
+            if str(reply).strip() != "1":
+                raise ValueError(f"{query} answered {reply!r}, expected '1'")
+
+        self._query("sync", ask)
 
     def enable(self) -> None:
         self._call("enable output", lambda: self._write_output(True))
@@ -328,6 +367,6 @@ class PyMeasureChannel(ABC):
         """Drop whatever a late reply left in the input buffer before a retry."""
         try:
             with translated(self.who, "flush input", self._transcript):
-                self.instrument.adapter.flush_read_buffer()
+                drain_input(self.instrument.adapter)
         except (InstrumentError, NotImplementedError) as exc:
             log.warning("%s: could not flush the input buffer: %s", self.who, exc)

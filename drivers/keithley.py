@@ -136,6 +136,10 @@ class Keithley2400Channel(_KeithleyChannel):
         self._refuse_errors(smu.check_errors())
         self._level, self._enabled = 0.0, False
 
+    def sent_level(self, volts: float) -> float:
+        """PyMeasure's `source_voltage` sends `%g`: six significant digits."""
+        return float(f"{volts:g}")
+
     def _write_level(self, volts: float) -> None:
         self.instrument.source_voltage = volts
 
@@ -206,6 +210,10 @@ class Keithley2600Channel(_KeithleyChannel):
         self.check_readback("nplc", s.nplc, ch.ask("measure.nplc"))
         self._refuse_errors(self.instrument.check_errors())
         self._level, self._enabled = 0.0, False
+
+    def sent_level(self, volts: float) -> float:
+        """PyMeasure's 2600 `source_voltage` sends `%f`: 1 µV steps."""
+        return float(f"{volts:f}")
 
     def _write_level(self, volts: float) -> None:
         self._ch.source_voltage = volts

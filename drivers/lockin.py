@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal, Protocol, Self, TypeVar, runtime_chec
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from drivers.faults import Transcript, translated, with_retry
+from drivers.faults import Transcript, drain_input, translated, with_retry
 from drivers.instruments import InstrumentSettings, as_float
 from hil.core import Clock, DeviceSaturated, InstrumentError, SafetyViolation, WallClock
 
@@ -280,7 +280,7 @@ class PyMeasureSession(ABC):
         """Drop whatever a late reply left in the input buffer before a retry."""
         try:
             with translated(self.who, "flush input", self._transcript):
-                self.instrument.adapter.flush_read_buffer()
+                drain_input(self.instrument.adapter)
         except (InstrumentError, NotImplementedError) as exc:
             log.warning("%s: could not flush the input buffer: %s", self.who, exc)
 

@@ -40,7 +40,7 @@ from pydantic import Field, model_validator
 from pymeasure.instruments import Channel, Instrument, SCPIMixin
 from pymeasure.instruments.validators import strict_discrete_set, strict_range
 
-from drivers.faults import Transcript, translated, with_retry
+from drivers.faults import Transcript, drain_input, translated, with_retry
 from drivers.instruments import InstrumentSettings, as_float, ramp_levels
 from hil.core import Clock, DeviceSaturated, InstrumentError, SafetyViolation, WallClock
 
@@ -473,6 +473,6 @@ class ScpiDaqBoard:
         """Drop whatever a late reply left in the input buffer before a retry."""
         try:
             with translated(self.who, "flush input", self._transcript):
-                self.instrument.adapter.flush_read_buffer()
+                drain_input(self.instrument.adapter)
         except (InstrumentError, NotImplementedError) as exc:
             log.warning("%s: could not flush the input buffer: %s", self.who, exc)

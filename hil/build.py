@@ -20,6 +20,7 @@ import numpy as np
 from hil.config import ResolvedComponent, ResolvedExperiment, ResolvedStation
 from hil.core import ConfigError, Device, InstrumentError, Procedure
 from hil.safety import SafetyGuard
+from hil.virtual import build_virtual_rig, is_virtual
 from hil.yamlfile import KeyPath, YamlDocument, dotted, one_line
 from protocols.base import GradientEstimator, Optimizer, Task
 from protocols.pulsed import WeightGradientEstimator
@@ -108,7 +109,10 @@ def build_device(station: ResolvedStation, seed: np.random.SeedSequence) -> Safe
     """The station's device behind its safety guard; errors point into the station file."""
     doc, prefix = station.doc, station.prefix
     try:
-        device = _instantiate(station.device, seed)
+        if is_virtual(station):
+            device = build_virtual_rig(station, seed)
+        else:
+            device = _instantiate(station.device, seed)
     except InstrumentError:
         raise
     except Exception as exc:

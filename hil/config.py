@@ -144,6 +144,7 @@ class ResolvedStation:
     device: ResolvedComponent
     doc: YamlDocument
     prefix: KeyPath = ()
+    virtual: ResolvedComponent | None = None  # the simulator behind virtual instruments
 
     def where(self, key: KeyPath) -> str:
         """`file:line: station.key` for a key inside the station."""
@@ -153,6 +154,8 @@ class ResolvedStation:
     def as_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = _json_floats(self.config.model_dump(mode="json"))
         data["device"] = self.device.as_dict()
+        if self.virtual is not None:
+            data["virtual"]["device"] = self.virtual.as_dict()
         return data
 
 
@@ -298,7 +301,11 @@ def _mapping(doc: YamlDocument, what: str) -> dict[str, Any]:
 def resolve_station(doc: YamlDocument, data: Any, prefix: KeyPath = ()) -> ResolvedStation:
     config: StationConfig = _validate(StationConfig, data, doc, prefix)
     device = _resolve_component(Kind.DEVICE, config.device, doc, (*prefix, "device"))
-    return ResolvedStation(config=config, device=device, doc=doc, prefix=prefix)
+    virtual = None
+    if config.virtual is not None:
+        at = (*prefix, "virtual", "device")
+        virtual = _resolve_component(Kind.DEVICE, config.virtual.device, doc, at)
+    return ResolvedStation(config=config, device=device, doc=doc, prefix=prefix, virtual=virtual)
 
 
 def resolve_experiment(doc: YamlDocument) -> ResolvedExperiment:

@@ -41,6 +41,11 @@ BUILTIN: dict[Kind, dict[str, str]] = {
         "analog-mlp": "simulators.analog_mlp:AnalogMLPDevice",
         "crossbar": "simulators.crossbar:CrossbarDevice",
         "landscape": "simulators.landscape:LandscapeDevice",
+        "smu-rig": "drivers.rigs.smu:SMURig",
+        "daq-rig": "drivers.rigs.daq:DaqRig",
+        "analog-rig": "drivers.rigs.analog:AnalogRig",
+        "crossbar-serial-rig": "drivers.rigs.crossbar:SerialCrossbarRig",
+        "crossbar-arc2-rig": "drivers.rigs.crossbar:Arc2CrossbarRig",
     },
     Kind.ESTIMATOR: {
         "central-difference": "protocols.estimators:CentralDifference",

@@ -90,16 +90,17 @@ def test_resume_of_a_missing_run_is_a_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "no-run").exists()
 
 
-def test_device_error_mid_run_exits_non_zero_and_says_how_to_resume(tmp_path: Path) -> None:
+def test_device_error_mid_run_pauses_and_says_how_to_resume(tmp_path: Path) -> None:
     FlakyAnalytic.fail_at = 30
     config = small_experiment(tmp_path, device_type="faulty:FlakyAnalytic")
+    config.write_text(config.read_text() + "faults: {retries: 0}\n")
     out = tmp_path / "runs"
     result = runner.invoke(app, ["run", str(config), "--out", str(out), "-q"])
-    assert result.exit_code == 1
-    assert "InstrumentTimeout" in result.stderr
+    assert result.exit_code == 3
+    assert "paused: InstrumentTimeout" in result.stderr
     assert "hil resume" in result.stderr
     (run,) = out.iterdir()
-    assert json.loads((run / "summary.json").read_text())["status"] == "failed"
+    assert json.loads((run / "summary.json").read_text())["status"] == "paused"
     FlakyAnalytic.fail_at = None
     resumed = runner.invoke(app, ["resume", str(run), "-q"])
     assert resumed.exit_code == 0, resumed.output

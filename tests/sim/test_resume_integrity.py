@@ -45,12 +45,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     reference = start_run(small_experiment(base / "ref_cfg"), base / "ref")
     assert reference.status is RunStatus.COMPLETED
     config = small_experiment(base / "cfg", device_type="faulty:FlakyAnalytic")
+    config.write_text(config.read_text() + "faults: {retries: 0}\n")  # the fault pauses the run
     failed = []
     for name in ("failed", "other"):
         FlakyAnalytic.fail_at = FAIL_AT
         outcome = start_run(config, base / name)
         FlakyAnalytic.fail_at = None
-        assert outcome.status is RunStatus.FAILED
+        assert outcome.status is RunStatus.PAUSED
         failed.append(outcome.path)
     return {"run": failed[0], "other": failed[1], "reference": reference.summary, "base": base}
 
@@ -318,7 +319,7 @@ def test_run_json_records_digest_station_and_outcome_in_run_log(run: Path) -> No
     log = (run / "run.log").read_text()
     assert "started" in log
     assert info["config_digest"] in log
-    assert "ended: failed (InstrumentTimeout" in log
+    assert "ended: paused (InstrumentTimeout" in log
     assert resume_run(run).status is RunStatus.COMPLETED
     log = (run / "run.log").read_text()
     assert f"resumed at step 11; config digest {info['config_digest']}" in log
@@ -337,7 +338,9 @@ def _station_experiment(cfg: Path) -> Path:
     station = yaml.safe_load(text[start:end])["station"]
     (cfg / "station.yaml").write_text(yaml.safe_dump(station))
     path = cfg / "small.yaml"
-    path.write_text(text[:start] + "station: station.yaml\n" + text[end:])
+    path.write_text(
+        text[:start] + "station: station.yaml\n" + text[end:] + "faults: {retries: 0}\n"
+    )
     return path
 
 
@@ -350,7 +353,7 @@ def station_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     FlakyAnalytic.fail_at = FAIL_AT
     outcome = start_run(_station_experiment(base / "cfg"), base / "failed")
     FlakyAnalytic.fail_at = None
-    assert outcome.status is RunStatus.FAILED
+    assert outcome.status is RunStatus.PAUSED
     return {"run": outcome.path, "cfg": base / "cfg", "reference": reference.summary}
 
 

@@ -22,6 +22,12 @@ from experiments import QUICKSTART, ROOT, hil_process, small_experiment
 from faulty import FlakyAnalytic
 
 
+def _no_retries(config: Path) -> Path:
+    """The experiment with `faults: {retries: 0}`: an instrument fault pauses the run at once."""
+    config.write_text(config.read_text() + "faults: {retries: 0}\n")
+    return config
+
+
 def _only_run(out: Path) -> Path:
     runs = list(out.iterdir())
     assert len(runs) == 1, runs
@@ -80,13 +86,13 @@ def test_device_error_mid_run_fails_cleanly_and_resumes_exactly(
     tmp_path: Path, reference: dict[str, object]
 ) -> None:
     FlakyAnalytic.fail_at = 100  # 3 plateaus per evaluation, 3 evaluations per step: step 12
-    config = small_experiment(tmp_path / "cfg", device_type="faulty:FlakyAnalytic")
+    config = _no_retries(small_experiment(tmp_path / "cfg", device_type="faulty:FlakyAnalytic"))
     outcome = start_run(config, tmp_path / "runs")
-    assert outcome.status is RunStatus.FAILED
+    assert outcome.status is RunStatus.PAUSED
     assert "InstrumentTimeout" in outcome.reason
     assert "injected fault" in outcome.reason
     summary = json.loads((outcome.path / "summary.json").read_text())
-    assert summary["status"] == "failed"
+    assert summary["status"] == "paused"
     assert summary["steps_done"] == 11
     assert len(_steps(outcome.path)) == 11
     assert "safe state" in (outcome.path / "run.log").read_text()
@@ -167,9 +173,9 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(
 
 def test_a_run_in_use_cannot_be_resumed_twice(tmp_path: Path) -> None:
     FlakyAnalytic.fail_at = 30
-    config = small_experiment(tmp_path / "cfg", device_type="faulty:FlakyAnalytic")
+    config = _no_retries(small_experiment(tmp_path / "cfg", device_type="faulty:FlakyAnalytic"))
     outcome = start_run(config, tmp_path / "runs")
-    assert outcome.status is RunStatus.FAILED
+    assert outcome.status is RunStatus.PAUSED
     FlakyAnalytic.fail_at = None
     with RunDirectory(outcome.path).lock(), pytest.raises(RunError, match="in use by pid"):
         resume_run(outcome.path)
@@ -180,7 +186,7 @@ def test_relative_data_path_survives_resume(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg_dir = tmp_path / "cfg"
-    config = small_experiment(cfg_dir, steps=6, device_type="faulty:FlakyAnalytic")
+    config = _no_retries(small_experiment(cfg_dir, steps=6, device_type="faulty:FlakyAnalytic"))
     np.savez(cfg_dir / "data.npz", inputs=[[-0.5, 0.5], [0.5, -0.5]], targets=[0.3, 0.8])
     text = config.read_text()
     start, end = text.index("  inputs:"), text.index("estimator:")
@@ -188,7 +194,7 @@ def test_relative_data_path_survives_resume(
     monkeypatch.chdir(tmp_path)  # the config is named relative to the working directory
     FlakyAnalytic.fail_at = 20  # 2 cases, 3 evaluations per step: fails in step 4
     outcome = start_run(Path("cfg") / "small.yaml", Path("runs"))
-    assert outcome.status is RunStatus.FAILED
+    assert outcome.status is RunStatus.PAUSED
     run = outcome.path.resolve()
     FlakyAnalytic.fail_at = None
     (tmp_path / "elsewhere").mkdir()
@@ -321,8 +327,8 @@ def test_calibrated_run_resumes_exactly_after_a_device_error(
     evaluations_before = sum(int(s["evaluations"]) for s in steps[: fail_in_step - 1])
     FlakyAnalytic.fail_at = 3 * (evaluations_before + evaluations_in)  # 3 plateaus / evaluation
     config = calibrated_experiment(tmp_path / "cfg", device_type="faulty:FlakyAnalytic")
-    outcome = start_run(config, tmp_path / "runs")
-    assert outcome.status is RunStatus.FAILED
+    outcome = start_run(_no_retries(config), tmp_path / "runs")
+    assert outcome.status is RunStatus.PAUSED
     assert len(_steps(outcome.path)) == fail_in_step - 1
     FlakyAnalytic.fail_at = None
     resumed = resume_run(outcome.path)
@@ -362,9 +368,9 @@ def test_checkpoints_from_before_calibration_still_resume(
     tmp_path: Path, reference: dict[str, object]
 ) -> None:
     FlakyAnalytic.fail_at = 100
-    config = small_experiment(tmp_path / "cfg", device_type="faulty:FlakyAnalytic")
+    config = _no_retries(small_experiment(tmp_path / "cfg", device_type="faulty:FlakyAnalytic"))
     outcome = start_run(config, tmp_path / "runs")
-    assert outcome.status is RunStatus.FAILED
+    assert outcome.status is RunStatus.PAUSED
     FlakyAnalytic.fail_at = None
     path = outcome.path / "checkpoint.json"
     checkpoint = json.loads(path.read_text())
