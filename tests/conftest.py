@@ -1,5 +1,6 @@
-"""Shared pytest set-up: hardware tests are opt-in (`pytest --hardware --device-address ...`);
-`--soak` lengthens the kill-and-resume soak and the guard fuzzer."""
+"""Shared pytest set-up: hardware tests are opt-in (`pytest tests/hardware --hardware
+--device-address ADDR --device-type keithley2400` or `--station FILE`); `--soak` lengthens the
+kill-and-resume soak and the guard fuzzer."""
 
 from __future__ import annotations
 
@@ -9,6 +10,14 @@ import pytest
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--hardware", action="store_true", help="run tests that need real instruments")
     parser.addoption("--device-address", default=None, help="VISA address of the device under test")
+    parser.addoption(
+        "--device-type",
+        default="keithley2400",
+        help="instrument at --device-address: keithley2400 | keithley2600 (smua)",
+    )
+    parser.addoption(
+        "--station", default=None, help="station file of a real rig for the hardware rig tests"
+    )
     parser.addoption(
         "--soak",
         action="store_true",
