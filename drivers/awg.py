@@ -13,7 +13,6 @@ Amplitudes and offsets are the values the 33500 displays for the configured `loa
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable
 from functools import partial
@@ -21,11 +20,14 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from drivers.instruments import InstrumentSettings, as_float, ramp_levels
-from drivers.lockin import PyMeasureSession
+from drivers.instruments import (
+    InstrumentSettings,
+    PyMeasureSession,
+    as_float,
+    ramp_levels,
+    readback_matches,
+)
 from hil.core import Clock, InstrumentError, SafetyViolation
-
-log = logging.getLogger(__name__)
 
 HIGH_Z = 9.9e37
 """What `OUTP:LOAD?` answers for INFinity (high impedance)."""
@@ -163,17 +165,17 @@ class Keysight33500Channel(PyMeasureSession):
         if s.sync and s.two_channel:
             self.instrument.write(f"OUTP:SYNC:SOUR CH{s.channel}")
         self.instrument.write(f"OUTP:SYNC {int(s.sync)}")
-        self.check_equal("function", "SIN", str(ch.shape).strip())
-        self.check_equal("amplitude unit", "VPP", str(ch.amplitude_unit).strip())
+        self.check_readback("function", "SIN", str(ch.shape).strip())
+        self.check_readback("amplitude unit", "VPP", str(ch.amplitude_unit).strip())
         load = as_float(ch.output_load)
-        self.check_equal("load", HIGH_Z if s.load == "high_z" else 50.0, load)
-        self.check_equal("frequency", s.frequency, ch.frequency)
-        self.check_equal("amplitude", amplitude, ch.amplitude)
-        self.check_equal("offset", s.offset, ch.offset)
+        self.check_readback("load", HIGH_Z if s.load == "high_z" else 50.0, load)
+        self.check_readback("frequency", s.frequency, ch.frequency)
+        self.check_readback("amplitude", amplitude, ch.amplitude)
+        self.check_readback("offset", s.offset, ch.offset)
         if s.sync and s.two_channel:
             sync_source = self.instrument.ask("OUTP:SYNC:SOUR?").strip()
-            self.check_equal("sync source", f"CH{s.channel}", sync_source)
-        self.check_equal("sync", float(s.sync), self.instrument.ask("OUTP:SYNC?"))
+            self.check_readback("sync source", f"CH{s.channel}", sync_source)
+        self.check_readback("sync", float(s.sync), self.instrument.ask("OUTP:SYNC?"))
         errors = self.instrument.check_errors()
         if errors:
             raise InstrumentError(
@@ -275,19 +277,10 @@ class Keysight33500Channel(PyMeasureSession):
         finally:
             self.disable()
 
-    def close(self) -> None:
-        """Go safe, then release the connection (released even if going safe fails)."""
-        if self.instrument is None:
-            return
-        try:
-            self.go_safe()
-        finally:
-            self.release()
-
     def _verify(self, setting: str, written: float, read: Callable[[], Any]) -> None:
         """Read a setting back after a change; a mismatch is an `InstrumentError`."""
         value = self._query(f"read back {setting}", lambda: as_float(read()))
-        if not math.isclose(value, written, rel_tol=self.settings.readback_rtol, abs_tol=1e-9):
+        if not readback_matches(written, value, "equal", self.settings.readback_rtol):
             raise InstrumentError(
                 f"{self.who}: {setting} was written as {written!r} but reads back {value!r}"
             )

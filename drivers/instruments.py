@@ -1,8 +1,11 @@
-"""The source-measure channel: one DC voltage source that measures a current.
+"""Instrument sessions on PyMeasure, and the source-measure channel built on them.
 
-`SourceMeasureChannel` is the interface rigs build on; `PyMeasureChannel` holds what every
-implementation on a PyMeasure instrument shares: the instrument-range check before anything is
-sent, the slew-limited ramp, the safe state, readback checks and fault translation.
+`PyMeasureSession` is the one session base of every VISA driver here (source-measure channels,
+lock-ins, the AWG, the DAQ board): open or adopt, identify, configure with settings read back
+(`check_readback`, one rule set), fault translation, retried queries, `sync`, safe release.
+`SourceMeasureChannel` is the interface rigs build on; `PyMeasureChannel` adds what every
+implementation of it shares: the instrument-range check before anything is sent, the
+slew-limited ramp and the safe state.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Protocol, Self, TypeVar, runtime_checkable
+from typing import Any, Literal, Protocol, Self, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -133,12 +136,31 @@ def as_float(value: Any) -> float:
     return number
 
 
-class PyMeasureChannel(ABC):
-    """Shared behaviour of source-measure channels on a PyMeasure instrument.
+Readback = Literal["equal", "range"]
 
-    Subclasses say how to open the instrument, configure it, and which commands set, read,
-    enable and disable; this class guards every command with the instrument range, translates
-    faults and keeps track of the level and output state.
+
+def readback_matches(written: object, read: object, rule: Readback, rtol: float) -> bool:
+    """Whether a setting read back as `read` holds what was written as `written`.
+
+    Rule "equal": numbers within `rtol`, anything else exactly. Rule "range": an auto-selecting
+    range reads back as the smallest range that holds the written value: at least the value (less
+    a 5 % over-range) and below the next decade (2 V must not read 20 V; 2.1 V may).
+    """
+    if rule == "range":
+        w, r = abs(as_float(written)), abs(as_float(read))
+        return w / 1.05 * (1 - rtol) <= r < 10 * w * (1 - rtol)
+    if isinstance(written, int | float) and not isinstance(written, bool):
+        return math.isclose(as_float(read), written, rel_tol=rtol, abs_tol=1e-15)
+    return read == written
+
+
+class PyMeasureSession(ABC):
+    """One session with a PyMeasure instrument: the plumbing every driver here shares.
+
+    Open (or adopt) the instrument, identify it, configure it (subclasses write their settings
+    and read them back with `check_readback`), translate faults into `InstrumentError`s naming
+    instrument, command and reply, retry idempotent queries, wait for execution (`sync`), and
+    release the session on a refused connect and on close (after `go_safe`).
     """
 
     def __init__(self, settings: InstrumentSettings, clock: Clock | None = None) -> None:
@@ -147,6 +169,151 @@ class PyMeasureChannel(ABC):
         self.instrument: Any = None
         self._transcript: Transcript | None = None
         self._identity = ""
+
+    # -- what a concrete instrument provides -------------------------------------------------
+    @abstractmethod
+    def _open(self) -> Any:
+        """Open the PyMeasure instrument at the configured address."""
+
+    @abstractmethod
+    def _configure(self) -> None:
+        """Write the settings and read them back (`check_readback`); raise to refuse."""
+
+    @abstractmethod
+    def go_safe(self) -> None:
+        """Bring the instrument to its safe state (outputs at 0, off) before it is released."""
+
+    def _adopt(self, instrument: Any) -> Any:
+        """The PyMeasure instrument for what was passed to `connect` (by default: itself)."""
+        return instrument
+
+    def _query_identity(self) -> str:
+        return str(self.instrument.id)
+
+    # -- the session ---------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def who(self) -> str:
+        """How errors name this instrument: channel, identity (or address)."""
+        return f"{self.name} ({self._identity or self.settings.address})"
+
+    def connect(self, instrument: Any | None = None) -> None:
+        """Open (or adopt) the instrument, identify it, configure it and read the settings back.
+
+        A refused or failed configuration releases the session, so no later command is sent.
+        """
+        with translated(self.who, "connect", None):
+            raw = self._open() if instrument is None else self._adopt(instrument)
+        self._transcript = Transcript(raw.adapter)
+        raw.adapter = self._transcript
+        self.instrument = raw
+        try:
+            self._identity = self.identify()
+            self._call("configure", self._configure)
+        except BaseException:
+            self.instrument = None
+            with contextlib.suppress(Exception):
+                raw.adapter.close()
+            raise
+        log.info("%s connected and configured", self.who)
+
+    def identify(self) -> str:
+        """The instrument's identification string."""
+        return self._query("identify", self._query_identity)
+
+    def sync(self) -> None:
+        """Return once the instrument has carried out every command sent so far.
+
+        A write returns when it is sent, not when it is applied; a rig that waits for settling
+        syncs first, so the wait counts from the level being applied. Without a `sync_query`
+        this returns at once.
+        """
+        query = self.settings.sync_query
+        if query is None:
+            return
+
+        def ask() -> None:
+            reply = self.instrument.ask(query)
+            if as_float(reply) != 1:
+                raise ValueError(f"{query} answered {reply!r}, expected 1")
+
+        self._query("sync", ask)
+
+    def release(self) -> None:
+        """Close the connection (no command is sent)."""
+        if self.instrument is None:
+            return
+        instrument, self.instrument = self.instrument, None
+        with translated(self.who, "close", self._transcript):
+            instrument.adapter.close()
+
+    def close(self) -> None:
+        """Go safe, then release the connection (released even if going safe fails)."""
+        if self.instrument is None:
+            return
+        try:
+            self.go_safe()
+        finally:
+            self.release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- helpers for subclasses ----------------------------------------------------------------
+    def check_readback(
+        self, setting: str, written: object, read: object, rule: Readback = "equal"
+    ) -> None:
+        """A setting must read back as written (`readback_matches`); a mismatch refuses to start."""
+        if not readback_matches(written, read, rule, self.settings.readback_rtol):
+            raise InstrumentError(
+                f"{self.who}: setting {setting} was written as {written!r} but reads back "
+                f"{read!r}; refusing to start (check the value against the instrument's "
+                "allowed settings)"
+            )
+
+    def _call(self, action: str, fn: Callable[[], T]) -> T:
+        """Run `fn` on the open session, its faults translated into `InstrumentError`s."""
+        if self.instrument is None:
+            raise InstrumentError(f"{self.who}: not connected; call connect() first ({action})")
+        with translated(self.who, action, self._transcript):
+            return fn()
+
+    def _query(self, action: str, fn: Callable[[], T]) -> T:
+        """An idempotent query, retried on timeouts and garbled replies."""
+        return with_retry(
+            lambda: self._call(action, fn), self.settings.retry, self.clock.advance, self._flush
+        )
+
+    def _flush(self) -> None:
+        """Drop whatever a late reply left in the input buffer before a retry."""
+        try:
+            with translated(self.who, "flush input", self._transcript):
+                drain_input(self.instrument.adapter)
+        except (InstrumentError, NotImplementedError) as exc:
+            log.warning("%s: could not flush the input buffer: %s", self.who, exc)
+
+
+class PyMeasureChannel(PyMeasureSession):
+    """Shared behaviour of source-measure channels on a PyMeasure instrument.
+
+    Subclasses say how to open the instrument, configure it, and which commands set, read,
+    enable and disable; this class guards every level with the instrument range, ramps within
+    the slew and keeps track of the level and output state.
+    """
+
+    def __init__(self, settings: InstrumentSettings, clock: Clock | None = None) -> None:
+        super().__init__(settings, clock)
         self._level = 0.0
         self._enabled = False
 
@@ -155,17 +322,6 @@ class PyMeasureChannel(ABC):
     @abstractmethod
     def level_range(self) -> tuple[float, float]:
         """The levels this channel accepts, V (the instrument range as configured)."""
-
-    @abstractmethod
-    def _open(self) -> Any:
-        """Open the PyMeasure instrument at the configured address."""
-
-    @abstractmethod
-    def _query_identity(self) -> str: ...
-
-    @abstractmethod
-    def _configure(self) -> None:
-        """Write the instrument-level limits, read them back (`check_readback`), start at 0 V."""
 
     @abstractmethod
     def _write_level(self, volts: float) -> None: ...
@@ -178,45 +334,12 @@ class PyMeasureChannel(ABC):
 
     # -- the interface --------------------------------------------------------------------------
     @property
-    def name(self) -> str:
-        return self.settings.name
-
-    @property
-    def who(self) -> str:
-        """How errors name this instrument: channel, identity (or address)."""
-        return f"{self.name} ({self._identity or self.settings.address})"
-
-    @property
     def level(self) -> float:
         return self._level
 
     @property
     def enabled(self) -> bool:
         return self._enabled
-
-    def connect(self, instrument: Any | None = None) -> None:
-        """Open (or adopt) the instrument, identify it, write its limits and read them back.
-
-        Refuses to start, with an `InstrumentError`, if a limit reads back different.
-        """
-        with translated(self.who, "connect", None):
-            raw = instrument if instrument is not None else self._open()
-        self._transcript = Transcript(raw.adapter)
-        raw.adapter = self._transcript
-        self.instrument = raw
-        try:
-            self._identity = self.identify()
-            self._call("configure", self._configure)
-        except BaseException:
-            # Refused or failed: release the session so no later command can reach the output.
-            self.instrument = None
-            with contextlib.suppress(Exception):
-                raw.adapter.close()
-            raise
-        log.info("%s connected and configured", self.who)
-
-    def identify(self) -> str:
-        return self._query("identify", self._query_identity)
 
     def sent_level(self, volts: float) -> float:
         """The level the instrument receives for `volts`, after the command's number format.
@@ -247,24 +370,6 @@ class PyMeasureChannel(ABC):
             raise InstrumentError(f"{self.who}: output is off; enable it before reading a current")
         return self._query("read current", self._query_current)
 
-    def sync(self) -> None:
-        """Return once the instrument has carried out every command sent so far.
-
-        A write returns when it is sent, not when it is applied; a rig that waits for settling
-        syncs first, so the wait counts from the level being applied. Without a `sync_query`
-        this returns at once.
-        """
-        query = self.settings.sync_query
-        if query is None:
-            return
-
-        def ask() -> None:
-            reply = self.instrument.ask(query)
-            if str(reply).strip() != "1":
-                raise ValueError(f"{query} answered {reply!r}, expected '1'")
-
-        self._query("sync", ask)
-
     def enable(self) -> None:
         self._call("enable output", lambda: self._write_output(True))
         self._enabled = True
@@ -286,30 +391,6 @@ class PyMeasureChannel(ABC):
         finally:
             self.disable()
 
-    def close(self) -> None:
-        """Go safe and release the connection."""
-        if self.instrument is None:
-            return
-        instrument = self.instrument
-        try:
-            self.go_safe()
-        finally:
-            self.instrument = None
-            with translated(self.who, "close", self._transcript):
-                instrument.adapter.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    # -- helpers for subclasses ----------------------------------------------------------------
     def check_level(self, volts: float) -> None:
         """Refuse a level outside the instrument range before anything is sent."""
         low, high = self.level_range
@@ -320,53 +401,3 @@ class PyMeasureChannel(ABC):
                 f"the instrument range [{low:g}, {high:g}] V of {self.who}",
                 "widen source_range in the station file if the instrument allows it",
             )
-
-    def check_readback(
-        self, setting: str, written: object, read: object, rule: str = "equal"
-    ) -> None:
-        """Compare a setting's readback with what was written; a mismatch refuses to start.
-
-        rule "equal": numbers within `readback_rtol`, anything else exactly. Rule "range": an
-        auto-selecting range reads back as the smallest range that holds the written value: at
-        least the value (less a 5 % over-range) and below the next decade (2 V must not read 20 V;
-        2.1 V may).
-        """
-        if rule == "range":
-            w, r = abs(as_float(written)), abs(as_float(read))
-            tol = 1 - self.settings.readback_rtol
-            ok = w / 1.05 * tol <= r < 10 * w * tol
-        elif isinstance(written, int | float) and not isinstance(written, bool):
-            ok = math.isclose(
-                as_float(read), written, rel_tol=self.settings.readback_rtol, abs_tol=1e-15
-            )
-        else:
-            ok = read == written
-        if not ok:
-            raise InstrumentError(
-                f"{self.who}: setting {setting} was written as {written!r} but reads back "
-                f"{read!r}; refusing to start (check the value against the instrument's "
-                "allowed settings)"
-            )
-
-    def _call(self, action: str, fn: Callable[[], T]) -> T:
-        if self.instrument is None:
-            raise InstrumentError(f"{self.who}: not connected; call connect() first ({action})")
-        with translated(self.who, action, self._transcript):
-            return fn()
-
-    def _query(self, action: str, fn: Callable[[], T]) -> T:
-        """An idempotent query, retried on timeouts and garbled replies."""
-        return with_retry(
-            lambda: self._call(action, fn),
-            self.settings.retry,
-            self.clock.advance,
-            self._flush,
-        )
-
-    def _flush(self) -> None:
-        """Drop whatever a late reply left in the input buffer before a retry."""
-        try:
-            with translated(self.who, "flush input", self._transcript):
-                drain_input(self.instrument.adapter)
-        except (InstrumentError, NotImplementedError) as exc:
-            log.warning("%s: could not flush the input buffer: %s", self.who, exc)

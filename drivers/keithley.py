@@ -2,7 +2,9 @@
 
 Each channel sources voltage and measures current. At connect it refuses a live output, writes
 the compliance, source range, measure range and integration time, starts at 0 V with the
-output off, reads every setting back and checks the error queue.
+output off, reads every setting back and checks the error queue. A reading taken in compliance
+(the current limit in control of the output) or an overflow (9.91e37: beyond a fixed measure
+range) is clipped, not a measurement: it raises `DeviceSaturated`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from drivers.instruments import InstrumentSettings, PyMeasureChannel, as_float
 from hil.core import DeviceSaturated, InstrumentError
 
 STATUS_COMPLIANCE = 1 << 3  # 2400 status word, bit 3: in compliance
+OVERFLOW = 9.9e37
+"""A reading at or beyond this is the overflow marker (both models return 9.91e37)."""
 
 
 class SMUSettings(InstrumentSettings):
@@ -80,6 +84,24 @@ class _KeithleyChannel(PyMeasureChannel):
                 "(ramp it to 0 V and switch it off, then connect again)"
             )
 
+    def _unsaturated(self, current: float, in_compliance: bool) -> float:
+        """`current`, unless it is clipped: in compliance or an overflow is `DeviceSaturated`."""
+        if in_compliance:
+            raise DeviceSaturated(
+                f"{self.who}: in compliance at {self.level:g} V: read {current:g} A at the "
+                f"{self.settings.compliance_current:g} A limit; the reading is clipped (lower the "
+                "level or raise compliance_current)"
+            )
+        if abs(current) >= OVERFLOW:
+            fixed = self.settings.measure_range
+            held = "the auto-selected" if fixed is None else f"the {fixed:g} A"
+            raise DeviceSaturated(
+                f"{self.who}: overflow at {self.level:g} V: the current is beyond {held} measure "
+                f"range (read {current:g}); the reading is not valid (choose a larger "
+                "measure_range, or auto-range with measure_range: null)"
+            )
+        return current
+
     def _refuse_errors(self, errors: list[Any]) -> None:
         if errors:
             raise InstrumentError(
@@ -105,9 +127,6 @@ class Keithley2400Channel(_KeithleyChannel):
         from pymeasure.instruments.keithley import Keithley2400
 
         return Keithley2400(self.settings.address, **self.settings.adapter_kwargs())
-
-    def _query_identity(self) -> str:
-        return str(self.instrument.id)
 
     def _configure(self) -> None:
         smu, s = self.instrument, self.settings
@@ -147,14 +166,8 @@ class Keithley2400Channel(_KeithleyChannel):
         elements = self.instrument.values(":READ?")
         if len(elements) != 5:
             raise ValueError(f"expected 5 elements (V, I, R, t, status), got {elements!r}")
-        current, status = as_float(elements[1]), int(as_float(elements[4]))
-        if status & STATUS_COMPLIANCE:
-            raise DeviceSaturated(
-                f"{self.who}: in compliance at {self.level:g} V: read {current:g} A at the "
-                f"{self.settings.compliance_current:g} A limit; the reading is clipped (lower the "
-                "level or raise compliance_current)"
-            )
-        return current
+        status = int(as_float(elements[4]))
+        return self._unsaturated(as_float(elements[1]), bool(status & STATUS_COMPLIANCE))
 
     def _write_output(self, on: bool) -> None:
         self.instrument.source_enabled = on
@@ -165,7 +178,8 @@ class Keithley2600Channel(_KeithleyChannel):
 
     The compliance, measure range and NPLC are written with `%g`, not through PyMeasure's
     properties: those format with `%f` (a 100 nA limit would be sent as 0.000000) and its
-    `measure_nplc` cannot be set in PyMeasure 0.16.
+    `measure_nplc` cannot be set in PyMeasure 0.16. A reading asks for the current and
+    `source.compliance` in one `print`, so detecting compliance costs no extra round trip.
     """
 
     settings: Keithley2600Settings
@@ -183,9 +197,6 @@ class Keithley2600Channel(_KeithleyChannel):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # "not known whether SCPI"
             return Keithley2600(self.settings.address, **self.settings.adapter_kwargs())
-
-    def _query_identity(self) -> str:
-        return str(self.instrument.id)
 
     def _configure(self) -> None:
         ch, s = self._ch, self.settings
@@ -219,7 +230,15 @@ class Keithley2600Channel(_KeithleyChannel):
         self._ch.source_voltage = volts
 
     def _query_current(self) -> float:
-        return as_float(self._ch.ask("measure.i()"))
+        """The current and the compliance state in one chunk, so it costs no extra round trip:
+        `print` joins its values with a tab; `source.compliance` reads `true` while the limit is
+        in control of the output (reading it only updates the status model)."""
+        c = self.settings.channel
+        reply = str(self.instrument.ask(f"print({c}.measure.i(), {c}.source.compliance)"))
+        fields = reply.strip().split("\t")
+        if len(fields) != 2 or fields[1] not in ("true", "false"):
+            raise ValueError(f"expected a current and true/false, got {reply!r}")
+        return self._unsaturated(as_float(fields[0]), fields[1] == "true")
 
     def _write_output(self, on: bool) -> None:
         self._ch.source_output = "ON" if on else "OFF"

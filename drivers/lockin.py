@@ -6,29 +6,21 @@ not in the list is refused, never rounded), written, read back (a mismatch refus
 the standard event status is checked for command and execution errors. Readings take X and Y at
 one instant (`SNAP?`) and check the latched LIA status for overloads and reference unlock.
 
-`PyMeasureSession` holds the plumbing every instrument here shares (open, identify, fault
-translation, retried queries, release); `drivers.awg` builds on it too.
+Both build on `drivers.instruments.PyMeasureSession` (open, identify, readback checks, fault
+translation, retried queries, release).
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from types import TracebackType
-from typing import Any, ClassVar, Literal, Protocol, Self, TypeVar, runtime_checkable
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal, Protocol, Self, runtime_checkable
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from drivers.faults import Transcript, drain_input, translated, with_retry
-from drivers.instruments import InstrumentSettings, as_float
-from hil.core import Clock, DeviceSaturated, InstrumentError, SafetyViolation, WallClock
-
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
+from drivers.instruments import InstrumentSettings, PyMeasureSession, as_float
+from hil.core import Clock, DeviceSaturated, InstrumentError, SafetyViolation
 
 SLOPES = (6, 12, 18, 24)
 """Output filter slopes, dB/oct (1 to 4 cascaded RC stages)."""
@@ -176,115 +168,6 @@ class SR860Settings(LockInSettings):
         raise ValueError(f"{value:g} V is not one of {SR860_INPUT_RANGES}")
 
 
-class PyMeasureSession(ABC):
-    """One PyMeasure instrument session: open or adopt, identify, configure, translate faults,
-    retry idempotent queries, release. Subclasses say how to open and configure."""
-
-    def __init__(self, settings: InstrumentSettings, clock: Clock | None = None) -> None:
-        self.settings = settings
-        self.clock: Clock = clock if clock is not None else WallClock()
-        self.instrument: Any = None
-        self._transcript: Transcript | None = None
-        self._identity = ""
-
-    @abstractmethod
-    def _open(self) -> Any:
-        """Open the PyMeasure instrument at the configured address."""
-
-    @abstractmethod
-    def _configure(self) -> None:
-        """Write the settings and read them back (`check_equal`); raise to refuse."""
-
-    @property
-    def name(self) -> str:
-        return self.settings.name
-
-    @property
-    def who(self) -> str:
-        """How errors name this instrument: channel, identity (or address)."""
-        return f"{self.name} ({self._identity or self.settings.address})"
-
-    def connect(self, instrument: Any | None = None) -> None:
-        """Open (or adopt) the instrument, identify it, configure it and read the settings back.
-
-        A refused or failed configuration releases the session, so no later command is sent.
-        """
-        with translated(self.who, "connect", None):
-            raw = instrument if instrument is not None else self._open()
-        self._transcript = Transcript(raw.adapter)
-        raw.adapter = self._transcript
-        self.instrument = raw
-        try:
-            self._identity = self.identify()
-            self._call("configure", self._configure)
-        except BaseException:
-            self.instrument = None
-            with contextlib.suppress(Exception):
-                raw.adapter.close()
-            raise
-        log.info("%s connected and configured", self.who)
-
-    def identify(self) -> str:
-        return self._query("identify", lambda: str(self.instrument.id))
-
-    def release(self) -> None:
-        """Close the connection (no command is sent)."""
-        if self.instrument is None:
-            return
-        instrument, self.instrument = self.instrument, None
-        with translated(self.who, "close", self._transcript):
-            instrument.adapter.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Release the connection; subclasses make the instrument safe first."""
-        self.release()
-
-    def check_equal(self, setting: str, written: object, read: object) -> None:
-        """A setting's readback must equal what was written (numbers within `readback_rtol`)."""
-        if isinstance(written, int | float) and not isinstance(written, bool):
-            number = as_float(read)
-            ok = math.isclose(number, written, rel_tol=self.settings.readback_rtol, abs_tol=1e-15)
-        else:
-            ok = read == written
-        if not ok:
-            raise InstrumentError(
-                f"{self.who}: setting {setting} was written as {written!r} but reads back "
-                f"{read!r}; refusing to start (check the value against the instrument's "
-                "allowed settings)"
-            )
-
-    def _call(self, action: str, fn: Callable[[], T]) -> T:
-        if self.instrument is None:
-            raise InstrumentError(f"{self.who}: not connected; call connect() first ({action})")
-        with translated(self.who, action, self._transcript):
-            return fn()
-
-    def _query(self, action: str, fn: Callable[[], T]) -> T:
-        """An idempotent query, retried on timeouts and garbled replies."""
-        return with_retry(
-            lambda: self._call(action, fn), self.settings.retry, self.clock.advance, self._flush
-        )
-
-    def _flush(self) -> None:
-        """Drop whatever a late reply left in the input buffer before a retry."""
-        try:
-            with translated(self.who, "flush input", self._transcript):
-                drain_input(self.instrument.adapter)
-        except (InstrumentError, NotImplementedError) as exc:
-            log.warning("%s: could not flush the input buffer: %s", self.who, exc)
-
-
 class _SRSLockIn(PyMeasureSession):
     """What the SR830 and SR860 share: configure, read-back, SNAP, LIA status."""
 
@@ -368,6 +251,9 @@ class _SRSLockIn(PyMeasureSession):
     def overloaded(self) -> bool:
         return bool(self._status() & self.overload_bits)
 
+    def go_safe(self) -> None:
+        """Nothing to do: the lock-in measures; no setting this driver writes drives an output."""
+
     def reference_frequency(self) -> float:
         return self._query("read reference frequency", lambda: as_float(self.instrument.frequency))
 
@@ -424,15 +310,15 @@ class SR830LockIn(_SRSLockIn):
     def _read_back(self, s: LockInSettings) -> None:
         li = self.instrument
         ref = "External" if s.reference == "external" else "Internal"
-        self.check_equal("reference", ref, li.reference_source)
-        self.check_equal("harmonic", s.harmonic, li.harmonic)
-        self.check_equal("input", _SR830_INPUTS[s.input], li.input_config)
-        self.check_equal("coupling", s.coupling, li.input_coupling)
+        self.check_readback("reference", ref, li.reference_source)
+        self.check_readback("harmonic", s.harmonic, li.harmonic)
+        self.check_readback("input", _SR830_INPUTS[s.input], li.input_config)
+        self.check_readback("coupling", s.coupling, li.input_coupling)
         if s.reserve is not None:
-            self.check_equal("reserve", _SR830_RESERVES[s.reserve], li.reserve)
-        self.check_equal("sensitivity", s.sensitivity, li.sensitivity)
-        self.check_equal("filter_slope", s.filter_slope, li.filter_slope)
-        self.check_equal("time_constant", s.time_constant, li.time_constant)
+            self.check_readback("reserve", _SR830_RESERVES[s.reserve], li.reserve)
+        self.check_readback("sensitivity", s.sensitivity, li.sensitivity)
+        self.check_readback("filter_slope", s.filter_slope, li.filter_slope)
+        self.check_readback("time_constant", s.time_constant, li.time_constant)
 
     def _snap(self) -> list[Any]:
         return list(self.instrument.snap("X", "Y"))  # SNAP? 1,2
@@ -456,9 +342,9 @@ class SR860LockIn(_SRSLockIn):
 
         return SR860(self.settings.address, **self.settings.adapter_kwargs())
 
-    def identify(self) -> str:
+    def _query_identity(self) -> str:
         # Raw *IDN?: PyMeasure's SR860 has no `id` (its base refuses one for non-SCPI classes).
-        return self._query("identify", lambda: str(self.instrument.ask("*IDN?")).strip())
+        return str(self.instrument.ask("*IDN?")).strip()
 
     def _write_settings(self, s: LockInSettings) -> None:
         assert isinstance(s, SR860Settings)
@@ -481,23 +367,23 @@ class SR860LockIn(_SRSLockIn):
     def _read_back(self, s: LockInSettings) -> None:
         assert isinstance(s, SR860Settings)
         li = self.instrument
-        self.check_equal("reference", "EXT" if s.reference == "external" else "INT",
+        self.check_readback("reference", "EXT" if s.reference == "external" else "INT",
                          li.reference_source)  # fmt: skip
-        self.check_equal("harmonic", s.harmonic, li.harmonic)
+        self.check_readback("harmonic", s.harmonic, li.harmonic)
         current = s.input in ("I1M", "I100M")
-        self.check_equal("input signal", "CURR" if current else "VOLT", li.input_signal)
+        self.check_readback("input signal", "CURR" if current else "VOLT", li.input_signal)
         if current:
             gain = "1MEG" if s.input == "I1M" else "100MEG"
-            self.check_equal("input current gain", gain, li.input_current_gain)
+            self.check_readback("input current gain", gain, li.input_current_gain)
         else:
-            self.check_equal("input", s.input, li.input_voltage_mode)
+            self.check_readback("input", s.input, li.input_voltage_mode)
             if s.input_range is not None:
                 name = _SR860_RANGE_NAMES[SR860_INPUT_RANGES.index(s.input_range)]
-                self.check_equal("input_range", name, li.input_range)
-        self.check_equal("coupling", s.coupling, li.input_coupling)
-        self.check_equal("sensitivity", s.sensitivity, li.sensitivity)
-        self.check_equal("filter_slope", SLOPES.index(s.filter_slope), li.filter_slope)
-        self.check_equal("time_constant", s.time_constant, li.time_constant)
+                self.check_readback("input_range", name, li.input_range)
+        self.check_readback("coupling", s.coupling, li.input_coupling)
+        self.check_readback("sensitivity", s.sensitivity, li.sensitivity)
+        self.check_readback("filter_slope", SLOPES.index(s.filter_slope), li.filter_slope)
+        self.check_readback("time_constant", s.time_constant, li.time_constant)
 
     def _snap(self) -> list[Any]:
         return list(self.instrument.snap("X", "Y"))  # SNAP? X, Y

@@ -27,26 +27,18 @@ lists are `(@1,2)` or `(@101:104)`):
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from functools import partial
-from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pymeasure.instruments import Channel, Instrument, SCPIMixin
 from pymeasure.instruments.validators import strict_discrete_set, strict_range
 
-from drivers.faults import Transcript, drain_input, translated, with_retry
-from drivers.instruments import InstrumentSettings, as_float, ramp_levels
-from hil.core import Clock, DeviceSaturated, InstrumentError, SafetyViolation, WallClock
-
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
+from drivers.instruments import InstrumentSettings, PyMeasureSession, as_float, ramp_levels
+from hil.core import Clock, DeviceSaturated, InstrumentError, SafetyViolation
 
 AO_RANGES = (2.5, 5.0, 10.0)
 """V, bipolar output ranges of the board."""
@@ -181,11 +173,6 @@ class ScpiDaq(SCPIMixin, Instrument):  # type: ignore[misc]
         for i in ai:
             self.add_child(AnalogInput, i, collection="ai", prefix="ai")
 
-    def sync(self) -> None:
-        """Wait until every command sent has been executed (`*OPC?`)."""
-        if as_float(self.values("*OPC?")) != 1:
-            raise ValueError("*OPC? did not answer 1")
-
     def read_voltages(self, binary: bool) -> list[float]:
         """`READ?`: one reading, every sample of every scanned channel (sample-major).
 
@@ -232,27 +219,21 @@ class ScpiDaqSettings(InstrumentSettings):
         return self
 
 
-class ScpiDaqBoard:
+class ScpiDaqBoard(PyMeasureSession):
     """A SCPI DAQ board with the instrument-level safety layer (DESIGN.md, layer 1).
 
     Levels outside a channel's range or the global `max_voltage` are refused with
     `SafetyViolation` before anything is sent; `go_safe()` ramps every AO to 0 V within
-    `max_slew` in steps of at most `ramp_step`, then switches the outputs off.
+    `max_slew` in steps of at most `ramp_step`, then switches the outputs off. `connect`
+    refuses (`InstrumentError`) a live output, a mismatch or a non-empty error queue.
     """
 
+    settings: ScpiDaqSettings
+
     def __init__(self, settings: ScpiDaqSettings, clock: Clock | None = None) -> None:
-        self.settings = settings
-        self.clock: Clock = clock if clock is not None else WallClock()
-        self.instrument: Any = None
-        self._transcript: Transcript | None = None
-        self._identity = ""
+        super().__init__(settings, clock)
         self._levels = dict.fromkeys(settings.ao, 0.0)
         self._enabled = False
-
-    @property
-    def who(self) -> str:
-        """How errors name this board: its name, identity (or address)."""
-        return f"{self.settings.name} ({self._identity or self.settings.address})"
 
     @property
     def levels(self) -> dict[int, float]:
@@ -263,35 +244,15 @@ class ScpiDaqBoard:
     def enabled(self) -> bool:
         return self._enabled
 
-    def connect(self, instrument: Any | None = None) -> None:
-        """Open the board (or adopt an open `ScpiDaq` or adapter), write every setting, read it
-        back. Refuses (`InstrumentError`) a live output, a mismatch or a non-empty error queue."""
+    def _open(self) -> ScpiDaq:
         s = self.settings
-        with translated(self.who, "connect", None):
-            if isinstance(instrument, ScpiDaq):
-                raw = instrument
-            else:
-                raw = ScpiDaq(
-                    instrument if instrument is not None else s.address,
-                    ao=s.ao,
-                    ai=s.ai,
-                    **({} if instrument is not None else s.adapter_kwargs()),
-                )
-        self._transcript = Transcript(raw.adapter)
-        raw.adapter = self._transcript
-        self.instrument = raw
-        try:
-            self._identity = self.identify()
-            self._call("configure", self._configure)
-        except BaseException:
-            self.instrument = None
-            with contextlib.suppress(Exception):
-                raw.adapter.close()
-            raise
-        log.info("%s connected and configured", self.who)
+        return ScpiDaq(s.address, ao=s.ao, ai=s.ai, **s.adapter_kwargs())
 
-    def identify(self) -> str:
-        return self._query("identify", lambda: str(self.instrument.id))
+    def _adopt(self, instrument: Any) -> ScpiDaq:
+        """An open `ScpiDaq` as it is; anything else is an adapter to build one on."""
+        if isinstance(instrument, ScpiDaq):
+            return instrument
+        return ScpiDaq(instrument, ao=self.settings.ao, ai=self.settings.ai)
 
     def check_level(self, channel: int, volts: float) -> None:
         """Refuse a level outside the channel's range or the global ceiling, before sending."""
@@ -317,7 +278,7 @@ class ScpiDaqBoard:
             self.check_level(channel, volts)
         for channel, volts in levels.items():
             self._call("set level", partial(self._write_level, channel, volts))
-        self._call("sync", self.instrument.sync)
+        self.sync()
 
     def ramp_to(self, levels: Mapping[int, float]) -> None:
         """Move the AO channels together to `levels` in steps of at most `ramp_step`, paced so
@@ -374,29 +335,6 @@ class ScpiDaqBoard:
         finally:
             self.disable()
 
-    def close(self) -> None:
-        """Go safe and release the connection."""
-        if self.instrument is None:
-            return
-        instrument = self.instrument
-        try:
-            self.go_safe()
-        finally:
-            self.instrument = None
-            with translated(self.who, "close", self._transcript):
-                instrument.adapter.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
     # -- helpers ---------------------------------------------------------------------------------
     def _configure(self) -> None:
         daq, s = self.instrument, self.settings
@@ -415,14 +353,14 @@ class ScpiDaqBoard:
         daq.scan = list(s.ai)
         daq.data_format = s.data_format
         for channel, r in s.ao.items():
-            self._check_readback(f"ao {channel} range", r, daq.ao[channel].range)
-            self._check_readback(f"ao {channel} level", 0.0, daq.ao[channel].level)
+            self.check_readback(f"ao {channel} range", r, daq.ao[channel].range)
+            self.check_readback(f"ao {channel} level", 0.0, daq.ao[channel].level)
         for channel, r in s.ai.items():
-            self._check_readback(f"ai {channel} range", r, daq.ai[channel].range)
-        self._check_readback("nplc", s.nplc, daq.nplc)
-        self._check_readback("sample_count", s.sample_count, daq.sample_count)
-        self._check_readback("scan list", list(s.ai), daq.scan)
-        self._check_readback("data_format", s.data_format, daq.data_format)
+            self.check_readback(f"ai {channel} range", r, daq.ai[channel].range)
+        self.check_readback("nplc", s.nplc, daq.nplc)
+        self.check_readback("sample_count", s.sample_count, daq.sample_count)
+        self.check_readback("scan list", list(s.ai), daq.scan)
+        self.check_readback("data_format", s.data_format, daq.data_format)
         errors = daq.check_errors()
         if errors:
             raise InstrumentError(
@@ -431,20 +369,6 @@ class ScpiDaqBoard:
             )
         self._levels = dict.fromkeys(s.ao, 0.0)
         self._enabled = False
-
-    def _check_readback(self, setting: str, written: object, read: object) -> None:
-        """A setting must read back as written (numbers within `readback_rtol`)."""
-        if isinstance(written, float):
-            ok = math.isclose(
-                as_float(read), written, rel_tol=self.settings.readback_rtol, abs_tol=1e-15
-            )
-        else:
-            ok = read == written
-        if not ok:
-            raise InstrumentError(
-                f"{self.who}: setting {setting} was written as {written!r} but reads back "
-                f"{read!r}; refusing to start"
-            )
 
     def _write_level(self, channel: int, volts: float) -> None:
         self.instrument.ao[channel].level = volts
@@ -456,23 +380,3 @@ class ScpiDaqBoard:
         if len(data) != expected:
             raise ValueError(f"expected {expected} values, got {len(data)}")
         return data
-
-    def _call(self, action: str, fn: Callable[[], T]) -> T:
-        if self.instrument is None:
-            raise InstrumentError(f"{self.who}: not connected; call connect() first ({action})")
-        with translated(self.who, action, self._transcript):
-            return fn()
-
-    def _query(self, action: str, fn: Callable[[], T]) -> T:
-        """An idempotent query, retried on timeouts and garbled replies."""
-        return with_retry(
-            lambda: self._call(action, fn), self.settings.retry, self.clock.advance, self._flush
-        )
-
-    def _flush(self) -> None:
-        """Drop whatever a late reply left in the input buffer before a retry."""
-        try:
-            with translated(self.who, "flush input", self._transcript):
-                drain_input(self.instrument.adapter)
-        except (InstrumentError, NotImplementedError) as exc:
-            log.warning("%s: could not flush the input buffer: %s", self.who, exc)

@@ -20,7 +20,13 @@ from drivers import (
     Keithley2600Settings,
     SourceMeasureChannel,
 )
-from hil.core import DeviceSaturated, InstrumentError, SafetyViolation, VirtualClock
+from hil.core import (
+    DeviceSaturated,
+    InstrumentError,
+    InstrumentProtocolError,
+    SafetyViolation,
+    VirtualClock,
+)
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:It is not known whether this device support SCPI:FutureWarning"
@@ -373,7 +379,7 @@ def test_2600_set_enable_read_go_safe() -> None:
         *CONNECT_2600,
         ("smub.source.levelv=-0.600000", None),
         ("smub.source.output=1", None),
-        ("print(smub.measure.i())", "-3.21000e-08"),
+        ("print(smub.measure.i(), smub.source.compliance)", "-3.21000e-08\tfalse"),
         ("smub.source.levelv=-0.400000", None),
         ("smub.source.levelv=-0.200000", None),
         ("smub.source.levelv=0.000000", None),
@@ -387,6 +393,62 @@ def test_2600_set_enable_read_go_safe() -> None:
         assert ch.read() == pytest.approx(-3.21e-8)
         ch.go_safe()
     assert clock.now() == pytest.approx(0.3)  # 0.6 V at 2 V/s
+
+
+@pytest.mark.parametrize(
+    ("reply", "match"),
+    [
+        ("1.00000e-07\ttrue", "in compliance at 1 V: read 1e-07 A at the 1e-07 A limit"),
+        ("-1.00000e-07\ttrue", "in compliance at 1 V: read -1e-07 A"),
+        ("9.91000e+37\tfalse", "overflow at 1 V: the current is beyond the 1e-06 A measure"),
+    ],
+)
+def test_2600_reading_in_compliance_or_overflow_is_saturated(reply: str, match: str) -> None:
+    # One chunk reads the current and the compliance state: no extra round trip.
+    pairs = [
+        *CONNECT_2600,
+        ("smub.source.levelv=1.000000", None),
+        ("smub.source.output=1", None),
+        ("print(smub.measure.i(), smub.source.compliance)", reply),
+    ]
+    with expected_protocol(Keithley2600, pairs) as inst:
+        ch = Keithley2600Channel(settings_2600(), clock=VirtualClock())
+        ch.connect(inst)
+        ch.set_level(1.0)
+        ch.enable()
+        with pytest.raises(DeviceSaturated, match=match):
+            ch.read()
+
+
+@pytest.mark.parametrize("reply", ["1.00000e-07", "1.00000e-07\tmaybe", "true\t1e-07"])
+def test_2600_reading_without_a_compliance_state_is_a_protocol_fault(reply: str) -> None:
+    # Garbled: retried once (the query is idempotent), then reported naming command and reply.
+    command = "print(smub.measure.i(), smub.source.compliance)"
+    pairs = [*CONNECT_2600, ("smub.source.output=1", None), (command, reply), (command, reply)]
+    with expected_protocol(Keithley2600, pairs) as inst:
+        ch = Keithley2600Channel(
+            settings_2600(retry={"count": 1, "backoff": 0.0}), clock=VirtualClock()
+        )
+        ch.connect(inst)
+        ch.enable()
+        with pytest.raises(InstrumentProtocolError, match=r"true/false.*gave up after 2") as caught:
+            ch.read()
+    assert f"sent {command!r}, reply {reply!r}" in str(caught.value)
+
+
+def test_2400_overflow_is_saturated() -> None:
+    pairs = [
+        *CONNECT_2400,
+        ("OUTPUT 1", None),
+        # Status 0x5001: the overflow bit, not compliance; the current reads 9.91e37.
+        (":READ?", "+0.000000E+00,+9.910000E+37,+9.910000E+37,+1.0E+00,+2.048100E+04"),
+    ]
+    with expected_protocol(Keithley2400, pairs) as inst:
+        ch = Keithley2400Channel(settings_2400(), clock=VirtualClock())
+        ch.connect(inst)
+        ch.enable()
+        with pytest.raises(DeviceSaturated, match=r"overflow at 0 V.*1e-05 A measure range"):
+            ch.read()
 
 
 def test_2600_level_outside_range_is_refused_where_pymeasure_would_truncate() -> None:
