@@ -1,36 +1,60 @@
 """A station's simulator served as its virtual instruments, and the rig connected to them.
 
-A station file whose rig names `address: virtual` for an instrument, and which has a `virtual:`
-section naming a simulator, runs through the real drivers: the simulator goes behind a
-`Backplane`, every instrument terminal the rig declares (`Settings.wiring()`) is served as the
-matching virtual instrument on a free loopback port, and the rig is built with those addresses
-(pyvisa-py). The servers stop when the rig closes. `hil serve` does the same in the foreground
-and prints a station file that points at the servers, for a rig in another process.
+A station file whose rig names `virtual` as an instrument's address, and which has a `virtual:`
+section naming a simulator, runs through the real drivers. Every instrument of the rig is an
+`Entry`: an item under `instruments:` (SMU and analog rigs, kind = its `type:`) or a block the
+rig holds by its settings model (`daq:` of a DAQ rig, `board:` of a crossbar rig; see `BLOCKS`).
+`VIRTUAL_INSTRUMENTS` says for each kind how its stand-in is made from the simulator and how the
+rig reaches it — the one mechanism, two ways:
+
+- served: a SCPI/TSP instrument or a serial board on a free loopback port; its address replaces
+  the entry's address key (`TCPIP::127.0.0.1::PORT::SOCKET` with pyvisa-py, `socket://…`);
+- injected: an in-process fake (the `nidaqmx` module, a `pyarc2.Instrument`) passed to the rig's
+  constructor; it cannot be reached from another process.
+
+The simulator sits behind a `Backplane` (instruments hold levels on its channels as they
+change); the servers stop and the simulator closes when the rig closes. `hil serve` serves every
+instrument of a station in the foreground and prints a station file that points at them.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, cast
 
 import numpy as np
+from pydantic import BaseModel
 
+from drivers.arc2 import Arc2Settings
+from drivers.crossbar_serial import CrossbarSerialSettings
+from drivers.nidaq import DaqSettings
+from drivers.rigs.crossbar import CrossbarRigSettings
+from drivers.rigs.daq import DaqRigSettings
 from hil.config import ResolvedStation
-from hil.core import ConfigError, Device, DeviceSpec, Role
-from hil.yamlfile import KeyPath
+from hil.core import ConfigError, Device, DeviceSpec, Role, Streaming
+from hil.yamlfile import KeyPath, dotted
+from simulators.crossbar import CrossbarDevice
+from simulators.virtual.arc2 import ROW_CHANNELS, FakeInstrument
 from simulators.virtual.backplane import Backplane
+from simulators.virtual.crossbar_serial import BoardModel, CrossbarBoardEmulator
 from simulators.virtual.keithley2400 import Keithley2400
-from simulators.virtual.loads import Electrode
-from simulators.virtual.scpi import ScpiDevice
-from simulators.virtual.station import VirtualStation
+from simulators.virtual.keithley2600 import CHANNELS as TSP_CHANNELS
+from simulators.virtual.keithley2600 import Keithley2600
+from simulators.virtual.loads import Electrode, Resistor
+from simulators.virtual.nidaq import AIReadout, FakeNidaqmx
+from simulators.virtual.scpi_daq import Terminal, board_for
+from simulators.virtual.station import Servable, VirtualStation
 
 log = logging.getLogger(__name__)
 
 VIRTUAL_ADDRESS = "virtual"
 """The address a station file gives an instrument that a virtual one should stand in for."""
+
+OPEN_CIRCUIT = 1e12
+"""Ω on a virtual 2600 channel no rig entry uses."""
 
 
 class Wire(Protocol):
@@ -52,23 +76,196 @@ class Wire(Protocol):
     def scale(self) -> float: ...
 
 
-InstrumentFactory = Callable[[Backplane, Sequence[Wire]], ScpiDevice]
+@dataclass(frozen=True)
+class BlockWire:
+    """A wire of a rig that declares no wiring (DAQ card, crossbar boards), derived here."""
+
+    instrument: str
+    kind: str
+    channel: str
+    role: Role
+    scale: float = 1.0
 
 
-def _smu(model: Callable[[Electrode], ScpiDevice]) -> InstrumentFactory:
-    def build(backplane: Backplane, wires: Sequence[Wire]) -> ScpiDevice:
-        (wire,) = wires
-        return model(Electrode(backplane, wire.channel, scale=wire.scale))
+@dataclass(frozen=True)
+class Entry:
+    """One instrument of the rig: where it sits under `device:`, its kind, as written, wires."""
 
-    return build
+    name: str
+    key: KeyPath
+    kind: str
+    params: Mapping[str, Any]
+    wires: tuple[Wire, ...]
+
+    def address(self) -> Any:
+        """What the entry's address key holds (`virtual`, a VISA address, a URL …)."""
+        kind = VIRTUAL_INSTRUMENTS.get(self.kind)
+        return self.params.get(kind.key if kind else "address")
 
 
-VIRTUAL_INSTRUMENTS: dict[str, InstrumentFactory] = {
-    "keithley2400": _smu(Keithley2400),
+@dataclass(frozen=True)
+class Bench:
+    """What a stand-in is made from: the simulator, its backplane and the rig's settings."""
+
+    simulator: Device
+    backplane: Backplane
+    rig: BaseModel
+
+
+@dataclass(frozen=True)
+class VirtualKind:
+    """How the stand-in for one kind of rig entry is made and how the rig reaches it.
+
+    `make` builds it from the bench for the entries it stands in for (ValueError: the station
+    does not fit it). `key` is the entry's address key: `virtual` there asks for the stand-in.
+    Served (`inject` None): `make` returns a `Servable`, run on a loopback port whose address
+    goes to `key`, with `updates`. Injected: the fake goes to the rig's constructor as keyword
+    `inject`. `slots`: entries with one address share one instrument, one entry per value of
+    their `channel` key (a 2600's smua and smub), as on the bench. `wires`: for a block, its
+    wires derived from the rig's settings (an `instruments:` item has the rig's `wiring()`).
+    """
+
+    make: Callable[[Bench, Sequence[Entry]], Any]
+    key: str = "address"
+    inject: str | None = None
+    updates: Mapping[str, Any] = field(default_factory=dict)
+    slots: tuple[str, ...] = ()
+    wires: Callable[[BaseModel, str], list[Wire]] | None = None
+
+    def slot(self, entry: Entry) -> str:
+        return str(entry.params.get("channel", self.slots[0])) if self.slots else ""
+
+
+# -- the stand-ins -------------------------------------------------------------------------------
+def _one(entries: Sequence[Entry]) -> Entry:
+    (entry,) = entries
+    return entry
+
+
+def _electrode(bench: Bench, wire: Wire) -> Electrode:
+    return Electrode(bench.backplane, wire.channel, scale=wire.scale)
+
+
+def _keithley2400(bench: Bench, entries: Sequence[Entry]) -> Keithley2400:
+    (wire,) = _one(entries).wires
+    return Keithley2400(_electrode(bench, wire))
+
+
+def _keithley2600(bench: Bench, entries: Sequence[Entry]) -> Keithley2600:
+    """One 2602B; a channel no entry uses is an open circuit."""
+    kind = VIRTUAL_INSTRUMENTS["keithley2600"]
+    loads: dict[str, Any] = {name: Resistor(OPEN_CIRCUIT) for name in TSP_CHANNELS}
+    for entry in entries:
+        (wire,) = entry.wires
+        loads[kind.slot(entry)] = _electrode(bench, wire)
+    return Keithley2600(loads["smua"], loads["smub"])
+
+
+def _scpi_daq(bench: Bench, entries: Sequence[Entry]) -> Servable:
+    return board_for(bench.backplane, cast(Sequence[Terminal], _one(entries).wires))
+
+
+def _crossbar(bench: Bench) -> CrossbarDevice:
+    if not isinstance(bench.simulator, CrossbarDevice):
+        raise ValueError(
+            f"a virtual crossbar board needs a crossbar simulator (virtual.device.type: "
+            f"crossbar), not {type(bench.simulator).__name__}"
+        )
+    return bench.simulator
+
+
+def _serial_board(bench: Bench, entries: Sequence[Entry]) -> Servable:
+    rig = cast(CrossbarRigSettings, bench.rig)
+    sim = _crossbar(bench)
+    board = CrossbarSerialSettings.model_validate(_one(entries).params)
+    shape = (sim.settings.rows, sim.settings.cols)
+    if (board.word_lines, board.bit_lines) != shape:
+        raise ValueError(
+            f"word_lines × bit_lines {board.word_lines} × {board.bit_lines} must be the "
+            f"simulator's rows × cols {shape[0]} × {shape[1]} (the board reports its size)"
+        )
+    model = BoardModel(g_ref=rig.g_ref, g_scale=rig.g_scale)
+    return CrossbarBoardEmulator(sim, model, watchdog=board.watchdog)
+
+
+def _arc2(bench: Bench, entries: Sequence[Entry]) -> FakeInstrument:
+    rig = cast(CrossbarRigSettings, bench.rig)
+    return FakeInstrument(_crossbar(bench), g_ref=rig.g_ref, g_scale=rig.g_scale)
+
+
+def _nidaqmx(bench: Bench, entries: Sequence[Entry]) -> FakeNidaqmx:
+    """The fake `nidaqmx` module: AO channels drive the simulator's channels, AI channels read
+    its outputs through each channel's gain, inversion and offset."""
+    rig = cast(DaqRigSettings, bench.rig)
+    sim = bench.simulator
+    if not isinstance(sim, Streaming):
+        raise ValueError(f"the fake NI-DAQmx needs a streaming simulator, not {sim.spec.name!r}")
+    daq, outputs = rig.daq, [c.name for c in sim.spec.outputs]
+    ao = {daq.physical(c.ao): name for name, c in rig.channels.items() if c.ao is not None}
+    ai = {}
+    for name, c in rig.channels.items():
+        if c.ai is not None:
+            s = daq.ai[c.ai]
+            ai[daq.physical(c.ai)] = AIReadout(outputs.index(name), s.gain, s.inverted, s.offset)
+    devices = {daq.device} | {key.split("/")[0] for key in (*ao, *ai)}
+    return FakeNidaqmx(sim, ao, ai, devices=tuple(sorted(devices)))
+
+
+# -- wires of the blocks -------------------------------------------------------------------------
+def _daq_wires(settings: BaseModel, name: str) -> list[Wire]:
+    rig = cast(DaqRigSettings, settings)
+    return [
+        BlockWire(name, "nidaqmx", n, c.role, rig.daq.ai[c.ai].gain if c.ai else 1.0)
+        for n, c in rig.channels.items()
+    ]
+
+
+def _crossbar_wires(
+    rows: Callable[[CrossbarRigSettings, int], int],
+) -> Callable[[BaseModel, str], list[Wire]]:
+    """Rig row i is the simulator's row `rows(settings, word line of i)`; columns likewise
+    their bit lines (rows through `rows` only: ArC TWO numbers its channels)."""
+
+    def wires(settings: BaseModel, name: str) -> list[Wire]:
+        rig = cast(CrossbarRigSettings, settings)
+        words, bits = rig.lines
+        kind = BLOCKS[type(getattr(rig, name))]
+        return [
+            *(BlockWire(name, kind, f"row{rows(rig, w)}", Role.INPUT) for w in words),
+            *(BlockWire(name, kind, f"col{b}", Role.OUTPUT) for b in bits),
+        ]
+
+    return wires
+
+
+def _arc2_row(rig: CrossbarRigSettings, word_line: int) -> int:
+    board = cast(Arc2Settings, getattr(rig, "board"))  # noqa: B009 (the rig's block)
+    return ROW_CHANNELS.index(board.row_channels[word_line])
+
+
+VIRTUAL_INSTRUMENTS: dict[str, VirtualKind] = {
+    "keithley2400": VirtualKind(_keithley2400, updates={"visa_library": "@py"}),
+    "keithley2600": VirtualKind(_keithley2600, updates={"visa_library": "@py"}, slots=TSP_CHANNELS),
+    "scpi-daq": VirtualKind(_scpi_daq, updates={"visa_library": "@py"}),
+    "crossbar-serial": VirtualKind(
+        _serial_board, key="url", wires=_crossbar_wires(lambda rig, w: w)
+    ),
+    "arc2": VirtualKind(
+        _arc2, key="firmware", inject="instrument", wires=_crossbar_wires(_arc2_row)
+    ),
+    "nidaqmx": VirtualKind(_nidaqmx, key="device", inject="nidaqmx_module", wires=_daq_wires),
 }
-"""A rig entry's `type:` → the virtual instrument that stands in for it on a backplane."""
+"""An entry's kind → how its virtual stand-in is made and reached."""
+
+BLOCKS: dict[type[BaseModel], str] = {
+    DaqSettings: "nidaqmx",
+    CrossbarSerialSettings: "crossbar-serial",
+    Arc2Settings: "arc2",
+}
+"""A rig's settings block (a `daq:` or `board:` key, no `type:`) → its entry kind."""
 
 
+# -- serving -------------------------------------------------------------------------------------
 @dataclass
 class ServedStation:
     """Virtual instruments running for a station, and the rig settings that point at them."""
@@ -76,6 +273,18 @@ class ServedStation:
     servers: VirtualStation
     simulator: Device
     device_params: dict[str, Any]  # the station's `device:` block with the served addresses
+    injected: dict[str, Any] = field(default_factory=dict)  # rig constructor keyword → fake
+    addresses: dict[str, str] = field(default_factory=dict)  # entry name → served address
+    source: dict[str, Any] = field(default_factory=dict)  # the station as written
+    changes: dict[KeyPath, dict[str, Any]] = field(default_factory=dict)  # entry key → keys set
+
+    def station_file(self) -> dict[str, Any]:
+        """The station as written, pointing at the served instruments, without `virtual:`: a
+        rig in another process (`hil run`) trains against them."""
+        data = copy.deepcopy(self.source)
+        data.pop("virtual", None)
+        _apply(data["device"], self.changes)
+        return data
 
     def stop(self) -> None:
         """Stop the servers and close the simulator."""
@@ -85,12 +294,41 @@ class ServedStation:
             self.simulator.close()
 
 
+def entries(station: ResolvedStation) -> list[Entry]:
+    """Every instrument of the station's rig: its `instruments:` items, then its blocks."""
+    settings = station.device.settings
+    found = []
+    instruments = getattr(settings, "instruments", None)
+    if isinstance(instruments, dict):
+        wires = _declared_wiring(station)
+        for name, params in instruments.items():
+            mine = tuple(w for w in wires if w.instrument == name)
+            kind = str(params.get("type"))
+            found.append(Entry(name, ("instruments", name), kind, dict(params), mine))
+    for name in type(settings).model_fields:
+        block = getattr(settings, name)
+        if type(block) in BLOCKS:
+            kind = BLOCKS[type(block)]
+            derive = VIRTUAL_INSTRUMENTS[kind].wires
+            assert derive is not None
+            params = block.model_dump(mode="json")
+            found.append(Entry(name, (name,), kind, params, tuple(derive(settings, name))))
+    return found
+
+
 def is_virtual(station: ResolvedStation) -> bool:
     """Whether any instrument of the station's rig is to be served virtually."""
-    instruments = getattr(station.device.settings, "instruments", None)
-    return isinstance(instruments, dict) and any(
-        isinstance(entry, dict) and entry.get("address") == VIRTUAL_ADDRESS
-        for entry in instruments.values()
+    settings = station.device.settings
+    instruments = getattr(settings, "instruments", None)
+    listed = isinstance(instruments, dict) and any(
+        isinstance(p, dict) and p.get(_address_key(p.get("type"))) == VIRTUAL_ADDRESS
+        for p in instruments.values()
+    )
+    blocks = (getattr(settings, name) for name in type(settings).model_fields)
+    return listed or any(
+        getattr(b, VIRTUAL_INSTRUMENTS[BLOCKS[type(b)]].key) == VIRTUAL_ADDRESS
+        for b in blocks
+        if type(b) in BLOCKS
     )
 
 
@@ -99,7 +337,8 @@ def serve_station(
 ) -> ServedStation:
     """Serve the station's simulator as the instruments its rig declares.
 
-    Instruments with `address: virtual` are served (all of them with `every`). The simulator
+    Instruments whose address is `virtual` get their stand-in; with `every` all of them do,
+    for a rig in another process (`hil serve`), so an in-process fake is refused. The simulator
     takes `virtual.seed` if the station gives one, else `seed`. Errors name the station key.
     """
     if station.virtual is None or station.config.virtual is None:
@@ -110,23 +349,47 @@ def serve_station(
             "{type: dnpu, ...}}`",
             key=key,
         )
+    found = entries(station)
+    chosen = [e for e in found if every or e.address() == VIRTUAL_ADDRESS]
+    _check_kinds(station, chosen, every)
     fixed = station.config.virtual.seed
     sim_seed = np.random.SeedSequence(fixed) if fixed is not None else seed
     simulator: Device = station.virtual.cls(station.virtual.settings, seed=sim_seed)
     try:
-        wiring = _wiring(station, simulator.spec)
-        backplane = Backplane(simulator)
-        devices = _instruments(station, wiring, backplane, every)
-        servers = VirtualStation(devices)
-        addresses = servers.start()
+        _check_wiring(station, found, simulator.spec)
+        bench = Bench(simulator, Backplane(simulator), station.device.settings)
+        groups = _groups(chosen)
+        made = {name: _make(station, bench, group) for name, group in groups.items()}
+        injected = {
+            str(VIRTUAL_INSTRUMENTS[groups[name][0].kind].inject): fake
+            for name, fake in made.items()
+            if VIRTUAL_INSTRUMENTS[groups[name][0].kind].inject is not None
+        }
+        servers = VirtualStation(
+            {name: stand_in for name, stand_in in made.items() if name not in _injected(groups)}
+        )
+        served = servers.start()
     except BaseException:
         simulator.close()
         raise
+    addresses, changes = {}, {}
+    for name, address in served.items():
+        for entry in groups[name]:
+            kind = VIRTUAL_INSTRUMENTS[entry.kind]
+            addresses[entry.name] = address
+            changes[entry.key] = {kind.key: address, **kind.updates}
+            log.info("virtual %s for %r at %s", entry.kind, entry.name, address)
     params = copy.deepcopy(station.device.as_dict())
-    for name, address in addresses.items():
-        params["instruments"][name].update(address=address, visa_library="@py")
-        log.info("virtual %s for %r at %s", wiring[name][0].kind, name, address)
-    return ServedStation(servers=servers, simulator=simulator, device_params=params)
+    _apply(params, changes)
+    return ServedStation(
+        servers=servers,
+        simulator=simulator,
+        device_params=params,
+        injected=injected,
+        addresses=addresses,
+        source=copy.deepcopy(_at(station.doc.data, station.prefix)),
+        changes=changes,
+    )
 
 
 def build_virtual_rig(station: ResolvedStation, seed: np.random.SeedSequence) -> Device:
@@ -137,17 +400,21 @@ def build_virtual_rig(station: ResolvedStation, seed: np.random.SeedSequence) ->
     cls = station.device.cls
     try:
         settings = cls.Settings.model_validate(params)
-        rig: Device = _stopping(cls, served)(settings)
+        rig: Device = _stopping(cls, served)(settings, **served.injected)
     except BaseException:
         served.stop()
         raise
     return rig
 
 
-def _wiring(station: ResolvedStation, sim_spec: DeviceSpec) -> dict[str, list[Wire]]:
-    """The rig's terminals by instrument, each checked against the simulator's channels."""
-    settings = station.device.settings
-    wiring = getattr(settings, "wiring", None)
+# -- helpers -------------------------------------------------------------------------------------
+def _address_key(kind: Any) -> str:
+    known = VIRTUAL_INSTRUMENTS.get(str(kind))
+    return known.key if known else "address"
+
+
+def _declared_wiring(station: ResolvedStation) -> list[Wire]:
+    wiring = getattr(station.device.settings, "wiring", None)
     if not callable(wiring):
         key: KeyPath = ("device", "type")
         raise ConfigError(
@@ -155,50 +422,112 @@ def _wiring(station: ResolvedStation, sim_spec: DeviceSpec) -> dict[str, list[Wi
             "(Settings.wiring()), so no virtual instruments can stand in for it",
             key=key,
         )
+    return list(wiring())
+
+
+def _check_kinds(station: ResolvedStation, chosen: Sequence[Entry], every: bool) -> None:
+    """Every chosen entry has a stand-in, and one another process can reach with `every`."""
+    for entry in chosen:
+        kind = VIRTUAL_INSTRUMENTS.get(entry.kind)
+        if kind is None:
+            key = ("device", *entry.key, "type")
+            raise ConfigError(
+                f"{station.where(key)}: no virtual instrument stands in for {entry.kind!r} "
+                f"(available: {sorted(VIRTUAL_INSTRUMENTS)}); give {entry.name!r} a real "
+                "address",
+                key=key,
+            )
+        if every and kind.inject is not None:
+            key = ("device", *entry.key, kind.key)
+            raise ConfigError(
+                f"{station.where(key)}: the virtual {entry.kind} for {entry.name!r} is an "
+                "in-process fake (passed to the rig as its "
+                f"{kind.inject!r}), which another process cannot reach: it cannot be served; "
+                f"run the station in-process instead (hil run with {dotted(key)}: virtual)",
+                key=key,
+            )
+
+
+def _check_wiring(station: ResolvedStation, found: Sequence[Entry], sim_spec: DeviceSpec) -> None:
+    """Every terminal of the rig is wired to a simulator channel of the same role."""
     assert station.virtual is not None
-    by_instrument: dict[str, list[Wire]] = {}
-    for wire in wiring():
-        key = ("device", "channels", wire.channel)
-        try:
-            role = sim_spec.channel(wire.channel).role
-        except KeyError:
-            names = [c.name for c in sim_spec.channels]
-            raise ConfigError(
-                f"{station.where(key)}: the simulator {station.virtual.name!r} has no channel "
-                f"{wire.channel!r} (it has {names}); name the rig's channels as the simulator's",
-                key=key,
-            ) from None
-        if role is not wire.role:
-            raise ConfigError(
-                f"{station.where(key)}: the rig wires {wire.channel!r} as {wire.role.value} "
-                f"but the simulator's channel is {role.value}",
-                key=key,
-            )
-        by_instrument.setdefault(wire.instrument, []).append(wire)
-    return by_instrument
+    for entry in found:
+        for wire in entry.wires:
+            key: KeyPath = ("device", "channels", wire.channel)
+            if isinstance(wire, BlockWire):
+                key = ("device", *entry.key)
+            try:
+                role = sim_spec.channel(wire.channel).role
+            except KeyError:
+                names = [c.name for c in sim_spec.channels]
+                shown = names if len(names) <= 12 else [*names[:12], "…"]
+                raise ConfigError(
+                    f"{station.where(key)}: the simulator {station.virtual.name!r} has no "
+                    f"channel {wire.channel!r} (it has {shown}); name the rig's channels as "
+                    "the simulator's",
+                    key=key,
+                ) from None
+            if role is not wire.role:
+                raise ConfigError(
+                    f"{station.where(key)}: the rig wires {wire.channel!r} as {wire.role.value} "
+                    f"but the simulator's channel is {role.value}",
+                    key=key,
+                )
 
 
-def _instruments(
-    station: ResolvedStation, wiring: dict[str, list[Wire]], backplane: Backplane, every: bool
-) -> dict[str, ScpiDevice]:
-    instruments: dict[str, Any] = getattr(station.device.settings, "instruments", {})
-    devices = {}
-    for name, wires in wiring.items():
-        if not every and instruments.get(name, {}).get("address") != VIRTUAL_ADDRESS:
-            continue
-        kind = wires[0].kind
-        if kind not in VIRTUAL_INSTRUMENTS:
-            key = ("device", "instruments", name, "type")
-            raise ConfigError(
-                f"{station.where(key)}: no virtual instrument stands in for {kind!r} "
-                f"(available: {sorted(VIRTUAL_INSTRUMENTS)}); give {name!r} a real address",
-                key=key,
-            )
-        devices[name] = VIRTUAL_INSTRUMENTS[kind](backplane, wires)
-    return devices
+def _groups(chosen: Sequence[Entry]) -> dict[str, list[Entry]]:
+    """Entries by the instrument that stands in for them: one each, except that entries of a
+    kind with slots share one while they have the same address and distinct slots."""
+    groups: list[list[Entry]] = []
+    for entry in chosen:
+        kind = VIRTUAL_INSTRUMENTS[entry.kind]
+        home = next(
+            (
+                group
+                for group in groups
+                if kind.slots
+                and group[0].kind == entry.kind
+                and group[0].address() == entry.address()
+                and kind.slot(entry) not in {kind.slot(e) for e in group}
+            ),
+            None,
+        )
+        if home is None:
+            groups.append([entry])
+        else:
+            home.append(entry)
+    return {"+".join(e.name for e in group): group for group in groups}
 
 
-def _stopping(cls: type[Any], served: ServedStation) -> Callable[[Any], Device]:
+def _injected(groups: Mapping[str, Sequence[Entry]]) -> set[str]:
+    return {n for n, g in groups.items() if VIRTUAL_INSTRUMENTS[g[0].kind].inject is not None}
+
+
+def _make(station: ResolvedStation, bench: Bench, group: Sequence[Entry]) -> Any:
+    entry = group[0]
+    try:
+        return VIRTUAL_INSTRUMENTS[entry.kind].make(bench, group)
+    except ValueError as exc:
+        key = ("device", *entry.key)
+        raise ConfigError(
+            f"{station.where(key)}: no virtual {entry.kind} for {entry.name!r}: {exc}", key=key
+        ) from None
+
+
+def _at(data: Any, key: KeyPath) -> Any:
+    for part in key:
+        data = data[part]
+    return data
+
+
+def _apply(device: dict[str, Any], changes: Mapping[KeyPath, Mapping[str, Any]]) -> None:
+    """Set keys of entries under `device` (each entry copied: YAML aliases share them)."""
+    for key, change in changes.items():
+        parent = _at(device, key[:-1])
+        parent[key[-1]] = {**parent[key[-1]], **change}
+
+
+def _stopping(cls: type[Any], served: ServedStation) -> Callable[..., Device]:
     """`cls` whose `close()` also stops the served station (a subclass, so every capability
     check on the rig still holds)."""
 

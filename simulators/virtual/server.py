@@ -3,13 +3,16 @@
 Bound to 127.0.0.1 only, on a port the OS picks; pyvisa-py reaches it as
 `TCPIP::127.0.0.1::<port>::SOCKET` with `\\n` termination (`\\r\\n` is accepted too). One thread
 accepts, one serves each connection; `stop()` (or leaving the `with` block) closes the listening
-socket and every connection and joins every thread, so tests leak neither.
+socket, lets every connection finish the messages it has already received (a safe-state command
+sent just before the stop is executed, not dropped), closes it and joins every thread, so tests
+leak neither. A reply is text (ASCII) or bytes (an IEEE 488.2 binary block), sent as it is.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 import threading
 from collections.abc import Callable
@@ -25,6 +28,8 @@ POLL = 0.05
 """s between checks of the stop flag while waiting for a connection or a byte."""
 MAX_LINE = 1 << 20
 """Longest message accepted; a longer one is dropped whole and queues -102."""
+STOP_WAIT = 2.0
+"""s a connection gets at `stop()` to finish what it received before it is cut."""
 
 
 @dataclass
@@ -101,15 +106,20 @@ class ScpiServer:
         return self
 
     def stop(self) -> None:
-        """Close every connection and the listening socket; join all threads."""
+        """Stop accepting; let every connection handle the messages already received, then
+        close it and the listening socket; join all threads (a connection still busy after
+        `STOP_WAIT` s is cut)."""
         self._stop.set()
         if self._acceptor is not None:
             self._acceptor.join(timeout=5.0)
             self._acceptor = None
         with self._lock:
-            clients = list(self._clients)
             threads, self._threads = self._threads, []
-        for client in clients:
+        for thread in threads:
+            thread.join(timeout=STOP_WAIT)
+        with self._lock:
+            stuck = list(self._clients)
+        for client in stuck:
             _shutdown(client)
         for thread in threads:
             thread.join(timeout=5.0)
@@ -163,14 +173,14 @@ class ScpiServer:
                 if not chunk:
                     return
                 _quick_ack(client)
-                buffer += chunk
-                while b"\n" in buffer:
-                    raw, buffer = buffer.split(b"\n", 1)
-                    if not self._handle(client, raw.removesuffix(b"\r")):
-                        return
-                if len(buffer) > MAX_LINE:
-                    buffer = b""
-                    self.device.push_error(ScpiError(-102, "message too long"))
+                buffer, more = self._lines(client, buffer + chunk)
+                if not more:
+                    return
+            # Stopping: what the client sent before the stop is still executed, in order.
+            while chunk := _received(client):
+                buffer, more = self._lines(client, buffer + chunk)
+                if not more:
+                    return
         except OSError:
             return  # the client went away mid-reply
         finally:
@@ -178,6 +188,17 @@ class ScpiServer:
                 self._clients.discard(client)
             _shutdown(client)
             client.close()
+
+    def _lines(self, client: socket.socket, buffer: bytes) -> tuple[bytes, bool]:
+        """Handle every complete message in `buffer`: the rest, and False to disconnect."""
+        while b"\n" in buffer:
+            raw, buffer = buffer.split(b"\n", 1)
+            if not self._handle(client, raw.removesuffix(b"\r")):
+                return b"", False
+        if len(buffer) > MAX_LINE:
+            buffer = b""
+            self.device.push_error(ScpiError(-102, "message too long"))
+        return buffer, True
 
     def _handle(self, client: socket.socket, raw: bytes) -> bool:
         """Execute one message and send its reply through the faults; False to disconnect."""
@@ -204,15 +225,32 @@ class ScpiServer:
                 self.faults.drop -= 1
             if garble:
                 self.faults.garble -= 1
-        if delay > 0 and self._stop.wait(delay):
-            return False
+        if delay > 0:
+            self._stop.wait(delay)  # cut short by a stop: the reply still goes out
         if drop:
             return True
-        data = reply.encode("ascii")
+        data = self._encode(reply)
         if garble:
             data = b"\xff" + data[::-1]
         client.sendall(data + b"\n")
         return True
+
+    def _encode(self, reply: str | bytes) -> bytes:
+        """Bytes as they are (a binary block); text as ASCII, a character beyond it replaced by
+        `?` and logged (an emulation bug, which must not cost the connection)."""
+        if isinstance(reply, bytes):
+            return reply
+        try:
+            return reply.encode("ascii")
+        except UnicodeEncodeError:
+            log.warning("%s: non-ASCII reply %r sent with '?' in place", self.name, reply)
+            return reply.encode("ascii", errors="replace")
+
+
+def _received(sock: socket.socket) -> bytes:
+    """What the peer has sent and is waiting in the socket, without waiting (b"": nothing)."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    return sock.recv(65536) if readable else b""
 
 
 def _shutdown(sock: socket.socket) -> None:

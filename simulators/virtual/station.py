@@ -1,8 +1,9 @@
-"""Start several virtual instruments at once and hand out their VISA addresses.
+"""Start several virtual instruments at once and hand out their addresses.
 
-The launcher `hil serve` will build on: a `VirtualStation` maps instrument names to `ScpiDevice`s,
-serves each on its own free loopback port, and stops them all on exit (also when one fails to
-start).
+A `VirtualStation` maps instrument names to virtual instruments — `ScpiDevice`s, served as VISA
+`TCPIP::127.0.0.1::PORT::SOCKET` resources, and serial boards (`CrossbarBoardEmulator`), served
+as pyserial `socket://127.0.0.1:PORT` URLs — serves each on its own free loopback port, and
+stops them all on exit (also when one fails to start). `hil serve` and `hil.virtual` build on it.
 """
 
 from __future__ import annotations
@@ -10,20 +11,33 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import TracebackType
 
+from simulators.virtual.crossbar_serial import CrossbarBoardEmulator, CrossbarSerialServer
 from simulators.virtual.scpi import ScpiDevice
 from simulators.virtual.server import ScpiServer
+
+Servable = ScpiDevice | CrossbarBoardEmulator
+"""What a station serves: a SCPI/TSP instrument or a serial board."""
 
 
 class VirtualStation:
     """A set of virtual instruments served together; a context manager."""
 
-    def __init__(self, devices: Mapping[str, ScpiDevice]) -> None:
-        self.servers = {name: ScpiServer(device, name) for name, device in devices.items()}
+    def __init__(self, devices: Mapping[str, Servable]) -> None:
+        self.servers: dict[str, ScpiServer | CrossbarSerialServer] = {
+            name: ScpiServer(device, name)
+            if isinstance(device, ScpiDevice)
+            else CrossbarSerialServer(device, name)
+            for name, device in devices.items()
+        }
 
     @property
     def addresses(self) -> dict[str, str]:
-        """Instrument name → `TCPIP::127.0.0.1::PORT::SOCKET` (pyvisa-py)."""
-        return {name: server.address for name, server in self.servers.items()}
+        """Instrument name → its address: `TCPIP::127.0.0.1::PORT::SOCKET` (pyvisa-py) for a
+        SCPI instrument, `socket://127.0.0.1:PORT` (pyserial) for a serial board."""
+        return {
+            name: server.address if isinstance(server, ScpiServer) else server.url
+            for name, server in self.servers.items()
+        }
 
     def start(self) -> dict[str, str]:
         """Start every server; return the addresses."""
@@ -36,7 +50,7 @@ class VirtualStation:
         return self.addresses
 
     def stop(self) -> None:
-        """Stop every server that runs."""
+        """Stop every server that runs (each finishes the messages it has received)."""
         for server in self.servers.values():
             server.stop()
 
