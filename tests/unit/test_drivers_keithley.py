@@ -20,6 +20,7 @@ from drivers import (
     Keithley2600Settings,
     SourceMeasureChannel,
 )
+from drivers.instruments import Readback, readback_matches
 from hil.core import (
     DeviceSaturated,
     InstrumentError,
@@ -208,6 +209,24 @@ def test_2400_set_enable_read_disable() -> None:
         assert ch.read() == pytest.approx(1.2345e-7)
         ch.disable()
         assert not ch.enabled
+
+
+@pytest.mark.parametrize(
+    ("written", "read", "rule", "ok"),
+    [
+        (1e-5, "1.00009E-05", "equal", True),  # within readback_rtol 1e-4
+        (1e-5, "1.0002E-05", "equal", False),
+        (0.0, "0.000000E+00", "equal", True),
+        (True, True, "equal", True),
+        ("VOLT", "CURR", "equal", False),
+        (2.0, "2.100000E+00", "range", True),  # the 2400's 2.1 V range holds 2 V
+        (2.0, "2.000000E+01", "range", False),  # the next decade does not
+        (1e-5, "1.050000E-05", "range", True),
+        (1e-5, "1.000000E-06", "range", False),
+    ],
+)
+def test_one_readback_rule_set(written: object, read: object, rule: Readback, ok: bool) -> None:
+    assert readback_matches(written, read, rule, rtol=1e-4) is ok
 
 
 def test_2400_reading_in_compliance_is_saturated() -> None:

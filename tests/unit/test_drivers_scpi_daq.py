@@ -158,6 +158,24 @@ def test_levels_are_set_then_synchronised() -> None:
     assert daq.enabled
 
 
+def test_a_garbled_sync_is_retried_and_without_a_sync_query_none_is_sent() -> None:
+    # The board syncs through the session's `sync_query`, retried like any idempotent query.
+    pairs = [
+        *CONNECT,
+        ("SOUR:VOLT 1.25,(@1)", None),
+        ("*OPC?", "x"),
+        ("*OPC?", "1"),
+        ("SOUR:VOLT 1.0,(@1)", None),
+    ]
+    with expected_protocol(ScpiDaq, pairs, ao=AO, ai=AI) as inst:
+        daq = board(retry={"count": 1, "backoff": 0.0})
+        daq.connect(inst)
+        daq.set_levels({1: 1.25})
+        daq.settings = settings(sync_query=None)
+        daq.set_levels({1: 1.0})
+    assert daq.levels == {1: 1.0, 2: 0.0}
+
+
 @pytest.mark.parametrize(
     ("channel", "volts", "limit"),
     [
