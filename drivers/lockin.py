@@ -367,8 +367,8 @@ class SR860LockIn(_SRSLockIn):
     def _read_back(self, s: LockInSettings) -> None:
         assert isinstance(s, SR860Settings)
         li = self.instrument
-        self.check_readback("reference", "EXT" if s.reference == "external" else "INT",
-                         li.reference_source)  # fmt: skip
+        ref = "EXT" if s.reference == "external" else "INT"
+        self.check_readback("reference", ref, li.reference_source)
         self.check_readback("harmonic", s.harmonic, li.harmonic)
         current = s.input in ("I1M", "I100M")
         self.check_readback("input signal", "CURR" if current else "VOLT", li.input_signal)
