@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from drivers.keithley import Keithley2600Channel, Keithley2600Settings
-from hil.core import InstrumentError, SafetyViolation, VirtualClock
+from hil.core import DeviceSaturated, InstrumentError, SafetyViolation, VirtualClock
 from simulators.virtual.keithley2600 import Keithley2600
 from simulators.virtual.loads import Resistor
 from simulators.virtual.server import ScpiServer
@@ -107,9 +107,24 @@ def test_compliance_clips_the_current_and_sets_the_status(server: ScpiServer) ->
         smu.set_level(0.05)  # 50 nA < 100 nA: not in compliance
         assert smu.read() == pytest.approx(5e-8, rel=1e-5)
         assert smu.instrument.ask("print(smua.source.compliance)").strip() == "false"
-        smu.set_level(1.0)  # 1 µA wanted, limited at 100 nA
-        assert smu.read() == pytest.approx(1e-7, rel=1e-5)
+        smu.set_level(1.0)  # 1 µA wanted, limited at 100 nA: the reading is clipped
+        with pytest.raises(DeviceSaturated, match="in compliance at 1 V: read 1e-07 A"):
+            smu.read()
         assert smu.instrument.ask("print(smua.source.compliance)").strip() == "true"
+    finally:
+        smu.close()
+
+
+def test_a_current_beyond_a_fixed_measure_range_is_saturated(server: ScpiServer) -> None:
+    smu = channel(server, "smua", compliance_current=1e-4, measure_range=1e-6)
+    smu.connect()
+    try:
+        smu.enable()
+        smu.set_level(0.5)  # 0.5 µA through 1 MΩ: within the 1 µA range
+        assert smu.read() == pytest.approx(5e-7, rel=1e-5)
+        smu.set_level(1.5)  # 1.5 µA: beyond the fixed range, below the limit
+        with pytest.raises(DeviceSaturated, match=r"overflow at 1\.5 V"):
+            smu.read()
     finally:
         smu.close()
 
