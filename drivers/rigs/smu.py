@@ -12,6 +12,14 @@ its source range, and the rig refuses a request outside a channel's declared ran
 anything is sent; the experiment guard in front of the rig checks the limits and transitions.
 `safe_state()` ramps every SMU to 0 V within its slew and switches its output off; the outputs
 come back on at 0 V with the next request.
+
+Homodyne in hardware (`dithers:` and `lockin:` in the station file): an AWG channel per dithered
+control (`keysight33500`) is summed onto the electrode after its SMU (a summing amplifier or a
+bias tee: the SMU holds the DC level, the AWG adds the sine at offset 0), and one lock-in
+(`sr830` / `sr860`) reads the output node; the dithering AWG's Sync drives REF IN. A rig with a
+lock-in is a `DitheredSMURig` (`hil.core.Demodulating`): it dithers one control at a time, since
+a single-reference lock-in locks to one frequency. Its safe state switches every AWG off at the
+minimum amplitude, then brings the SMUs to 0 V.
 """
 
 from __future__ import annotations
@@ -20,11 +28,12 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from drivers.awg import Keysight33500Channel, Keysight33500Settings
 from drivers.generic import GenericChannel, GenericSettings
 from drivers.instruments import InstrumentSettings, PyMeasureChannel
 from drivers.keithley import (
@@ -33,6 +42,7 @@ from drivers.keithley import (
     Keithley2600Channel,
     Keithley2600Settings,
 )
+from drivers.lockin import LockInSettings, SR830LockIn, SR830Settings, SR860LockIn, SR860Settings
 from hil.core import (
     Channel,
     Clock,
@@ -47,12 +57,31 @@ from hil.core import (
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 SMU_TYPES: dict[str, tuple[type[PyMeasureChannel], type[InstrumentSettings]]] = {
     "keithley2400": (Keithley2400Channel, Keithley2400Settings),
     "keithley2600": (Keithley2600Channel, Keithley2600Settings),
     "generic": (GenericChannel, GenericSettings),
 }
 """Station-file `type:` of an SMU entry → its channel class and settings model."""
+
+AWG_TYPES: dict[str, tuple[type[Keysight33500Channel], type[InstrumentSettings]]] = {
+    "keysight33500": (Keysight33500Channel, Keysight33500Settings),
+}
+"""`type:` of an AWG entry (one output channel) that dithers a control."""
+
+LOCKIN_TYPES: dict[str, tuple[type[SR830LockIn | SR860LockIn], type[InstrumentSettings]]] = {
+    "sr830": (SR830LockIn, SR830Settings),
+    "sr860": (SR860LockIn, SR860Settings),
+}
+"""`type:` of the lock-in entry that reads an output."""
+
+ALL_TYPES: dict[str, tuple[type[Any], type[InstrumentSettings]]] = {
+    **SMU_TYPES,
+    **AWG_TYPES,
+    **LOCKIN_TYPES,
+}
 
 
 class RigChannel(BaseModel):
@@ -86,6 +115,20 @@ class RigChannel(BaseModel):
         return self
 
 
+class LockinWiring(BaseModel):
+    """Which output the lock-in reads, and in what units."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    instrument: str = Field(min_length=1, description="the lock-in entry under `instruments`")
+    output: str = Field(min_length=1, description="the output channel it reads")
+    scale: float | None = Field(
+        default=None,
+        description="lock-in units (A rms on a current input, V rms on a voltage input) per "
+        "unit of the output; default: the output channel's scale",
+    )
+
+
 @dataclass(frozen=True)
 class Wire:
     """One instrument terminal wired to one channel: what a virtual station needs to serve it."""
@@ -110,6 +153,10 @@ class SMURig(DeviceBase):
             description="name → {type: keithley2400 | keithley2600 | generic, …its settings}"
         )
         channels: dict[str, RigChannel] = Field(description="electrode name → role, SMU, range")
+        dithers: dict[str, str] = Field(
+            default_factory=dict, description="control → the AWG entry summed onto it"
+        )
+        lockin: LockinWiring | None = Field(default=None, description="the lock-in on an output")
         settle_time: float = Field(default=0.01, ge=0, le=60, description="s after a change")
         ramp_time: float = Field(
             default=0.0, ge=0, le=60, description="s of stepped ramp between input plateaus"
@@ -137,6 +184,7 @@ class SMURig(DeviceBase):
                         f"channels.{name}.instrument: {chan.instrument!r} is not under "
                         f"instruments (there: {sorted(self.instruments)})"
                     )
+                self._of_type(f"channels.{name}.instrument", chan.instrument, SMU_TYPES)
                 if used.count(chan.instrument) > 1:
                     raise ValueError(
                         f"channels.{name}.instrument: {chan.instrument!r} is wired to "
@@ -144,6 +192,7 @@ class SMURig(DeviceBase):
                     )
                 if chan.kind is not Role.OUTPUT:
                     self._within_instrument(name, chan)
+            used += self._dither_wiring()
             unused = sorted(set(self.instruments) - set(used))
             if unused:
                 raise ValueError(f"instruments {unused} are wired to no channel")
@@ -151,15 +200,53 @@ class SMURig(DeviceBase):
                 raise ValueError("channels: at least one output is needed")
             return self
 
+        def _dither_wiring(self) -> list[str]:
+            """The AWG and lock-in entries, each checked against what it is wired to."""
+            if bool(self.dithers) != (self.lockin is not None):
+                raise ValueError("dithers and lockin: give both (homodyne in hardware) or neither")
+            awgs = list(self.dithers.values())
+            for control, awg in self.dithers.items():
+                chan = self.channels.get(control)
+                if chan is None or chan.kind is not Role.CONTROL:
+                    raise ValueError(f"dithers.{control}: not a control channel of the rig")
+                self._of_type(f"dithers.{control}", awg, AWG_TYPES)
+                if awgs.count(awg) > 1:
+                    raise ValueError(f"dithers.{control}: {awg!r} dithers more than one control")
+            if self.lockin is None:
+                return awgs
+            li = self.lockin
+            self._of_type("lockin.instrument", li.instrument, LOCKIN_TYPES)
+            out = self.channels.get(li.output)
+            if out is None or out.kind is not Role.OUTPUT:
+                raise ValueError(f"lockin.output: {li.output!r} is not an output channel")
+            if li.scale is not None and (li.scale == 0 or not math.isfinite(li.scale)):
+                raise ValueError(f"lockin.scale {li.scale!r} must be finite and non-zero")
+            return [*awgs, li.instrument]
+
+        def _of_type(self, key: str, name: str, types: Mapping[str, Any]) -> None:
+            kind = self.instruments.get(name, {}).get("type")
+            if name not in self.instruments or kind not in types:
+                raise ValueError(
+                    f"{key}: {name!r} must be an entry under instruments of type "
+                    f"{' | '.join(sorted(types))}"
+                )
+
+        def lockin_scale(self) -> float:
+            """Lock-in units per unit of the output it reads."""
+            assert self.lockin is not None
+            if self.lockin.scale is not None:
+                return self.lockin.scale
+            return self.channels[self.lockin.output].scale
+
         def instrument_settings(self, name: str) -> InstrumentSettings:
             """The validated settings of one SMU entry (ValueError naming the entry)."""
             entry = dict(self.instruments[name])
             kind = entry.pop("type", None)
-            if kind not in SMU_TYPES:
+            if kind not in ALL_TYPES:
                 raise ValueError(
-                    f"instruments.{name}.type: {kind!r} is not one of {sorted(SMU_TYPES)}"
+                    f"instruments.{name}.type: {kind!r} is not one of {sorted(ALL_TYPES)}"
                 )
-            model = SMU_TYPES[kind][1]
+            model = ALL_TYPES[kind][1]
             try:
                 return model.model_validate({"name": name, **entry})
             except ValidationError as exc:
@@ -168,11 +255,21 @@ class SMURig(DeviceBase):
                 raise ValueError(f"instruments.{name}.{where}: {first['msg']}") from None
 
         def wiring(self) -> list[Wire]:
-            """Every instrument terminal and the channel it is wired to."""
-            return [
-                Wire(c.instrument, str(self.instruments[c.instrument]["type"]), n, c.kind, c.scale)
-                for n, c in self.channels.items()
-            ]
+            """Every instrument terminal and the channel it is wired to (SMUs, AWGs, lock-in)."""
+
+            def kind(name: str) -> str:
+                return str(self.instruments[name]["type"])
+
+            wires = [Wire(c.instrument, kind(c.instrument), n, c.kind, c.scale)
+                     for n, c in self.channels.items()]  # fmt: skip
+            wires += [Wire(a, kind(a), n, Role.CONTROL, 1.0) for n, a in self.dithers.items()]
+            if self.lockin is not None:
+                li = self.lockin
+                wires.append(
+                    Wire(li.instrument, kind(li.instrument), li.output, Role.OUTPUT,
+                         self.lockin_scale())
+                )  # fmt: skip
+            return wires
 
         def _within_instrument(self, name: str, chan: RigChannel) -> None:
             settings = self.instrument_settings(chan.instrument)
@@ -188,6 +285,12 @@ class SMURig(DeviceBase):
                     f"channels.{name}: range [{chan.min:g}, {chan.max:g}] V is beyond the "
                     f"instrument range [{low:g}, {high:g}] V of {chan.instrument!r}"
                 )
+
+    def __new__(cls, settings: SMURig.Settings, **kwargs: Any) -> SMURig:
+        """A rig with a lock-in is a `DitheredSMURig` (of `cls`, so subclasses keep theirs)."""
+        if settings.lockin is not None and not issubclass(cls, DitheredSMURig):
+            cls = _dithered(cls)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -362,15 +465,20 @@ class SMURig(DeviceBase):
             self._clock.advance(self.settings.readings * self.settings.reading_time)
 
     def _each(self, action: str, fn: Callable[[PyMeasureChannel], None]) -> None:
-        first: BaseException | None = None
-        for name, smu in self._smus.items():
-            try:
-                fn(smu)
-            except BaseException as exc:
-                log.error("%s of SMU %r failed: %s", action, name, exc)
-                first = first or exc
-        if first is not None:
-            raise first
+        _each(action, self._smus, fn)
+
+
+def _each(action: str, items: Mapping[str, T], fn: Callable[[T], None]) -> None:
+    """`fn` on every item, each tried; the first failure is raised after all."""
+    first: BaseException | None = None
+    for name, item in items.items():
+        try:
+            fn(item)
+        except BaseException as exc:
+            log.error("%s of %r failed: %s", action, name, exc)
+            first = first or exc
+    if first is not None:
+        raise first
 
 
 def _confirmed_safe(smu: PyMeasureChannel) -> None:
@@ -378,3 +486,153 @@ def _confirmed_safe(smu: PyMeasureChannel) -> None:
         return
     smu.go_safe()
     smu.sync()
+
+
+class DitheredSMURig(SMURig):
+    """An SMU rig with AWG dithers on some controls and a lock-in on one output
+    (`hil.core.Demodulating`). Built by `SMURig(settings)` when the settings have a lock-in."""
+
+    def __init__(
+        self,
+        settings: SMURig.Settings,
+        *,
+        clock: Clock | None = None,
+        instruments: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Connect the SMUs, then every AWG (each refuses a live output) and the lock-in."""
+        self._awgs: dict[str, Keysight33500Channel] = {}
+        self._lockin: SR830LockIn | SR860LockIn | None = None
+        super().__init__(settings, clock=clock, instruments=instruments)
+        adopted = dict(instruments or {})
+        assert settings.lockin is not None
+        try:
+            for control, name in settings.dithers.items():
+                awg_settings = settings.instrument_settings(name)
+                assert isinstance(awg_settings, Keysight33500Settings)
+                awg = Keysight33500Channel(awg_settings, clock=self._clock)
+                awg.connect(adopted.get(name))
+                self._awgs[control] = awg
+            name = settings.lockin.instrument
+            li_cls, _ = LOCKIN_TYPES[str(settings.instruments[name]["type"])]
+            li_settings = settings.instrument_settings(name)
+            assert isinstance(li_settings, LockInSettings)
+            lockin = li_cls(li_settings, clock=self._clock)
+            lockin.connect(adopted.get(name))
+            self._lockin = lockin
+        except BaseException:
+            self.close()
+            raise
+
+    # -- hil.core.Demodulating -------------------------------------------------------------------
+    def dither_channels(self) -> tuple[str, ...]:
+        return tuple(self.settings.dithers)
+
+    def max_dithers(self) -> int:
+        """One: the lock-in locks to the Sync of the one AWG that runs."""
+        return 1
+
+    def demodulated_output(self) -> str:
+        assert self.settings.lockin is not None
+        return self.settings.lockin.output
+
+    def demodulate(
+        self, inputs: FloatArray, dithers: Mapping[str, tuple[float, float]], reads: int = 1
+    ) -> FloatArray:
+        """Plateau at `inputs`, then each dither in turn: the AWG's sine at offset 0 on,
+        `reads` × (wait the lock-in's settle time, clear its status, read X, Y), AWG off.
+
+        Device time: the plateau's ramp and settle, then per dither reads × settle_time of the
+        lock-in filter (e.g. 10.05 τ at 24 dB/oct) plus the commands' own time.
+        """
+        row = self._checked(inputs, self._inputs, "demodulate")
+        plan = self._checked_dithers(dithers)
+        if isinstance(reads, bool) or not isinstance(reads, int) or reads < 1:
+            raise ValueError(f"demodulate: reads must be a whole number >= 1, got {reads!r}")
+        lockin = self._lockin
+        assert lockin is not None
+        self._outputs_on()
+        self._ramp_inputs(row)
+        self._wait(self.settings.settle_time)
+        scale = self.settings.lockin_scale()
+        out = np.empty((len(plan), reads, 2))
+        for k, (control, (frequency, amplitude)) in enumerate(plan.items()):
+            awg = self._awgs[control]
+            awg.set_sine(frequency, 2.0 * amplitude, 0.0)
+            awg.enable()
+            try:
+                for r in range(reads):
+                    self._wait(lockin.settle_time())
+                    lockin.clear_status()  # what latched while the filter and PLL settled
+                    out[k, r] = np.array(lockin.read_xy()) / scale
+            finally:
+                awg.disable()
+                awg.identify()  # answered once the output is off: no two sines meet REF IN
+        return out
+
+    def _checked_dithers(
+        self, dithers: Mapping[str, tuple[float, float]]
+    ) -> dict[str, tuple[float, float]]:
+        """Known dithered controls, finite positive frequency and amplitude, the swing around the
+        level held inside the rig's range, the slope 2πfA within max_slew, and the AWG's own
+        range (refused before anything is sent)."""
+        plan: dict[str, tuple[float, float]] = {}
+        for control, (frequency, amplitude) in dithers.items():
+            if control not in self._awgs:
+                raise ValueError(
+                    f"demodulate: {control!r} has no AWG (dithers: {list(self._awgs)})"
+                )
+            f, a = float(frequency), float(amplitude)
+            for what, value in (("frequency", f), ("amplitude", a)):
+                if not (math.isfinite(value) and value > 0):
+                    raise SafetyViolation(control, value, f"a finite positive dither {what}")
+            chan = self._spec.channel(control)
+            level = float(self._smus[control].level)
+            if level - a < chan.min - _ROUNDING or level + a > chan.max + _ROUNDING:
+                raise SafetyViolation(
+                    control,
+                    level + a if level + a > chan.max else level - a,
+                    f"the rig's range [{chan.min:g}, {chan.max:g}] V (dither ±{a:g} around "
+                    f"{level:g} V)",
+                )
+            if 2 * math.pi * f * a > chan.max_slew:
+                raise SafetyViolation(
+                    control, 2 * math.pi * f * a, f"max_slew {chan.max_slew:g} V/s (2πfA)"
+                )
+            self._awgs[control].check_sine(f, 2.0 * a, 0.0)
+            plan[control] = (f, a)
+        return plan
+
+    def safe_state(self) -> None:
+        """Every AWG off at its minimum amplitude (each tried), then the SMUs to 0 V."""
+        try:
+            _each("safe state", self._awgs, Keysight33500Channel.go_safe)
+        finally:
+            super().safe_state()
+
+    def close(self) -> None:
+        """AWGs safe and released, the lock-in released, then the SMUs (each tried)."""
+        try:
+            _each("close", self._awgs, Keysight33500Channel.close)
+        finally:
+            try:
+                if self._lockin is not None:
+                    self._lockin.close()
+            finally:
+                super().close()
+
+
+_ROUNDING = 1e-12
+"""V: a dither's swing may pass a bound by the rounding of level ± amplitude in floating point
+(the level read back in the SMU's format), far below any source's resolution."""
+
+_DITHERED: dict[type[SMURig], type[DitheredSMURig]] = {}
+
+
+def _dithered(cls: type[SMURig]) -> type[DitheredSMURig]:
+    """`cls` with the lock-in: `DitheredSMURig` itself, or a subclass of both (made once)."""
+    if cls is SMURig:
+        return DitheredSMURig
+    if cls not in _DITHERED:
+        name = f"Dithered{cls.__name__}"
+        _DITHERED[cls] = type(name, (DitheredSMURig, cls), {"__module__": cls.__module__})
+    return _DITHERED[cls]

@@ -6,7 +6,7 @@ only what its hardware can do.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
@@ -106,10 +106,35 @@ class NodePerturbable(Protocol):
 
 @runtime_checkable
 class Demodulating(Protocol):
-    """A hardware lock-in: X/Y per reference frequency."""
+    """Sine dithers added to some controls, demodulated on one output by a hardware lock-in.
 
-    def demodulate(self, frequencies: Sequence[float], duration: float) -> FloatArray:
-        """In-phase and quadrature amplitudes, len(frequencies) × 2."""
+    A dither adds A·sin(2πft) to a control's DC level; for y ≈ y0 + (∂y/∂θ)·A·sin(2πft) the
+    lock-in's X (rms) is (∂y/∂θ)·A/√2 and Y ≈ 0 up to the chain's phase lag, so one dither gives
+    one partial derivative. Device time of one `demodulate`: the inputs' plateau (ramp and
+    settle, as `measure`), then per group of at most `max_dithers()` dithers (a single-reference
+    lock-in: one) the lock-in filter's settling (≈ 10 time constants at 24 dB/oct) and `reads`
+    readings, each a settle apart so that they are independent.
+    """
+
+    def dither_channels(self) -> tuple[str, ...]:
+        """The controls a dither can be added to."""
+        ...
+
+    def max_dithers(self) -> int:
+        """How many dithers the lock-in can demodulate at once (on distinct frequencies)."""
+        ...
+
+    def demodulated_output(self) -> str:
+        """The output channel the lock-in reads."""
+        ...
+
+    def demodulate(
+        self, inputs: FloatArray, dithers: Mapping[str, tuple[float, float]], reads: int = 1
+    ) -> FloatArray:
+        """Hold the `inputs` row (one value per input) as a plateau, add each dither
+        `control → (frequency Hz, amplitude peak)` to its control's DC level, and read the
+        lock-in at each frequency. Returns len(dithers) × reads × 2: X and Y (rms, the output's
+        units) per dither in the mapping's order. Every dither is off again afterwards."""
         ...
 
 

@@ -8,17 +8,23 @@ state. `sigterm_raises()` turns SIGTERM into an exception so that the same clean
 process is asked to stop.
 
 Modules: `limits` (the station's limits), `effective` (per-channel effective limits),
-`checks` (whole-request checks), `guard` (the guard), `variants` (streaming, pulsing and
-node-offset guards), `signals`.
+`checks` (whole-request checks), `guard` (the guard), `variants` (streaming, pulsing,
+node-offset, reconnecting and demodulating guards), `signals`.
 """
 
 from hil.safety.guard import SafetyGuard
 from hil.safety.limits import ChannelLimit, SafetyLimits, stricter_limits
 from hil.safety.signals import Terminated, sigterm_raises
-from hil.safety.variants import NodeSafetyGuard, PulsingSafetyGuard, StreamingSafetyGuard
+from hil.safety.variants import (
+    DemodulatingSafetyGuard,
+    NodeSafetyGuard,
+    PulsingSafetyGuard,
+    StreamingSafetyGuard,
+)
 
 __all__ = [
     "ChannelLimit",
+    "DemodulatingSafetyGuard",
     "NodeSafetyGuard",
     "PulsingSafetyGuard",
     "SafetyGuard",

@@ -13,6 +13,7 @@ import numpy as np
 
 from hil.core.capabilities import (
     Converting,
+    Demodulating,
     Device,
     DeviceBase,
     NodePerturbable,
@@ -77,6 +78,7 @@ class SafetyGuard(GuardChecks, DeviceBase):
                 isinstance(device, ProgrammableState),
                 isinstance(device, NodePerturbable),
                 isinstance(device, Reconnecting),
+                isinstance(device, Demodulating),
             )
             from hil.safety.variants import guard_class  # the variants subclass this one
 
@@ -486,4 +488,8 @@ _CAPABILITY_OF: dict[str, type] = {
     "layer_shapes": NodePerturbable,
     "layer_gains": NodePerturbable,
     "reconnect": Reconnecting,
+    "dither_channels": Demodulating,
+    "max_dithers": Demodulating,
+    "demodulated_output": Demodulating,
+    "demodulate": Demodulating,
 }

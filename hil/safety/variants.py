@@ -1,5 +1,5 @@
 """Guards for the capabilities a device may have: streaming, programmable state, node offsets,
-reconnection.
+reconnection, demodulation.
 
 `SafetyGuard(device, limits)` picks the class that offers exactly the device's capabilities.
 """
@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from hil.core.capabilities import NodePerturbable, ProgrammableState, Reconnecting, Streaming
+from hil.core.capabilities import (
+    Demodulating,
+    NodePerturbable,
+    ProgrammableState,
+    Reconnecting,
+    Streaming,
+)
 from hil.core.errors import SafetyViolation
 from hil.core.types import FloatArray
 from hil.safety.effective import DRIVEN, Effective
@@ -212,8 +218,104 @@ class ReconnectingSafetyGuard(SafetyGuard):
         self.safe_state()
 
 
+class DemodulatingSafetyGuard(SafetyGuard):
+    """A guard around a device with a hardware lock-in: every dither is checked before sending.
+
+    A dither A·sin(2πft) on a control swings it over [DC − A, DC + A] around the level the guard
+    last set, and its steepest slope is 2πfA: both must lie within the channel's effective range
+    (device, station limits, max_abs_voltage) and max_slew. Nothing is clamped.
+    """
+
+    def _demodulator(self) -> Demodulating:
+        device = self._device
+        assert isinstance(device, Demodulating)  # guaranteed by SafetyGuard.__new__
+        return device
+
+    def dither_channels(self) -> tuple[str, ...]:
+        return tuple(self._demodulator().dither_channels())
+
+    def max_dithers(self) -> int:
+        return int(self._demodulator().max_dithers())
+
+    def demodulated_output(self) -> str:
+        return str(self._demodulator().demodulated_output())
+
+    def demodulate(
+        self, inputs: FloatArray, dithers: Mapping[str, tuple[float, float]], reads: int = 1
+    ) -> FloatArray:
+        """Check the inputs row as `measure` does and every dither, then demodulate."""
+        row = as_array(inputs, "demodulate")
+        n = len(self._inputs)
+        if row.shape != (n,):
+            raise ValueError(
+                f"demodulate: expected one inputs row of shape ({n},) (channels "
+                f"{[e.name for e in self._inputs]}), got {row.shape}"
+            )
+        if isinstance(reads, bool) or not isinstance(reads, int) or reads < 1:
+            raise ValueError(f"demodulate: reads must be a whole number >= 1, got {reads!r}")
+        arr = self._checked_plateaus(row[np.newaxis, :], "demodulate")
+        checked = self._checked_dithers(dithers)
+        try:
+            with self._driving("demodulate"):
+                return self._demodulator().demodulate(arr[0], checked, reads)
+        finally:
+            self._last_inputs = arr[0].copy()
+
+    def _checked_dithers(
+        self, dithers: Mapping[str, tuple[float, float]]
+    ) -> dict[str, tuple[float, float]]:
+        """A private copy of the dithers, each checked against its control's limits."""
+        if not isinstance(dithers, Mapping) or not dithers:
+            raise ValueError("demodulate: dithers must be a non-empty mapping control → (Hz, A)")
+        allowed = set(self.dither_channels())
+        index = {e.name: i for i, e in enumerate(self._controls)}
+        checked: dict[str, tuple[float, float]] = {}
+        for name, pair in dithers.items():
+            if name not in index or name not in allowed:
+                raise ValueError(
+                    f"demodulate: {name!r} cannot be dithered on device {self._spec.name!r}; "
+                    f"its dithered controls are {sorted(allowed & set(index))}"
+                )
+            values = as_array(pair, f"demodulate dither on {name}")
+            if values.shape != (2,):
+                raise ValueError(
+                    f"demodulate: dither on {name} must be (frequency, amplitude), got {pair!r}"
+                )
+            frequency, amplitude = float(values[0]), float(values[1])
+            for what, value in (("frequency", frequency), ("amplitude", amplitude)):
+                if not (math.isfinite(value) and value > 0):
+                    self._refuse(
+                        SafetyViolation(
+                            name,
+                            value,
+                            f"a finite positive dither {what}",
+                            "nothing was sent",
+                        )
+                    )
+            eff = self._controls[index[name]]
+            level = float(self._last_controls[index[name]])
+            swing = np.array([[level - amplitude], [level + amplitude]])
+            where = f"demodulate: dither ±{amplitude:g} {eff.channel.unit} around {level:g}"
+            self._check_values(swing, [eff], where, row_word=None)
+            slope = 2 * math.pi * frequency * amplitude
+            if slope > eff.channel.max_slew:
+                self._refuse(
+                    SafetyViolation(
+                        name,
+                        slope,
+                        f"max_slew {eff.channel.max_slew:g} {eff.channel.unit}/s (the dither's "
+                        f"slope 2π·{frequency:g} Hz·{amplitude:g}; value is the slope)",
+                        self._slew_hint(eff, "lower the dither frequency or amplitude"),
+                    )
+                )
+            checked[name] = (frequency, amplitude)
+        return checked
+
+
 @functools.cache
-def guard_class(streams: bool, pulses: bool, nodes: bool, reconnects: bool) -> type[SafetyGuard]:
+def guard_class(
+    streams: bool, pulses: bool, nodes: bool, reconnects: bool, demodulates: bool = False
+) -> type[SafetyGuard]:
     """The guard class that offers exactly the capabilities of the device behind it."""
     bases = [
         cls
@@ -222,6 +324,7 @@ def guard_class(streams: bool, pulses: bool, nodes: bool, reconnects: bool) -> t
             (PulsingSafetyGuard, pulses),
             (NodeSafetyGuard, nodes),
             (ReconnectingSafetyGuard, reconnects),
+            (DemodulatingSafetyGuard, demodulates),
         )
         if has
     ]
