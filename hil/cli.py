@@ -24,6 +24,7 @@ if _is_the_program():
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated
@@ -34,7 +35,13 @@ from rich.console import Console
 from rich.table import Table
 
 from hil.build import build_device, build_run
-from hil.config import is_station_document, json_schema, resolve_experiment, resolve_station
+from hil.config import (
+    is_station_document,
+    json_schema,
+    load_station,
+    resolve_experiment,
+    resolve_station,
+)
 from hil.core import ConfigError, HilError
 from hil.interrupts import (
     Phase,
@@ -48,6 +55,7 @@ from hil.registry import Kind, available
 from hil.rundir import RUN_FILE
 from hil.runner import RunOutcome, resume_run, start_run
 from hil.safety import Terminated
+from hil.virtual import serve_station
 from hil.yamlfile import load_yaml
 
 app = typer.Typer(
@@ -284,6 +292,51 @@ def gradcheck(
             summary.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
         stdout.print(summary)
         stdout.print(f"written to {result.directory}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def serve(
+    station_file: Annotated[
+        Path, typer.Argument(help="Station YAML file with a `virtual:` section.")
+    ],
+    write: Annotated[
+        Path | None,
+        typer.Option("--write", help="Write the station file for the servers here, not stdout."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="The simulator's seed (virtual.seed wins).")] = 0,
+) -> None:
+    """Serve every instrument of a station as a virtual one until Ctrl-C or SIGTERM.
+
+    Prints each instrument's address (stderr) and a station file that points at them (stdout,
+    ended by a `...` line, or --write FILE), so `hil run` in another process trains against
+    them. Stopping closes every server and the simulator.
+    """
+    with signal_handling() as signals, _errors():
+        served = serve_station(load_station(station_file), np.random.SeedSequence(seed), every=True)
+        try:
+            for name, address in served.addresses.items():
+                stderr.print(f"{name}: {address}", highlight=False, soft_wrap=True)
+            if write is None:
+                sys.stdout.write(f"{served.station_text()}...\n")
+                sys.stdout.flush()
+            else:
+                write.write_text(served.station_text())
+                stderr.print(f"station file: {write}", highlight=False, soft_wrap=True)
+            stderr.print("serving; Ctrl-C or SIGTERM stops", highlight=False)
+            stopped_by = _until_stopped()
+        finally:
+            signals.phase = Phase.STOPPING  # a second signal must not cut the servers' stop
+            served.stop()
+        stderr.print(f"stopped by {stopped_by}: servers and simulator closed", highlight=False)
+
+
+def _until_stopped() -> str:
+    """Sleep until Ctrl-C or SIGTERM; which one it was."""
+    try:
+        while True:
+            time.sleep(0.2)
+    except (KeyboardInterrupt, Terminated) as exc:
+        return _signal_name(exc)
 
 
 @config_app.command("check")

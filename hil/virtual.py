@@ -26,18 +26,19 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 import numpy as np
+import yaml
 from pydantic import BaseModel
 
 from drivers.arc2 import Arc2Settings
 from drivers.crossbar_serial import CrossbarSerialSettings
 from drivers.nidaq import DaqSettings
-from drivers.rigs.crossbar import CrossbarRigSettings
+from drivers.rigs.crossbar import Arc2CrossbarRig, CrossbarRigSettings
 from drivers.rigs.daq import DaqRigSettings
 from hil.config import ResolvedStation
 from hil.core import ConfigError, Device, DeviceSpec, Role, Streaming
 from hil.yamlfile import KeyPath, dotted
 from simulators.crossbar import CrossbarDevice
-from simulators.virtual.arc2 import ROW_CHANNELS, FakeInstrument
+from simulators.virtual.arc2 import COL_CHANNELS, ROW_CHANNELS, FakeInstrument
 from simulators.virtual.backplane import Backplane
 from simulators.virtual.crossbar_serial import BoardModel, CrossbarBoardEmulator
 from simulators.virtual.keithley2400 import Keithley2400
@@ -184,7 +185,16 @@ def _serial_board(bench: Bench, entries: Sequence[Entry]) -> Servable:
             f"word_lines × bit_lines {board.word_lines} × {board.bit_lines} must be the "
             f"simulator's rows × cols {shape[0]} × {shape[1]} (the board reports its size)"
         )
-    model = BoardModel(g_ref=rig.g_ref, g_scale=rig.g_scale)
+    model = BoardModel(  # the board the station declares: its limits are the hardware's
+        max_amplitude=board.max_amplitude,
+        max_read_voltage=board.max_read_voltage,
+        min_width_ns=board.min_width_ns,
+        max_width_ns=board.max_width_ns,
+        max_count=board.max_count,
+        max_compliance=board.compliance_current,
+        g_ref=rig.g_ref,
+        g_scale=rig.g_scale,
+    )
     return CrossbarBoardEmulator(sim, model, watchdog=board.watchdog)
 
 
@@ -221,37 +231,47 @@ def _daq_wires(settings: BaseModel, name: str) -> list[Wire]:
 
 
 def _crossbar_wires(
-    rows: Callable[[CrossbarRigSettings, int], int],
+    lines: Callable[[CrossbarRigSettings], tuple[list[int], list[int]]],
 ) -> Callable[[BaseModel, str], list[Wire]]:
-    """Rig row i is the simulator's row `rows(settings, word line of i)`; columns likewise
-    their bit lines (rows through `rows` only: ArC TWO numbers its channels)."""
+    """The rig's rows and columns wired to the simulator's `row{i}` / `col{j}`, with `lines`
+    giving the simulator's row of each rig row and column of each rig column."""
 
     def wires(settings: BaseModel, name: str) -> list[Wire]:
         rig = cast(CrossbarRigSettings, settings)
-        words, bits = rig.lines
+        rows, cols = lines(rig)
         kind = BLOCKS[type(getattr(rig, name))]
         return [
-            *(BlockWire(name, kind, f"row{rows(rig, w)}", Role.INPUT) for w in words),
-            *(BlockWire(name, kind, f"col{b}", Role.OUTPUT) for b in bits),
+            *(BlockWire(name, kind, f"row{i}", Role.INPUT) for i in rows),
+            *(BlockWire(name, kind, f"col{j}", Role.OUTPUT) for j in cols),
         ]
 
     return wires
 
 
-def _arc2_row(rig: CrossbarRigSettings, word_line: int) -> int:
-    board = cast(Arc2Settings, getattr(rig, "board"))  # noqa: B009 (the rig's block)
-    return ROW_CHANNELS.index(board.row_channels[word_line])
+def _serial_lines(rig: CrossbarRigSettings) -> tuple[list[int], list[int]]:
+    """The emulated board's word and bit lines are the simulator's rows and columns."""
+    words, bits = rig.lines
+    return list(words), list(bits)
+
+
+def _arc2_lines(rig: CrossbarRigSettings) -> tuple[list[int], list[int]]:
+    """The fake's k-th row (column) channel, in ArC TWO's order, is the simulator's row
+    (column) k."""
+    board = cast(Arc2CrossbarRig.Settings, rig).board
+    words, bits = rig.lines
+    return (
+        [ROW_CHANNELS.index(board.row_channels[w]) for w in words],
+        [COL_CHANNELS.index(board.col_channels[b]) for b in bits],
+    )
 
 
 VIRTUAL_INSTRUMENTS: dict[str, VirtualKind] = {
     "keithley2400": VirtualKind(_keithley2400, updates={"visa_library": "@py"}),
     "keithley2600": VirtualKind(_keithley2600, updates={"visa_library": "@py"}, slots=TSP_CHANNELS),
     "scpi-daq": VirtualKind(_scpi_daq, updates={"visa_library": "@py"}),
-    "crossbar-serial": VirtualKind(
-        _serial_board, key="url", wires=_crossbar_wires(lambda rig, w: w)
-    ),
+    "crossbar-serial": VirtualKind(_serial_board, key="url", wires=_crossbar_wires(_serial_lines)),
     "arc2": VirtualKind(
-        _arc2, key="firmware", inject="instrument", wires=_crossbar_wires(_arc2_row)
+        _arc2, key="firmware", inject="instrument", wires=_crossbar_wires(_arc2_lines)
     ),
     "nidaqmx": VirtualKind(_nidaqmx, key="device", inject="nidaqmx_module", wires=_daq_wires),
 }
@@ -285,6 +305,10 @@ class ServedStation:
         data.pop("virtual", None)
         _apply(data["device"], self.changes)
         return data
+
+    def station_text(self) -> str:
+        """`station_file()` as YAML (no anchors: every entry written out)."""
+        return yaml.dump(self.station_file(), Dumper=_Plain, sort_keys=False, allow_unicode=True)
 
     def stop(self) -> None:
         """Stop the servers and close the simulator."""
@@ -525,6 +549,13 @@ def _apply(device: dict[str, Any], changes: Mapping[KeyPath, Mapping[str, Any]])
     for key, change in changes.items():
         parent = _at(device, key[:-1])
         parent[key[-1]] = {**parent[key[-1]], **change}
+
+
+class _Plain(yaml.SafeDumper):
+    """A YAML dumper that writes shared objects out again instead of as anchors."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _stopping(cls: type[Any], served: ServedStation) -> Callable[..., Device]:
