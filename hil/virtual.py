@@ -41,6 +41,7 @@ from simulators.crossbar import CrossbarDevice
 from simulators.virtual.arc2 import COL_CHANNELS, ROW_CHANNELS, FakeInstrument
 from simulators.virtual.backplane import Backplane
 from simulators.virtual.crossbar_serial import BoardModel, CrossbarBoardEmulator
+from simulators.virtual.dither import virtual_awg, virtual_sr830, virtual_sr860
 from simulators.virtual.keithley2400 import Keithley2400
 from simulators.virtual.keithley2600 import CHANNELS as TSP_CHANNELS
 from simulators.virtual.keithley2600 import Keithley2600
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 
 VIRTUAL_ADDRESS = "virtual"
 """The address a station file gives an instrument that a virtual one should stand in for."""
+
+VISA = {"visa_library": "@py"}
+"""What a served SCPI/TSP entry gets with its address: pyvisa-py reaches `TCPIP::…::SOCKET`."""
 
 OPEN_CIRCUIT = 1e12
 """Ω on a virtual 2600 channel no rig entry uses."""
@@ -162,6 +166,17 @@ def _keithley2600(bench: Bench, entries: Sequence[Entry]) -> Keithley2600:
     return Keithley2600(loads["smua"], loads["smub"])
 
 
+def _on_backplane(
+    make: Callable[[Backplane, Sequence[Wire]], Servable],
+) -> Callable[[Bench, Sequence[Entry]], Servable]:
+    """A stand-in made from the backplane and the wires of its entries (AWG dithers, lock-ins)."""
+
+    def build(bench: Bench, entries: Sequence[Entry]) -> Servable:
+        return make(bench.backplane, [wire for entry in entries for wire in entry.wires])
+
+    return build
+
+
 def _scpi_daq(bench: Bench, entries: Sequence[Entry]) -> Servable:
     return board_for(bench.backplane, cast(Sequence[Terminal], _one(entries).wires))
 
@@ -266,9 +281,12 @@ def _arc2_lines(rig: CrossbarRigSettings) -> tuple[list[int], list[int]]:
 
 
 VIRTUAL_INSTRUMENTS: dict[str, VirtualKind] = {
-    "keithley2400": VirtualKind(_keithley2400, updates={"visa_library": "@py"}),
-    "keithley2600": VirtualKind(_keithley2600, updates={"visa_library": "@py"}, slots=TSP_CHANNELS),
-    "scpi-daq": VirtualKind(_scpi_daq, updates={"visa_library": "@py"}),
+    "keithley2400": VirtualKind(_keithley2400, updates=VISA),
+    "keithley2600": VirtualKind(_keithley2600, updates=VISA, slots=TSP_CHANNELS),
+    "scpi-daq": VirtualKind(_scpi_daq, updates=VISA),
+    "keysight33500": VirtualKind(_on_backplane(virtual_awg), updates=VISA),
+    "sr830": VirtualKind(_on_backplane(virtual_sr830), updates=VISA),
+    "sr860": VirtualKind(_on_backplane(virtual_sr860), updates=VISA),
     "crossbar-serial": VirtualKind(_serial_board, key="url", wires=_crossbar_wires(_serial_lines)),
     "arc2": VirtualKind(
         _arc2, key="firmware", inject="instrument", wires=_crossbar_wires(_arc2_lines)
