@@ -6,18 +6,32 @@ lock-in reads the output current. Here a `DitherInput` (an `AwgListener`) holds 
 Keysight 33500 puts out as a `Tone` on its control, and a `LockinInput` (a `LockinSignal`) asks
 the backplane to stream the simulator with the levels and tones and demodulate an output. The
 reference is the tones' common frequency (none while no tone or several frequencies run).
-`virtual_awg` / `virtual_sr830` / `virtual_sr860` build the instruments for a rig's wiring.
+`virtual_awg` / `virtual_sr830` / `virtual_sr860` build the instruments for a rig's wiring;
+`InProcessLockin` is the same dither and lock-in without instruments, for estimator tests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
-from hil.core import ConfigError, Role, Streaming
+import numpy as np
+
+from hil.core import (
+    Clock,
+    ConfigError,
+    Device,
+    DeviceBase,
+    DeviceSpec,
+    FloatArray,
+    Role,
+    Streaming,
+)
 from simulators.virtual.awg import Keysight33500
 from simulators.virtual.backplane import Backplane, Tone
-from simulators.virtual.lockin import SR830, SR860, _SRSLockin
+from simulators.virtual.lockin import SR830, SR860
+from simulators.virtual.scpi import ScpiDevice
 
 
 class WireLike(Protocol):
@@ -86,8 +100,8 @@ def virtual_awg(backplane: Backplane, wires: Sequence[WireLike]) -> Keysight3350
     return Keysight33500(DitherInput(backplane, wire.channel, wire.instrument))
 
 
-def _lockin(model: Callable[[LockinInput], _SRSLockin]) -> Callable[..., _SRSLockin]:
-    def build(backplane: Backplane, wires: Sequence[WireLike]) -> _SRSLockin:
+def _lockin(model: Callable[[LockinInput], ScpiDevice]) -> Callable[..., ScpiDevice]:
+    def build(backplane: Backplane, wires: Sequence[WireLike]) -> ScpiDevice:
         wire = _single(backplane, wires, Role.OUTPUT, "lock-in")
         if not isinstance(backplane.device, Streaming):
             raise ConfigError(
@@ -103,3 +117,83 @@ virtual_sr830 = _lockin(SR830)
 """A virtual SR830 reading the wired output (signal in the wire's scale)."""
 virtual_sr860 = _lockin(SR860)
 """A virtual SR860 reading the wired output."""
+
+
+SETTLE_24DB = 10.05
+"""Time constants a 24 dB/oct lock-in filter takes to settle within 1 %."""
+
+
+class InProcessLockin(DeviceBase):
+    """A Streaming simulator with a dither on every control and a lock-in on one output, in
+    process (`hil.core.Demodulating`): what the lock-in rig measures, without instruments.
+
+    Each reading waits the filter's settling (SETTLE_24DB × `time_constant`, by `idle` on the
+    simulator when it has one) and streams the window `Backplane.lockin_xy` demodulates.
+    """
+
+    def __init__(
+        self, device: Device, *, time_constant: float = 0.01, output: str | None = None
+    ) -> None:
+        if not isinstance(device, Streaming):
+            raise TypeError(f"{device.spec.name!r} cannot stream, so no lock-in can read it")
+        self.device = device
+        self.time_constant = time_constant
+        self.backplane = Backplane(device)
+        self._output = output if output is not None else device.spec.outputs[0].name
+
+    @property
+    def spec(self) -> DeviceSpec:
+        return self.device.spec
+
+    @property
+    def clock(self) -> Clock:
+        return self.device.clock
+
+    def set_controls(self, values: FloatArray) -> None:
+        self.device.set_controls(values)
+        for channel, value in zip(self.spec.controls, np.asarray(values, float), strict=True):
+            self.backplane.set_level(channel.name, float(value))
+
+    def measure(self, inputs: FloatArray) -> FloatArray:
+        return self.device.measure(inputs)
+
+    def safe_state(self) -> None:
+        for channel in self.spec.controls:
+            self.backplane.set_dither(channel.name, "lockin", None)
+            self.backplane.set_level(channel.name, 0.0)
+        self.device.safe_state()
+
+    def close(self) -> None:
+        self.device.close()
+
+    def dither_channels(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.spec.controls)
+
+    def max_dithers(self) -> int:
+        return 1
+
+    def demodulated_output(self) -> str:
+        return self._output
+
+    def demodulate(
+        self, inputs: FloatArray, dithers: Mapping[str, tuple[float, float]], reads: int = 1
+    ) -> FloatArray:
+        for channel, value in zip(self.spec.inputs, np.asarray(inputs, float), strict=True):
+            self.backplane.set_level(channel.name, float(value))
+        settle = SETTLE_24DB * self.time_constant
+        idle = getattr(self.device, "idle", None)
+        out = np.empty((len(dithers), reads, 2))
+        for k, (control, (frequency, amplitude)) in enumerate(dithers.items()):
+            if not (math.isfinite(frequency * amplitude) and frequency > 0 and amplitude > 0):
+                raise ValueError(f"dither on {control}: ({frequency}, {amplitude}) is no sine")
+            self.backplane.set_dither(control, "lockin", Tone(frequency, amplitude))
+            try:
+                for r in range(reads):
+                    if callable(idle):
+                        idle(settle)
+                    out[k, r] = self.backplane.lockin_xy(
+                        self._output, frequency, 1, self.time_constant
+                    )
+            finally:
+                self.backplane.set_dither(control, "lockin", None)
+        return out
