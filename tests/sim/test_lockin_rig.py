@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +21,19 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-import hil.virtual
 from drivers.rigs.smu import DitheredSMURig, SMURig, Wire
 from hil.config import load_station, resolve_station
 from hil.core import Demodulating, DeviceSaturated, Role, SafetyViolation
 from hil.runner import start_run
 from hil.safety import DemodulatingSafetyGuard, SafetyGuard, SafetyLimits
-from hil.virtual import Bench, Entry, ServedStation, VirtualKind, serve_station
+from hil.virtual import ServedStation, serve_station
 from hil.yamlfile import YamlDocument
 from protocols.base import Objective
 from protocols.lockin_gradient import LockinGradient
 from protocols.tasks import RegressionTask
 from simulators.dnpu import DNPUDevice
 from simulators.virtual.awg import Keysight33500
-from simulators.virtual.dither import InProcessLockin, virtual_awg, virtual_sr830, virtual_sr860
+from simulators.virtual.dither import InProcessLockin
 from simulators.virtual.keithley2400 import Keithley2400
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -48,24 +47,6 @@ pytestmark = [
         "ignore:It is not known whether this device support SCPI:FutureWarning"
     ),
 ]
-
-
-def _stand_in(make: Callable[..., Any]) -> VirtualKind:
-    def build(bench: Bench, entries: Sequence[Entry]) -> Any:
-        return make(bench.backplane, [wire for entry in entries for wire in entry.wires])
-
-    return VirtualKind(build, updates={"visa_library": "@py"})
-
-
-@pytest.fixture(autouse=True)
-def _virtual_kinds(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What hil.virtual.VIRTUAL_INSTRUMENTS will hold for these kinds."""
-    for kind, make in (
-        ("keysight33500", virtual_awg),
-        ("sr830", virtual_sr830),
-        ("sr860", virtual_sr860),
-    ):
-        monkeypatch.setitem(hil.virtual.VIRTUAL_INSTRUMENTS, kind, _stand_in(make))
 
 
 @pytest.fixture
