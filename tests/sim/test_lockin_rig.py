@@ -23,10 +23,11 @@ from pydantic import ValidationError
 
 from drivers.rigs.smu import DitheredSMURig, SMURig, Wire
 from hil.config import load_station, resolve_station
-from hil.core import Demodulating, DeviceSaturated, Role, SafetyViolation
+from hil.core import Demodulating, Device, DeviceSaturated, Role, SafetyViolation
 from hil.runner import start_run
 from hil.safety import DemodulatingSafetyGuard, SafetyGuard, SafetyLimits
-from hil.virtual import ServedStation, serve_station
+from hil.testing import device_checks
+from hil.virtual import ServedStation, build_virtual_rig, serve_station
 from hil.yamlfile import YamlDocument
 from protocols.base import Objective
 from protocols.lockin_gradient import LockinGradient
@@ -40,6 +41,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 STATION = CONFIGS / "stations" / "dnpu-lockin-virtual.yaml"
 CONTROLS = ("E0", "E3", "E4", "E5", "E6")
 FREQUENCY, AMPLITUDE = 97.0, 0.02  # Hz, V peak
+QUIET = {"white": 0.0, "relative": 0.0, "flicker_psd": 0.0, "drift_std": 0.0}
 
 pytestmark = [
     pytest.mark.timeout(60),
@@ -47,6 +49,41 @@ pytestmark = [
         "ignore:It is not known whether this device support SCPI:FutureWarning"
     ),
 ]
+
+
+OPENED: list[Device] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _close_everything() -> Iterator[None]:
+    yield
+    while OPENED:
+        OPENED.pop().close()
+
+
+def virtual_rig(seed: int, noise: bool) -> Device:
+    data = yaml.safe_load(STATION.read_text())
+    if not noise:
+        data["virtual"]["device"]["noise"] = QUIET
+    doc = YamlDocument(path=STATION, data=data, lines={})
+    rig = build_virtual_rig(resolve_station(doc, data), np.random.SeedSequence(seed))
+    assert isinstance(rig, DitheredSMURig)
+    OPENED.append(rig)
+    return rig
+
+
+# The checks whose paths the AWGs and the lock-in change (connect, spec, safe state); measuring
+# and the clock are the SMU rig's own, checked in test_smu_rig.
+CHECKS = [
+    (name, check)
+    for name, check in device_checks(virtual_rig, own_randomness=False)
+    if name in ("spec", "safe_state", "range_refused")
+]
+
+
+@pytest.mark.parametrize(("name", "check"), CHECKS, ids=[name for name, _ in CHECKS])
+def test_conformance(name: str, check: Any) -> None:
+    check()
 
 
 @pytest.fixture
@@ -210,7 +247,7 @@ def test_the_estimator_gives_the_exact_loss_gradient_through_the_guard() -> None
     curvature); every demodulation and second is counted."""
     settings = yaml.safe_load(STATION.read_text())["virtual"]["device"]
     settings.pop("type")
-    settings["noise"] = {"white": 0.0, "relative": 0.0, "flicker_psd": 0.0, "drift_std": 0.0}
+    settings["noise"] = QUIET
     dnpu = DNPUDevice(DNPUDevice.Settings.model_validate(settings), seed=5)
     limits = SafetyLimits.model_validate(yaml.safe_load(STATION.read_text())["limits"])
     guard = SafetyGuard(InProcessLockin(dnpu, time_constant=0.03), limits)
