@@ -1,38 +1,32 @@
 """Benchmark what the driver layer costs, against raw pyvisa on the same loopback server, same run.
 
-Three figures, each measured against its baseline in the same process:
+- **Per query**: the same messages to the same virtual instrument (`simulators.virtual`, on
+  127.0.0.1) sent (a) by a raw pyvisa-py `query` loop, (b) by PyMeasure's instrument call, (c) by
+  our driver's call (Transcript, retry wrapper, fault translation, parsing, checks): the 2400's
+  `:READ?` (`Keithley2400Channel.read`) and `*OPC?` (`sync`), the 2600's
+  `print(smua.measure.i())`, the SR830's `SNAP? 1,2` and `LIAS?` (`SR830LockIn.read_xy` checks
+  the latched status after each reading, so every variant sends both), the DAQ board's `READ?`
+  of one ASCII sample (`ScpiDaqBoard.read`; "PyMeasure" is our PyMeasure-style `ScpiDaq` without
+  the safety layer: PyMeasure ships no such board). Variants are interleaved call by call (A B C,
+  B C A, ...) so machine noise hits all equally. Reported: median µs per call and IQR; ratio and
+  overhead (µs) to raw as medians of the same-round ratios and differences, which a drifting
+  load cannot bias (the JSON also has those of the medians); the server's own µs per call (inside
+  the emulation's `execute`), which every variant pays; the client thread's CPU µs per call.
+- **Training step**: one SPSA + Adam step of `configs/dnpu-virtual.yaml` (eight virtual 2400s over
+  TCP in front of the DNPU simulator) against the same experiment on that simulator in process,
+  steps interleaved. The servers count and time every message by command: a step's round trips
+  (queries), one-way writes and the servers' own time (mostly the simulator, run one plateau per
+  `:READ?` instead of in batches) are shown next to its wall time.
+- **Binary block**: 1e5 float64 samples from the virtual DAQ board as an IEEE 488.2 `REAL,64`
+  block (`SAMP:COUN 100000`, one `READ?`, then `FETC?` resends it): raw pyvisa
+  `query_binary_values` against `ScpiDaqBoard.read` (which checks every sample for overload and
+  averages), whose `READ?` goes out as `FETC?` so no variant pays for an acquisition; the same
+  in ASCII for contrast. MB/s counts the 0.8 MB float64 payload in both formats.
 
-- **Per query**: the same messages on the same virtual instrument (served on 127.0.0.1 by
-  `simulators.virtual`) sent three ways: (a) a raw pyvisa-py `query` loop, (b) PyMeasure's
-  instrument call, (c) our driver's call (Transcript, retry wrapper, fault translation, parsing
-  and checks). Cases: the 2400's `:READ?` (`Keithley2400Channel.read`) and `*OPC?` (`sync`),
-  the 2600's `print(smua.measure.i())` (`Keithley2600Channel.read`), the SR830's `SNAP? 1,2`
-  followed by `LIAS?` (`SR830LockIn.read_xy` checks the latched status after every reading, so
-  every variant sends both) and the DAQ board's `READ?` of one ASCII sample
-  (`ScpiDaqBoard.read`; its "PyMeasure" variant is our PyMeasure-style `ScpiDaq` without the
-  safety wrapper, as PyMeasure ships no such board). The variants are interleaved call by call
-  (A B C, B C A, C A B, ...) so machine noise hits all equally; every call is timed. Reported:
-  median µs per call, IQR, ratio to raw, absolute overhead (median − raw median; the JSON also
-  has the median of same-round differences), and the server's own µs per call (time inside
-  the emulation's `execute`), the part of every variant that is not the client's.
-- **Training step**: one SPSA + Adam step of `configs/dnpu-virtual.yaml` (eight virtual 2400s
-  over TCP in front of the DNPU simulator) against the same experiment with the station's
-  `device:` replaced by its `virtual:` simulator, in process; steps interleaved. Every message
-  the servers receive is counted by command and timed, so a step's round trips (queries, which
-  wait for a reply), one-way writes and the servers' own time (mostly the simulator, evaluated
-  one plateau per `:READ?` instead of in batches) are shown next to its time.
-- **Binary block**: 1e5 float64 samples from the virtual DAQ board (`SAMP:COUN 100000`, one
-  `READ?` beforehand; `FETC?` resends that reading) as an IEEE 488.2 `REAL,64` block: raw
-  pyvisa `query_binary_values` against the driver's `ScpiDaqBoard.read` (which averages the
-  block after checking every sample for overload); the driver's `READ?` goes out as `FETC?` so
-  no variant pays for a new acquisition. The ASCII transfer of the same samples for contrast.
-  MB/s counts the float64 payload, 0.8 MB, in both formats.
-
-Caveats: loopback TCP, and Python servers in the same process (they share the GIL with the
-client). The server's own cost is in every variant equally, so the absolute numbers will differ
-on a real bus (GPIB, USB-TMC, LAN to an instrument that takes ms to measure); the ratios and the
-overhead in µs carry over. The machine is shared: the load average is recorded, and the
-client thread's CPU time per call is given beside the wall time, being far less load-sensitive.
+Caveats: loopback TCP; Python servers in the same process (sharing the GIL with the client). The
+server's cost is in every variant equally, so absolute numbers differ on a real bus (GPIB, USB-TMC,
+an instrument that takes ms to measure); the ratios and the overhead in µs carry over. The machine
+is shared: the load average is recorded, and the client's CPU time varies far less than wall time.
 Prints tables; writes bench/results/drivers.json (settings, machine, versions, every raw number).
 
     .venv/bin/python -m bench.drivers [--rounds N] [--steps N] [--block-rounds N]
@@ -169,13 +163,18 @@ def rounded(timings: Timings) -> Timings:
 
 def stats(samples: list[float], baseline: list[float] | None = None) -> dict[str, float]:
     """Median, quartiles and IQR; with a baseline (timed in the same rounds), the ratio of the
-    medians, their difference, and the median of the round-by-round differences."""
+    medians and their difference, and the medians of the same-round ratios and differences."""
     q1, median, q3 = (float(v) for v in np.percentile(samples, [25, 50, 75]))
     result = {"median": median, "q1": q1, "q3": q3, "iqr": q3 - q1}
     if baseline is not None:
         base = float(np.median(baseline))
-        paired = float(np.median(np.subtract(samples, baseline)))  # same-round differences
-        result |= {"ratio_to_raw": median / base, "overhead": median - base, "paired": paired}
+        a, b = np.asarray(samples), np.asarray(baseline)
+        result |= {
+            "ratio_to_raw": median / base,
+            "overhead": median - base,
+            "ratio_paired": float(np.median(a / b)),  # same-round ratios: robust to load drift
+            "paired": float(np.median(a - b)),  # same-round differences
+        }
     return result
 
 
@@ -205,7 +204,7 @@ class MessageCounter:
     def busy_us(self) -> float:
         return sum(self.busy.values())
 
-    def attach(self, device: ScpiDevice) -> None:
+    def attach(self, device: ScpiDevice) -> MessageCounter:
         """Count every message `device` executes from now on (its server calls `execute`)."""
         execute = device.execute
 
@@ -219,6 +218,7 @@ class MessageCounter:
             return reply
 
         setattr(device, "execute", counted)  # noqa: B010 (an instance attribute shadows the method)
+        return self
 
     def snapshot(self) -> tuple[Counter[str], dict[str, float], int]:
         return Counter(self.commands), dict(self.busy), self.replies
@@ -237,16 +237,13 @@ class Case:
 @contextlib.contextmanager
 def per_query_cases() -> Iterator[list[Case]]:
     """The virtual instruments, their raw, PyMeasure and driver sessions; safe on every exit."""
-    daq_device = VirtualDaq(Backplane(Flat()), {}, {101: Wire("y")}, n_ao=1, n_ai=1)
     devices: dict[str, ScpiDevice] = {
         "k2400": Keithley2400(Resistor(1e6)),
         "k2600": Keithley2600(Resistor(1e6), Resistor(1e6)),
         "sr830": SR830(SineSource(seed=1)),
-        "daq": daq_device,
+        "daq": VirtualDaq(Backplane(Flat()), {}, {101: Wire("y")}, n_ao=1, n_ai=1),
     }
-    counters = {name: MessageCounter() for name in devices}
-    for name, device in devices.items():
-        counters[name].attach(device)
+    counters = {name: MessageCounter().attach(device) for name, device in devices.items()}
     with contextlib.ExitStack() as stack:
         addr = stack.enter_context(VirtualStation(devices)).addresses
         rm = pyvisa.ResourceManager("@py")
@@ -481,8 +478,7 @@ def training(steps: int) -> dict[str, Any]:
         runs = [("wire", wire), ("in_process", local)]
         for k in range(steps):
             for name, built in runs[k % 2 :] + runs[: k % 2]:
-                _, _, r0 = counter.snapshot()
-                b0, t0 = counter.busy_us, time.perf_counter_ns()
+                r0, b0, t0 = counter.replies, counter.busy_us, time.perf_counter_ns()
                 built.procedure.step()
                 times[name].append((time.perf_counter_ns() - t0) / 1e3)
                 if name == "wire":
@@ -562,10 +558,14 @@ def main() -> None:
 def show(result: dict[str, Any]) -> None:
     """The three tables."""
     console = Console(width=120)
-    headers = ("query", "trips", "server", "raw [IQR]", "PyMeasure", "driver", "driver−raw",
-               "client CPU raw→driver")  # fmt: skip
+    headers = ("query", "trips", "server", "raw [IQR]", "PyMeasure (×raw)", "driver (×raw)",
+               "driver−raw", "client CPU raw→driver")  # fmt: skip
     rounds = result["settings"]["rounds"]
-    table = Table(*headers, title=f"µs per call: median of {rounds} interleaved calls each")
+    title = (
+        f"µs per call, median of {rounds} interleaved calls; ×raw and driver−raw: medians of "
+        "the same-round ratios and differences"
+    )
+    table = Table(*headers, title=title)
     for case in result["per_query"]:
         s, cpu = case["stats_us"], case["client_cpu_stats_us"]
         table.add_row(
@@ -573,9 +573,9 @@ def show(result: dict[str, Any]) -> None:
             str(case["round_trips_per_call"]),
             f"{case['server_us_per_call']:.0f}",
             f"{s['raw']['median']:.0f} [{s['raw']['iqr']:.0f}]",
-            f"{s['pymeasure']['median']:.0f} ({s['pymeasure']['ratio_to_raw']:.2f}×)",
-            f"{s['driver']['median']:.0f} ({s['driver']['ratio_to_raw']:.2f}×)",
-            f"{s['driver']['overhead']:+.0f}",
+            f"{s['pymeasure']['median']:.0f} ({s['pymeasure']['ratio_paired']:.2f}×)",
+            f"{s['driver']['median']:.0f} ({s['driver']['ratio_paired']:.2f}×)",
+            f"{s['driver']['paired']:+.0f}",
             f"{cpu['raw']['median']:.0f}→{cpu['driver']['median']:.0f}",
         )
     console.print(table)
@@ -584,7 +584,7 @@ def show(result: dict[str, Any]) -> None:
         "variant", "ms [IQR]", "MB/s", "×raw", title=f"{b['samples']:.0e} float64 samples (FETC?)"
     )
     for name, s in b["stats_us"].items():
-        ratio = f"{s['ratio_to_raw']:.2f}" if "ratio_to_raw" in s else ""
+        ratio = f"{s['ratio_paired']:.2f}" if "ratio_paired" in s else ""
         table.add_row(
             name, f"{s['median'] / 1e3:.1f} [{s['iqr'] / 1e3:.1f}]", f"{s['mb_per_s']:.1f}", ratio
         )
