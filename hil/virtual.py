@@ -337,40 +337,29 @@ class ServedStation:
 
 
 def entries(station: ResolvedStation) -> list[Entry]:
-    """Every instrument of the station's rig: its `instruments:` items, then its blocks."""
+    """Every instrument of the station's rig with its wires: `instruments:` items, blocks."""
     settings = station.device.settings
+    declared = _declared(settings)
+    listed = any(key[0] == "instruments" for key, _, _ in declared)
+    wiring = _declared_wiring(station) if listed else []
     found = []
-    instruments = getattr(settings, "instruments", None)
-    if isinstance(instruments, dict):
-        wires = _declared_wiring(station)
-        for name, params in instruments.items():
-            mine = tuple(w for w in wires if w.instrument == name)
-            kind = str(params.get("type"))
-            found.append(Entry(name, ("instruments", name), kind, dict(params), mine))
-    for name in type(settings).model_fields:
-        block = getattr(settings, name)
-        if type(block) in BLOCKS:
-            kind = BLOCKS[type(block)]
+    for key, kind, params in declared:
+        name = str(key[-1])
+        if key[0] == "instruments":
+            wires = tuple(w for w in wiring if w.instrument == name)
+        else:
             derive = VIRTUAL_INSTRUMENTS[kind].wires
-            assert derive is not None
-            params = block.model_dump(mode="json")
-            found.append(Entry(name, (name,), kind, params, tuple(derive(settings, name))))
+            assert derive is not None, f"{kind}: a block kind derives its wires"
+            wires = tuple(derive(settings, name))
+        found.append(Entry(name, key, kind, params, wires))
     return found
 
 
 def is_virtual(station: ResolvedStation) -> bool:
     """Whether any instrument of the station's rig is to be served virtually."""
-    settings = station.device.settings
-    instruments = getattr(settings, "instruments", None)
-    listed = isinstance(instruments, dict) and any(
-        isinstance(p, dict) and p.get(_address_key(p.get("type"))) == VIRTUAL_ADDRESS
-        for p in instruments.values()
-    )
-    blocks = (getattr(settings, name) for name in type(settings).model_fields)
-    return listed or any(
-        getattr(b, VIRTUAL_INSTRUMENTS[BLOCKS[type(b)]].key) == VIRTUAL_ADDRESS
-        for b in blocks
-        if type(b) in BLOCKS
+    return any(
+        params.get(_address_key(kind)) == VIRTUAL_ADDRESS
+        for _, kind, params in _declared(station.device.settings)
     )
 
 
@@ -401,15 +390,15 @@ def serve_station(
         _check_wiring(station, found, simulator.spec)
         bench = Bench(simulator, Backplane(simulator), station.device.settings)
         groups = _groups(chosen)
-        made = {name: _make(station, bench, group) for name, group in groups.items()}
-        injected = {
-            str(VIRTUAL_INSTRUMENTS[groups[name][0].kind].inject): fake
-            for name, fake in made.items()
-            if VIRTUAL_INSTRUMENTS[groups[name][0].kind].inject is not None
-        }
-        servers = VirtualStation(
-            {name: stand_in for name, stand_in in made.items() if name not in _injected(groups)}
-        )
+        to_serve, injected = {}, {}
+        for name, group in groups.items():
+            inject = VIRTUAL_INSTRUMENTS[group[0].kind].inject
+            stand_in = _make(station, bench, group)
+            if inject is None:
+                to_serve[name] = stand_in
+            else:
+                injected[inject] = stand_in
+        servers = VirtualStation(to_serve)
         served = servers.start()
     except BaseException:
         simulator.close()
@@ -453,6 +442,21 @@ def build_virtual_rig(station: ResolvedStation, seed: np.random.SeedSequence) ->
 def _address_key(kind: Any) -> str:
     known = VIRTUAL_INSTRUMENTS.get(str(kind))
     return known.key if known else "address"
+
+
+def _declared(settings: BaseModel) -> list[tuple[KeyPath, str, dict[str, Any]]]:
+    """(key under `device:`, kind, entry as written) of every instrument the rig declares."""
+    found: list[tuple[KeyPath, str, dict[str, Any]]] = []
+    instruments = getattr(settings, "instruments", None)
+    if isinstance(instruments, dict):
+        for name, params in instruments.items():
+            if isinstance(params, dict):
+                found.append((("instruments", name), str(params.get("type")), dict(params)))
+    for name in type(settings).model_fields:
+        block = getattr(settings, name)
+        if type(block) in BLOCKS:
+            found.append(((name,), BLOCKS[type(block)], block.model_dump(mode="json")))
+    return found
 
 
 def _declared_wiring(station: ResolvedStation) -> list[Wire]:
@@ -539,10 +543,6 @@ def _groups(chosen: Sequence[Entry]) -> dict[str, list[Entry]]:
         else:
             home.append(entry)
     return {"+".join(e.name for e in group): group for group in groups}
-
-
-def _injected(groups: Mapping[str, Sequence[Entry]]) -> set[str]:
-    return {n for n, g in groups.items() if VIRTUAL_INSTRUMENTS[g[0].kind].inject is not None}
 
 
 def _make(station: ResolvedStation, bench: Bench, group: Sequence[Entry]) -> Any:
