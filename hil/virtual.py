@@ -12,6 +12,10 @@ rig reaches it — the one mechanism, two ways:
 - injected: an in-process fake (the `nidaqmx` module, a `pyarc2.Instrument`) passed to the rig's
   constructor; it cannot be reached from another process.
 
+The address key that says `virtual` is the entry's own: `address` (SCPI/TSP), `url` (serial
+board), `device` (DAQ card), `firmware` (ArC TWO). Entries of a 2600 with one address share one
+virtual 2602B, an smua and an smub each (`VirtualKind.slots`), as on the bench.
+
 The simulator sits behind a `Backplane` (instruments hold levels on its channels as they
 change); the servers stop and the simulator closes when the rig closes. `hil serve` serves every
 instrument of a station in the foreground and prints a station file that points at them.
