@@ -77,11 +77,8 @@ LOCKIN_TYPES: dict[str, tuple[type[SR830LockIn | SR860LockIn], type[InstrumentSe
 }
 """`type:` of the lock-in entry that reads an output."""
 
-ALL_TYPES: dict[str, tuple[type[Any], type[InstrumentSettings]]] = {
-    **SMU_TYPES,
-    **AWG_TYPES,
-    **LOCKIN_TYPES,
-}
+ALL_TYPES: dict[str, tuple[type[Any], type[InstrumentSettings]]] = {**SMU_TYPES, **AWG_TYPES}
+ALL_TYPES.update(LOCKIN_TYPES)
 
 
 class RigChannel(BaseModel):
@@ -621,9 +618,7 @@ class DitheredSMURig(SMURig):
                 super().close()
 
 
-_ROUNDING = 1e-12
-"""V: a dither's swing may pass a bound by the rounding of level ± amplitude in floating point
-(the level read back in the SMU's format), far below any source's resolution."""
+_ROUNDING = 1e-12  # V: level ± amplitude may pass a bound by float rounding, nothing physical
 
 _DITHERED: dict[type[SMURig], type[DitheredSMURig]] = {}
 
