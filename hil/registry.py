@@ -59,6 +59,7 @@ BUILTIN: dict[Kind, dict[str, str]] = {
         "node-perturbation": "protocols.node_perturbation:NodePerturbation",
         "delta-rule": "protocols.pulsed:DeltaRule",
         "intrinsic-node-perturbation": "protocols.pulsed:IntrinsicNodePerturbation",
+        "homodyne-lockin": "protocols.lockin_gradient:LockinGradient",
     },
     Kind.OPTIMIZER: {
         "sgd": "protocols.optimizers:SGD",

@@ -16,6 +16,7 @@ from protocols.tasks import RegressionTask
 from simulators.analog_mlp import AnalogMLPDevice
 from simulators.analytic import AnalyticDevice
 from simulators.crossbar import CrossbarDevice, CrossbarSettings
+from simulators.virtual.dither import InProcessLockin
 
 PLATEAU_ONLY = {
     "central-difference",
@@ -44,6 +45,10 @@ class CountingDevice:
 
 
 def _objective(name: str) -> tuple[Objective, Any]:
+    if name == "homodyne-lockin":  # needs a Demodulating device: dither + lock-in in process
+        device = InProcessLockin(AnalyticDevice(AnalyticDevice.Settings(), seed=0))
+        task = RegressionTask.from_arrays([[0.2, -0.1], [0.4, 0.3], [-0.5, 0.1]], [0.3, -0.1, 0.2])
+        return Objective(device, task), device
     if name == "node-perturbation":
         device: Any = AnalogMLPDevice(AnalogMLPDevice.Settings(layers=[3, 4, 2]), seed=0)
         task = RegressionTask.from_arrays([[3, 10, 20], [30, 1, 5]], [[5, -5], [0, 10]])
