@@ -40,6 +40,19 @@ class Component(BaseModel):
         return dict(self.model_extra or {})
 
 
+class InjectedFaults(BaseModel):
+    """Transport faults a served virtual instrument injects (tests and operator drills)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    delay: float = Field(default=0.0, ge=0, le=60, description="s before every reply")
+    drop: int = Field(default=0, ge=0, le=1_000_000, description="the next N replies not sent")
+    garble: int = Field(default=0, ge=0, le=1_000_000, description="the next N replies corrupted")
+    disconnect_after: int | None = Field(
+        default=None, ge=0, le=10**9, description="close the connection after N more messages"
+    )
+
+
 class VirtualConfig(BaseModel):
     """The simulator a station's virtual instruments serve (`hil serve`, `address: virtual`)."""
 
@@ -48,6 +61,10 @@ class VirtualConfig(BaseModel):
     device: Component = Field(description="the simulator behind the virtual instruments")
     seed: int | None = Field(
         default=None, ge=0, description="the simulator's seed; omitted = the run's device seed"
+    )
+    faults: dict[str, InjectedFaults] = Field(
+        default_factory=dict,
+        description="instrument name → transport faults its server injects (served ones only)",
     )
 
 

@@ -404,6 +404,7 @@ def serve_station(
                 injected[inject] = stand_in
         servers = VirtualStation(to_serve)
         served = servers.start()
+        _inject_faults(station, servers, groups)
     except BaseException:
         simulator.close()
         raise
@@ -425,6 +426,27 @@ def serve_station(
         source=copy.deepcopy(_at(station.doc.data, station.prefix)),
         changes=changes,
     )
+
+
+def _inject_faults(
+    station: ResolvedStation, servers: VirtualStation, groups: Mapping[str, Sequence[Entry]]
+) -> None:
+    """Arm the transport faults `virtual.faults` asks of served instruments."""
+    assert station.config.virtual is not None
+    for name, faults in station.config.virtual.faults.items():
+        group = next((g for g, members in groups.items() if name in {e.name for e in members}), "")
+        server = servers.servers.get(group)
+        if server is None:
+            key: KeyPath = ("virtual", "faults", name)
+            raise ConfigError(
+                f"{station.where(key)}: {name!r} is not an instrument served over a transport "
+                f"here (served: {sorted(e.name for g in groups.values() for e in g)}; in-process "
+                "fakes take no transport faults); name a served instrument",
+                key=key,
+            )
+        for setting, value in faults.model_dump().items():
+            setattr(server.faults, setting, value)
+        log.info("virtual %r injects faults %s", name, faults.model_dump())
 
 
 def build_virtual_rig(station: ResolvedStation, seed: np.random.SeedSequence) -> Device:
