@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from pydantic import ValidationError
 from pymeasure.instruments.keithley import Keithley2400, Keithley2600
 from pymeasure.test import expected_protocol
@@ -14,9 +12,6 @@ from pymeasure.test import expected_protocol
 from drivers import (
     GenericChannel,
     GenericSettings,
-    InstrumentSettings,
-    Keithley2400Settings,
-    Keithley2600Settings,
     SourceMeasureChannel,
 )
 from drivers.generic import resolve_class
@@ -185,18 +180,3 @@ def test_bad_class_path_is_a_config_error(path: str, match: str) -> None:
 def test_generic_settings_validation(changes: dict[str, Any], match: str) -> None:
     with pytest.raises(ValidationError, match=match):
         settings(**changes)
-
-
-def test_the_station_example_in_the_docs_validates() -> None:
-    doc = (Path(__file__).parents[2] / "docs" / "drivers.md").read_text()
-    block = doc.split("## Station-file example")[1].split("```yaml\n")[1].split("```")[0]
-    models: dict[str, type[InstrumentSettings]] = {
-        "drivers.Keithley2400Channel": Keithley2400Settings,
-        "drivers.Keithley2600Channel": Keithley2600Settings,
-        "drivers.GenericChannel": GenericSettings,
-    }
-    entries = yaml.safe_load(block)["instruments"]
-    assert len(entries) == 3
-    for name, entry in entries.items():
-        model = models[entry.pop("type")]
-        assert model.model_validate({"name": name, **entry}).name == name
