@@ -81,8 +81,10 @@ class _Node:
         return upper in (self.short, self.long)
 
 
+Reply = str | bytes
+"""A response: text, or bytes where it carries an IEEE 488.2 binary block (sent byte for byte)."""
 Setter = Callable[[Sequence[str]], None]
-Getter = Callable[[Sequence[str]], str]
+Getter = Callable[[Sequence[str]], Reply]
 
 
 @dataclass
@@ -224,6 +226,16 @@ def nr3(value: float) -> str:
     return f"{value:+.6E}"
 
 
+def _joined(replies: Sequence[Reply]) -> Reply | None:
+    """The responses of one message, `;`-separated (IEEE 488.2 §8.4.1); bytes if any is."""
+    if not replies:
+        return None
+    texts = [r for r in replies if isinstance(r, str)]
+    if len(texts) == len(replies):
+        return ";".join(texts)
+    return b";".join(r.encode("ascii", "replace") if isinstance(r, str) else r for r in replies)
+
+
 class ScpiDevice:
     """The SCPI engine of one instrument: parser, common commands, error queue, status register.
 
@@ -258,8 +270,11 @@ class ScpiDevice:
 
     # Engine.
 
-    def execute(self, message: str) -> str | None:
-        """Run one program message; return the response line (without terminator) or None."""
+    def execute(self, message: str) -> Reply | None:
+        """Run one program message; return the response line (without terminator) or None.
+
+        The responses of its units are joined by `;`: as text, or as bytes when one of them is
+        a binary block (`ScpiServer` sends bytes unchanged)."""
         if not message.strip():
             return None  # an empty line is no message
         with self.lock:
@@ -268,7 +283,7 @@ class ScpiDevice:
             except ScpiError as error:
                 self.push_error(error)
                 return None
-            replies: list[str] = []
+            replies: list[Reply] = []
             path: list[str] = []
             for i, unit in enumerate(units):
                 text = unit.strip()
@@ -284,7 +299,7 @@ class ScpiDevice:
                     break  # the rest of the message is discarded, as IEEE 488.2 parsers do
                 if reply is not None:
                     replies.append(reply)
-            return ";".join(replies) if replies else None
+            return _joined(replies)
 
     def push_error(self, error: ScpiError) -> None:
         """Queue an error and set its *ESR bit."""
@@ -302,7 +317,7 @@ class ScpiDevice:
         else:
             self._errors.append(error)
 
-    def _unit(self, text: str, path: list[str]) -> str | None:
+    def _unit(self, text: str, path: list[str]) -> Reply | None:
         header, _, params = text.replace("\t", " ").partition(" ")
         params = params.strip()
         query = header.endswith("?")

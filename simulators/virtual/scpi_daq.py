@@ -16,7 +16,8 @@ board from a rig's wiring): with the outputs on, an
 AO channel holds `volts × scale` on its device channel through the `Backplane`; with them off, 0.
 One sample is one plateau of the device (`Backplane.measure`); an AI channel reads its output
 divided by the scale, 9.9E37 beyond the channel's range, 0 V when unwired. A `REAL,64` reading
-is an IEEE 488.2 definite-length block of big-endian float64 values.
+is an IEEE 488.2 definite-length block of big-endian float64 values, returned as bytes (the
+server sends them unchanged).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Protocol
 from simulators.virtual.backplane import Backplane
 from simulators.virtual.scpi import (
     Command,
+    Reply,
     ScpiDevice,
     ScpiError,
     boolean,
@@ -77,16 +79,6 @@ def board_for(backplane: Backplane, terminals: Sequence[Terminal]) -> ScpiDaq:
     return ScpiDaq(backplane, ao, ai, n_ao=n_ao, n_ai=n_ai)
 
 
-class _Block(str):
-    """A reply carrying binary bytes (one char per byte): the server's ASCII encode would fail
-    on bytes ≥ 0x80, so it is encoded as Latin-1, which maps each char back to its byte."""
-
-    __slots__ = ()
-
-    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-        return super().encode("latin-1", errors)
-
-
 @dataclass
 class _State:
     """The board's settings (`*RST` restores them) and its last reading."""
@@ -133,7 +125,6 @@ class ScpiDaq(ScpiDevice):
             backplane.role(wire.channel)  # KeyError for a channel the device lacks
         self.ao, self.ai = dict(ao), dict(ai)
         self.state = self._power_on()
-        self._binary_reply = False
         super().__init__()
 
     def _power_on(self) -> _State:
@@ -146,13 +137,6 @@ class ScpiDaq(ScpiDevice):
     def reset(self) -> None:
         self.state = self._power_on()
         self._drive()
-
-    def execute(self, message: str) -> str | None:
-        """Run one message; a reply that carries a binary block goes out byte for byte."""
-        with self.lock:
-            self._binary_reply = False
-            reply = super().execute(message)
-            return _Block(reply) if reply is not None and self._binary_reply else reply
 
     def commands(self) -> list[Command]:
         sens = "[:SENSe]:VOLTage[:DC]"
@@ -296,7 +280,7 @@ class ScpiDaq(ScpiDevice):
         no_args(args)
         return "REAL,64" if self.state.binary else "ASC"
 
-    def _read(self, args: Sequence[str]) -> str:
+    def _read(self, args: Sequence[str]) -> Reply:
         no_args(args)
         if not self.state.scan:
             raise ScpiError(-221, "the scan list is empty (ROUT:SCAN)")
@@ -307,7 +291,7 @@ class ScpiDaq(ScpiDevice):
         self.state.last = data
         return self._encode(data)
 
-    def _fetch(self, args: Sequence[str]) -> str:
+    def _fetch(self, args: Sequence[str]) -> Reply:
         no_args(args)
         if self.state.last is None:
             raise ScpiError(-230, "no reading since the last reset")
@@ -320,10 +304,10 @@ class ScpiDaq(ScpiDevice):
         volts = outputs[wire.channel] / wire.scale
         return volts if abs(volts) <= self.state.ai_ranges[channel] else OVERLOAD
 
-    def _encode(self, data: Sequence[float]) -> str:
+    def _encode(self, data: Sequence[float]) -> Reply:
+        """The reading in the current format: NR3 text, or a REAL,64 block as bytes."""
         if not self.state.binary:
             return ",".join(nr3(v) for v in data)
-        self._binary_reply = True
         payload = struct.pack(f">{len(data)}d", *data)
         length = str(len(payload))
-        return f"#{len(length)}{length}" + payload.decode("latin-1")
+        return f"#{len(length)}{length}".encode("ascii") + payload
