@@ -99,6 +99,8 @@ class Retrier:
         self.procedure.load_state_dict(copy.deepcopy(self._point["procedure"]))
         self._make_safe()
         last = attempt == attempts
+        if last and not self._safe:
+            self._reconnect_to_make_safe()
         wait = None if last else retry_delay(self.policy, attempt)
         error = f"{type(exc).__name__}: {_one_line(exc)}"
         then = "no retries left" if wait is None else f"retrying in {wait:.3g} s"
@@ -136,6 +138,19 @@ class Retrier:
         except InstrumentError as exc:
             self._safe = False
             log.error("could not bring the device to its safe state after the fault: %s", exc)
+        else:
+            self._safe = True
+
+    def _reconnect_to_make_safe(self) -> None:
+        """Before pausing with the device not confirmed safe: a device that can reconnect does,
+        which ends in the safe state, so a lost link does not leave a live output behind."""
+        guard = self.guard
+        if not isinstance(guard, Reconnecting):
+            return
+        try:
+            guard.reconnect()
+        except InstrumentError as exc:
+            log.error("reconnecting to make the device safe before pausing failed: %s", exc)
         else:
             self._safe = True
 
