@@ -4,14 +4,19 @@ The 2600 series speaks TSP (Lua statements), not SCPI, so this module has its ow
 and reuses only the error queue and lock of `ScpiDevice`, which lets `ScpiServer` serve it. One
 line is one chunk; `;` separates statements. Understood:
 
-- common commands `*IDN?`, `*RST` (both channels to their reset state), `*CLS`;
+- common commands, each alone in its message as the 2600 requires (any case): `*IDN?`, `*RST`
+  (both channels to their reset state), `*CLS`, `*OPC?` (answers `1`: every command runs to
+  completion before the next, so nothing is pending), `*OPC` (sets the OPC bit), `*ESR?`,
+  `*WAI` (nothing to wait for);
 - `print(e, ...)` of expressions (values joined by tabs, numbers as `%.5e`, booleans
   `true`/`false`), where an expression is a number, `true`/`false`/`nil`, a quoted string, an
   attribute (`smua.source.levelv`), a constant (`smua.OUTPUT_ON`) or a call
   (`smua.measure.i()`, `errorqueue.next()`);
 - assignments `smuX.source.func|levelv|rangev|autorangev|limiti|output=<n>`,
   `smuX.measure.rangei|autorangei|nplc=<n>`; `smuX.source.compliance` is read-only;
-- calls `smuX.measure.i()`, `smuX.measure.v()`, `errorqueue.clear()`; `errorqueue.count`.
+- calls `smuX.measure.i()`, `smuX.measure.v()`, `errorqueue.clear()`, `waitcomplete()` (returns
+  at once, as `*WAI`; the group form `waitcomplete(g)` of a TSP-Link master is not emulated);
+  `errorqueue.count`.
 
 Anything else queues an error and answers nothing: -285 (syntax), -286 (runtime: unknown
 attribute, call or assignment to a read-only attribute), 1101 "Parameter too big" and 1102
@@ -27,12 +32,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from simulators.virtual.keithley2400 import Load
 from simulators.virtual.loads import Terminal
-from simulators.virtual.scpi import ScpiDevice, ScpiError, split_outside_quotes
+from simulators.virtual.scpi import ScpiDevice, ScpiError, no_args, split_outside_quotes
 
 VOLTAGE_RANGES = (0.1, 1.0, 6.0, 40.0)
 CURRENT_RANGES = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 1.5)
@@ -193,15 +198,24 @@ class Keithley2600(ScpiDevice):
 
     # -- statements ------------------------------------------------------------------------------
     def _common_command(self, text: str) -> str | None:
-        """`*IDN?`, `*RST`, `*CLS`: the IEEE 488.2 commands a 2600 takes outside TSP."""
+        """An IEEE 488.2 common command, which a 2600 takes outside TSP and only alone in its
+        message (`*OPC?;print(1)` is a syntax error); the handlers are `ScpiDevice`'s."""
+        queries: dict[str, Callable[[Sequence[str]], str]] = {
+            "*IDN?": self._idn,
+            "*OPC?": self._opc_query,
+            "*ESR?": self._esr_query,
+        }
+        commands: dict[str, Callable[[Sequence[str]], None]] = {
+            "*RST": self._rst,
+            "*CLS": self._cls,
+            "*OPC": self._opc,
+            "*WAI": no_args,
+        }
         command = text.upper()
-        if command == "*IDN?":
-            return self.idn
-        if command == "*RST":
-            self.reset()
-            return None
-        if command == "*CLS":
-            self._errors.clear()
+        if command in queries:
+            return queries[command](())
+        if command in commands:
+            commands[command](())
             return None
         raise _syntax(text)
 
@@ -255,6 +269,8 @@ class Keithley2600(ScpiDevice):
         if name == "errorqueue.clear":
             self._errors.clear()
             return []
+        if name == "waitcomplete":
+            return []  # commands complete in order: nothing is ever pending
         smu, attribute = self._split(name)
         if attribute not in ("measure.i", "measure.v"):
             raise tsp_error(-286, f"attempt to call a nil value (`{name}')")

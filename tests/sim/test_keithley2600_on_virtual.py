@@ -219,3 +219,66 @@ def test_a_current_beyond_a_fixed_measure_range_reads_overflow(device: Keithley2
     assert device.execute("smua.measure.autorangei=smua.AUTORANGE_ON") is None
     assert device.execute("print(smua.measure.i())") == "3.00000e-06"
     assert device.execute("print(errorqueue.count)") == "0.00000e+00"
+
+
+def test_sync_asks_opc_and_the_2602b_answers_1(
+    server: ScpiServer, device: Keithley2600, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The drivers' default `sync_query` is `*OPC?`, answered as a real 2600 answers it.
+    exchanged: list[tuple[str, str | bytes | None]] = []
+    execute = device.execute
+
+    def recorded(message: str) -> str | None:
+        reply = execute(message)
+        exchanged.append((message, reply))
+        return reply
+
+    monkeypatch.setattr(device, "execute", recorded)
+    smu = channel(server, "smua")
+    smu.connect()
+    try:
+        exchanged.clear()
+        smu.sync()
+        assert exchanged == [("*OPC?", "1")]
+    finally:
+        smu.close()
+
+
+@pytest.mark.parametrize(
+    ("chunk", "reply"),
+    [
+        ("*OPC?", "1"),
+        ("*opc?", "1"),  # common commands are not case-sensitive
+        ("*WAI", None),
+        ("waitcomplete()", None),
+        ("smua.source.levelv=0.5; waitcomplete(); print(smua.source.levelv)", "5.00000e-01"),
+    ],
+)
+def test_opc_and_waitcomplete_answer_as_a_2600_does(
+    device: Keithley2600, chunk: str, reply: str | None
+) -> None:
+    assert device.execute(chunk) == reply
+    assert device.execute("print(errorqueue.count)") == "0.00000e+00"
+
+
+@pytest.mark.parametrize("chunk", ["*OPC?;print(1)", "*OPC? 1", "print(1);*OPC?", "*OPC?X"])
+def test_a_common_command_is_taken_only_alone_in_its_message(
+    device: Keithley2600, chunk: str
+) -> None:
+    assert device.execute(chunk) is None
+    code, message, *_ = str(device.execute("print(errorqueue.next())")).split("\t")
+    assert (float(code), message.split(":")[0]) == (-285, "TSP Syntax error at line 1")
+
+
+def test_opc_sets_the_event_status_bit_and_cls_clears_it(device: Keithley2600) -> None:
+    assert device.execute("*ESR?") == "0"
+    assert device.execute("*OPC") is None
+    assert device.execute("*ESR?") == "1"  # OPC, bit 0; reading clears it
+    assert device.execute("*ESR?") == "0"
+    device.execute("smua.source.levelv=")  # a TSP syntax error sets an error bit too
+    device.execute("*OPC")
+    device.execute("*CLS")
+    assert (device.execute("*ESR?"), device.execute("print(errorqueue.count)")) == (
+        "0",
+        "0.00000e+00",
+    )
