@@ -8,14 +8,14 @@ the device's rows, bit lines its columns. A device of weight w has conductance
 G = g_ref + g_scale·w, so a read at V gives I = V·G; pulses at or above `v_switch` move the device
 by one simulator pulse each (SET potentiates, RESET depresses); amplitude and width beyond that
 only have to be within the limits. Sneak paths are not modelled: the bias scheme of unselected
-lines is kept and reported, nothing more. `CrossbarSerialServer` puts one board on 127.0.0.1 with
-the transport faults of `simulators.virtual.server.Faults`; a closed connection is a disconnect
-(the board grounds every line and forgets the session), as the watchdog is when no command comes.
+lines is kept and reported, nothing more. `CrossbarSerialServer` puts one board on 127.0.0.1 on
+the transport of `simulators.virtual.server.ScpiServer` (its faults, its stop that loses no
+received line); a closed connection is a disconnect (the board grounds every line and forgets
+the session), as the watchdog is when no command comes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import socket
@@ -30,7 +30,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from simulators.crossbar import CrossbarDevice
-from simulators.virtual.server import HOST, POLL, Faults
+from simulators.virtual.scpi import ScpiDevice
+from simulators.virtual.server import HOST, ScpiServer
 
 log = logging.getLogger(__name__)
 
@@ -350,25 +351,74 @@ def _within(value: float, low: float, high: float, code: int, what: str) -> floa
     return value
 
 
+_TO_SUB = bytes(range(128)) + b"\x1a" * 128
+"""Byte map: a byte beyond ASCII becomes SUB (0x1A), which `_Wire` answers with ERR 24."""
+
+
+class _Wire(ScpiDevice):
+    """The board as `ScpiServer` serves a device: a command line in, its reply line out."""
+
+    def __init__(self, board: CrossbarBoardEmulator) -> None:
+        self.board = board
+        super().__init__()
+
+    def execute(self, message: str) -> str:
+        if "\x1a" in message:
+            return "ERR 24 non-ASCII byte in the command"
+        return self.board.handle(message)
+
+
+class _BoardServer(ScpiServer):
+    """`ScpiServer` with the board's framing: a line of `max_line` bytes or more is answered
+    `ERR 23` and discarded up to its LF, a non-ASCII line `ERR 24`; a closed connection grounds
+    the board (the host went away)."""
+
+    def __init__(self, board: CrossbarBoardEmulator, name: str) -> None:
+        super().__init__(_Wire(board), name)
+        self.board = board
+        self._connection = threading.local()  # each connection has its own thread
+
+    def _serve(self, client: socket.socket) -> None:
+        self._connection.discarding = False
+        try:
+            super()._serve(client)
+        finally:
+            self.board.disconnect()
+
+    def _lines(self, client: socket.socket, buffer: bytes) -> tuple[bytes, bool]:
+        if self._connection.discarding:
+            if b"\n" not in buffer:
+                return b"", True
+            buffer = buffer.split(b"\n", 1)[1]
+            self._connection.discarding = False
+        buffer, more = super()._lines(client, buffer)
+        if more and len(buffer) >= self.board.model.max_line:
+            client.sendall(b"ERR 23 line too long\n")
+            self._connection.discarding = True
+            return b"", True
+        return buffer, more
+
+    def _handle(self, client: socket.socket, raw: bytes) -> bool:
+        return super()._handle(client, raw.translate(_TO_SUB))
+
+
 class CrossbarSerialServer:
-    """Serve one board on 127.0.0.1 (a free port); a context manager that starts and stops it."""
+    """Serve one board on 127.0.0.1 (a free port); a context manager that starts and stops it.
+
+    The transport is `ScpiServer`'s: a thread per connection, its `Faults`, and a `stop()` that
+    still executes and answers every line already received (a `GND` sent just before the stop
+    grounds the board, it is not lost); only the framing and the address (a pyserial URL) differ.
+    """
 
     def __init__(self, board: CrossbarBoardEmulator, name: str = "crossbar") -> None:
         self.board = board
         self.name = name
-        self.faults = Faults()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._listener: socket.socket | None = None
-        self._threads: list[threading.Thread] = []
-        self._clients: set[socket.socket] = set()
+        self._server = _BoardServer(board, name)
 
     @property
     def port(self) -> int:
-        if self._listener is None:
-            raise RuntimeError(f"virtual board {self.name!r} is not started")
-        port: int = self._listener.getsockname()[1]
-        return port
+        """The TCP port the OS assigned (after `start`)."""
+        return self._server.port
 
     @property
     def url(self) -> str:
@@ -377,39 +427,20 @@ class CrossbarSerialServer:
 
     def set_faults(self, **changes: float | int | None) -> None:
         """Change fault settings atomically, e.g. `set_faults(garble=1)`."""
-        with self._lock:
-            for key, value in changes.items():
-                if not hasattr(self.faults, key):
-                    raise TypeError(f"unknown fault {key!r}")
-                setattr(self.faults, key, value)
+        self._server.set_faults(**changes)
+
+    def clear_faults(self) -> None:
+        """Switch every fault off."""
+        self._server.clear_faults()
 
     def start(self) -> CrossbarSerialServer:
         """Bind a free loopback port and start accepting connections."""
-        if self._listener is not None:
-            raise RuntimeError(f"virtual board {self.name!r} is already started")
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.bind((HOST, 0))
-        listener.listen()
-        listener.settimeout(POLL)
-        self._listener = listener
-        self._stop.clear()
-        self._spawn(self._accept_loop, None)
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        """Close every connection and the listener; join every thread."""
-        self._stop.set()
-        with self._lock:
-            threads, self._threads = self._threads, []
-            clients = list(self._clients)
-        for client in clients:
-            with contextlib.suppress(OSError):
-                client.shutdown(socket.SHUT_RDWR)
-        for thread in threads:
-            thread.join(timeout=5.0)
-        if self._listener is not None:
-            self._listener.close()
-            self._listener = None
+        """Stop accepting; execute and answer what every connection sent, then close it."""
+        self._server.stop()
 
     def __enter__(self) -> CrossbarSerialServer:
         return self.start()
@@ -421,82 +452,3 @@ class CrossbarSerialServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-    def _spawn(self, target: Callable[..., None], client: socket.socket | None) -> None:
-        args = () if client is None else (client,)
-        thread = threading.Thread(target=target, args=args, name=self.name, daemon=True)
-        with self._lock:
-            if client is not None:
-                self._clients.add(client)
-            self._threads = [t for t in self._threads if t.is_alive()]
-            self._threads.append(thread)
-        thread.start()
-
-    def _accept_loop(self) -> None:
-        assert self._listener is not None
-        while not self._stop.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            client.settimeout(POLL)
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._spawn(self._serve, client)
-
-    def _serve(self, client: socket.socket) -> None:
-        buffer, overlong = b"", False
-        try:
-            while not self._stop.is_set():
-                try:
-                    chunk = client.recv(65536)
-                except TimeoutError:
-                    continue
-                if not chunk:
-                    return
-                buffer += chunk
-                while b"\n" in buffer:
-                    raw, buffer = buffer.split(b"\n", 1)
-                    if overlong:
-                        overlong = False
-                        continue
-                    if not self._handle(client, raw.removesuffix(b"\r")):
-                        return
-                if len(buffer) >= self.board.model.max_line:
-                    buffer, overlong = b"", True
-                    client.sendall(b"ERR 23 line too long\n")
-        except OSError:
-            return
-        finally:
-            self.board.disconnect()
-            with self._lock:
-                self._clients.discard(client)
-            with contextlib.suppress(OSError):
-                client.shutdown(socket.SHUT_RDWR)
-            client.close()
-
-    def _handle(self, client: socket.socket, raw: bytes) -> bool:
-        """One command through the faults; False to drop the connection."""
-        with self._lock:
-            faults = self.faults
-            after = faults.disconnect_after
-            if after is not None:
-                faults.disconnect_after = None if after == 0 else after - 1
-            drop, garble = faults.drop > 0, faults.drop == 0 and faults.garble > 0
-            faults.drop -= int(drop)
-            faults.garble -= int(garble)
-            delay = faults.delay
-        if after == 0:
-            return False
-        try:
-            reply = self.board.handle(raw.decode("ascii"))
-        except UnicodeDecodeError:
-            reply = "ERR 24 non-ASCII byte in the command"
-        if delay > 0 and self._stop.wait(delay):
-            return False
-        if drop:
-            return True
-        data = reply.encode("ascii")
-        client.sendall((b"\xff" + data[::-1] if garble else data) + b"\n")
-        return True
