@@ -207,18 +207,43 @@ class PyMeasureSession(ABC):
         """
         with translated(self.who, "connect", None):
             raw = self._open() if instrument is None else self._adopt(instrument)
+        self._attach(raw, "configure", self._configure)
+        log.info("%s connected and configured", self.who)
+
+    def reattach(self, read_back: Callable[[], T]) -> T:
+        """After a lost connection: drop the session without sending anything, open it again,
+        identify it and return what `read_back` reads (it must only read: the instrument may be
+        live, its output on and holding a level).
+
+        Nothing is configured or switched. A failed re-attach leaves the session released and
+        raises an `InstrumentError` naming the instrument.
+        """
+        self._drop()
+        with translated(self.who, "reconnect", None):
+            raw = self._open()
+        result: list[T] = []
+        self._attach(raw, "read back", lambda: result.append(read_back()))
+        log.info("%s reconnected", self.who)
+        return result[0]
+
+    def _attach(self, raw: Any, action: str, then: Callable[[], None]) -> None:
+        """Take `raw` as the session, identify it and run `then`; released if either fails."""
         self._transcript = Transcript(raw.adapter)
         raw.adapter = self._transcript
         self.instrument = raw
         try:
             self._identity = self.identify()
-            self._call("configure", self._configure)
+            self._call(action, then)
         except BaseException:
-            self.instrument = None
-            with contextlib.suppress(Exception):
-                raw.adapter.close()
+            self._drop()
             raise
-        log.info("%s connected and configured", self.who)
+
+    def _drop(self) -> None:
+        """Forget the session, closing its connection quietly (it may be broken already)."""
+        instrument, self.instrument = self.instrument, None
+        if instrument is not None:
+            with contextlib.suppress(Exception):
+                instrument.adapter.close()
 
     def identify(self) -> str:
         """The instrument's identification string."""
@@ -369,6 +394,11 @@ class PyMeasureChannel(PyMeasureSession):
         if not self._enabled:
             raise InstrumentError(f"{self.who}: output is off; enable it before reading a current")
         return self._query("read current", self._query_current)
+
+    def reattach_source(self, read_back: Callable[[], tuple[float, bool]]) -> None:
+        """`reattach`, taking the level (V) and output state that `read_back` reports as this
+        channel's own: what it holds is what a safe state ramps down from."""
+        self._level, self._enabled = self.reattach(read_back)
 
     def enable(self) -> None:
         self._call("enable output", lambda: self._write_output(True))

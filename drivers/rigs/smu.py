@@ -17,21 +17,23 @@ Homodyne in hardware (`dithers:` and `lockin:` in the station file): an AWG chan
 control (`keysight33500`) is summed onto the electrode after its SMU (a summing amplifier or a
 bias tee: the SMU holds the DC level, the AWG adds the sine at offset 0), and one lock-in
 (`sr830` / `sr860`) reads the output node; the dithering AWG's Sync drives REF IN. A rig with a
-lock-in is a `DitheredSMURig` (`hil.core.Demodulating`): it dithers one control at a time, since
-a single-reference lock-in locks to one frequency. Its safe state switches every AWG off at the
-minimum amplitude, then brings the SMUs to 0 V.
+lock-in is a `DitheredSMURig` (`drivers.rigs.dithered`, `hil.core.Demodulating`).
+
+After an instrument fault the run engine calls `reconnect()` (`hil.core.Reconnecting`): each
+SMU's session is dropped without a command, opened again, identified and read back, and the level
+and output state it reports become the rig's own, so the guard's safe state ramps from there.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from drivers.awg import Keysight33500Channel, Keysight33500Settings
 from drivers.generic import GenericChannel, GenericSettings
@@ -42,22 +44,19 @@ from drivers.keithley import (
     Keithley2600Channel,
     Keithley2600Settings,
 )
-from drivers.lockin import LockInSettings, SR830LockIn, SR830Settings, SR860LockIn, SR860Settings
-from hil.core import (
-    Channel,
-    Clock,
-    DeviceBase,
-    DeviceSpec,
-    FloatArray,
-    Role,
-    SafetyViolation,
-    VirtualClock,
-    WallClock,
+from drivers.lockin import SR830LockIn, SR830Settings, SR860LockIn, SR860Settings
+from drivers.rigs.base import (
+    PlateauSettings,
+    Rig,
+    RigChannelBase,
+    each,
+    entry_settings,
+    require_output,
 )
+from drivers.rigs.readback import read_source
+from hil.core import Channel, Clock, DeviceSpec, FloatArray, InstrumentError, Role, VirtualClock
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 SMU_TYPES: dict[str, tuple[type[PyMeasureChannel], type[InstrumentSettings]]] = {
     "keithley2400": (Keithley2400Channel, Keithley2400Settings),
@@ -81,34 +80,21 @@ ALL_TYPES: dict[str, tuple[type[Any], type[InstrumentSettings]]] = {**SMU_TYPES,
 ALL_TYPES.update(LOCKIN_TYPES)
 
 
-class RigChannel(BaseModel):
-    """One electrode of the substrate and the SMU that holds or reads it."""
+class RigChannel(RigChannelBase):
+    """One electrode of the substrate and the SMU that holds or reads it (levels in V; an
+    output's `unit` is after `scale`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    role: Literal["input", "control", "output"]
     instrument: str = Field(min_length=1, description="the SMU entry under `instruments`")
-    min: float = Field(default=0.0, description="lowest level, V (driven channels)")
-    max: float = Field(default=0.0, description="highest level, V (driven channels)")
-    max_slew: float = Field(default=math.inf, gt=0, description="V/s (driven channels)")
-    unit: str = Field(default="V", description="the channel's unit (outputs: after `scale`)")
     scale: float = Field(
         default=1.0, description="outputs: amperes per unit of the channel (1e-9 for nA)"
     )
 
-    @property
-    def kind(self) -> Role:
-        return Role(self.role)
-
     @model_validator(mode="after")
     def _consistent(self) -> RigChannel:
-        if self.kind is Role.OUTPUT:
-            if self.scale == 0 or not math.isfinite(self.scale):
-                raise ValueError(f"scale {self.scale!r} must be finite and non-zero")
-        elif not self.min <= 0.0 <= self.max or self.min == self.max:
-            raise ValueError(
-                f"range [{self.min:g}, {self.max:g}] V must contain 0 V and not be empty"
-            )
+        if self.driven:
+            self.check_range()
+        elif self.scale == 0 or not math.isfinite(self.scale):
+            raise ValueError(f"scale {self.scale!r} must be finite and non-zero")
         return self
 
 
@@ -137,13 +123,12 @@ class Wire:
     scale: float  # amperes per unit of the channel (outputs)
 
 
-class SMURig(DeviceBase):
-    """A `hil.core.Device` composed from source-measure channels (one per electrode)."""
+class SMURig(Rig):
+    """A `hil.core.Device` composed from source-measure channels (one per electrode), and
+    `hil.core.Reconnecting`."""
 
-    class Settings(BaseModel):
+    class Settings(PlateauSettings):
         """The station file's `device:` block of an SMU rig."""
-
-        model_config = ConfigDict(extra="forbid", frozen=True)
 
         name: str = Field(default="smu-rig", min_length=1)
         instruments: dict[str, dict[str, Any]] = Field(
@@ -154,21 +139,11 @@ class SMURig(DeviceBase):
             default_factory=dict, description="control → the AWG entry summed onto it"
         )
         lockin: LockinWiring | None = Field(default=None, description="the lock-in on an output")
-        settle_time: float = Field(default=0.01, ge=0, le=60, description="s after a change")
         ramp_time: float = Field(
             default=0.0, ge=0, le=60, description="s of stepped ramp between input plateaus"
         )
         ramp_steps: int = Field(default=10, ge=1, le=1000, description="steps of that ramp")
         readings: int = Field(default=1, ge=1, le=10_000, description="averaged per plateau")
-        reading_time: float = Field(
-            default=0.02, gt=0, le=60, description="s per reading (e.g. 1 NPLC at 50 Hz)"
-        )
-        output_gain: float = Field(default=1.0, description="what protocols see as gain")
-        clock: Literal["wall", "virtual"] = Field(
-            default="wall",
-            description="wall: waits sleep; virtual: waits advance a virtual clock "
-            "(virtual instruments only: nothing physical settles)",
-        )
 
         @model_validator(mode="after")
         def _wired(self) -> SMURig.Settings:
@@ -187,14 +162,13 @@ class SMURig(DeviceBase):
                         f"channels.{name}.instrument: {chan.instrument!r} is wired to "
                         "more than one channel; one SMU channel holds one electrode"
                     )
-                if chan.kind is not Role.OUTPUT:
+                if chan.role is not Role.OUTPUT:
                     self._within_instrument(name, chan)
             used += self._dither_wiring()
             unused = sorted(set(self.instruments) - set(used))
             if unused:
                 raise ValueError(f"instruments {unused} are wired to no channel")
-            if not any(c.kind is Role.OUTPUT for c in self.channels.values()):
-                raise ValueError("channels: at least one output is needed")
+            require_output(self.channels)
             return self
 
         def _dither_wiring(self) -> list[str]:
@@ -204,7 +178,7 @@ class SMURig(DeviceBase):
             awgs = list(self.dithers.values())
             for control, awg in self.dithers.items():
                 chan = self.channels.get(control)
-                if chan is None or chan.kind is not Role.CONTROL:
+                if chan is None or chan.role is not Role.CONTROL:
                     raise ValueError(f"dithers.{control}: not a control channel of the rig")
                 self._of_type(f"dithers.{control}", awg, AWG_TYPES)
                 if awgs.count(awg) > 1:
@@ -214,7 +188,7 @@ class SMURig(DeviceBase):
             li = self.lockin
             self._of_type("lockin.instrument", li.instrument, LOCKIN_TYPES)
             out = self.channels.get(li.output)
-            if out is None or out.kind is not Role.OUTPUT:
+            if out is None or out.role is not Role.OUTPUT:
                 raise ValueError(f"lockin.output: {li.output!r} is not an output channel")
             if li.scale is not None and (li.scale == 0 or not math.isfinite(li.scale)):
                 raise ValueError(f"lockin.scale {li.scale!r} must be finite and non-zero")
@@ -236,20 +210,9 @@ class SMURig(DeviceBase):
             return self.channels[self.lockin.output].scale
 
         def instrument_settings(self, name: str) -> InstrumentSettings:
-            """The validated settings of one SMU entry (ValueError naming the entry)."""
-            entry = dict(self.instruments[name])
-            kind = entry.pop("type", None)
-            if kind not in ALL_TYPES:
-                raise ValueError(
-                    f"instruments.{name}.type: {kind!r} is not one of {sorted(ALL_TYPES)}"
-                )
-            model = ALL_TYPES[kind][1]
-            try:
-                return model.model_validate({"name": name, **entry})
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(str(p) for p in first["loc"])
-                raise ValueError(f"instruments.{name}.{where}: {first['msg']}") from None
+            """The validated settings of one entry (ValueError naming the entry)."""
+            models = {kind: model for kind, (_, model) in ALL_TYPES.items()}
+            return entry_settings(name, self.instruments[name], models)
 
         def wiring(self) -> list[Wire]:
             """Every instrument terminal and the channel it is wired to (SMUs, AWGs, lock-in)."""
@@ -257,7 +220,7 @@ class SMURig(DeviceBase):
             def kind(name: str) -> str:
                 return str(self.instruments[name]["type"])
 
-            wires = [Wire(c.instrument, kind(c.instrument), n, c.kind, c.scale)
+            wires = [Wire(c.instrument, kind(c.instrument), n, c.role, c.scale)
                      for n, c in self.channels.items()]  # fmt: skip
             wires += [Wire(a, kind(a), n, Role.CONTROL, 1.0) for n, a in self.dithers.items()]
             if self.lockin is not None:
@@ -285,8 +248,10 @@ class SMURig(DeviceBase):
 
     def __new__(cls, settings: SMURig.Settings, **kwargs: Any) -> SMURig:
         """A rig with a lock-in is a `DitheredSMURig` (of `cls`, so subclasses keep theirs)."""
-        if settings.lockin is not None and not issubclass(cls, DitheredSMURig):
-            cls = _dithered(cls)
+        if settings.lockin is not None:
+            from drivers.rigs.dithered import with_lockin  # it builds on this module
+
+            cls = with_lockin(cls)
         return super().__new__(cls)
 
     def __init__(
@@ -301,9 +266,7 @@ class SMURig(DeviceBase):
         A refused or failed connect leaves every SMU connected so far safe and released.
         """
         self.settings = settings
-        if clock is None:
-            clock = VirtualClock() if settings.clock == "virtual" else WallClock()
-        self._clock = clock
+        self._clock = clock = settings.make_clock(clock)
         self._spec = self._build_spec()
         self._smus: dict[str, PyMeasureChannel] = {}
         adopted = dict(instruments or {})
@@ -322,14 +285,6 @@ class SMURig(DeviceBase):
         self._open = True
 
     # -- the Device interface ------------------------------------------------------------------
-    @property
-    def spec(self) -> DeviceSpec:
-        return self._spec
-
-    @property
-    def clock(self) -> Clock:
-        return self._clock
-
     def set_controls(self, values: FloatArray) -> None:
         """Set every control's DC level (checked whole before anything is sent)."""
         v = self._checked(values, self._controls, "set_controls")
@@ -370,30 +325,45 @@ class SMURig(DeviceBase):
     def safe_state(self) -> None:
         """Ramp every SMU to 0 V within its slew, switch it off, and wait until each confirms
         (writes return when sent); every SMU is tried, the first failure is raised."""
-        self._each("safe state", _confirmed_safe)
+        if not self._open:
+            return  # closed: each SMU was made safe and released
+        each("safe state", self._smus, _confirmed_safe)
 
     def close(self) -> None:
         """Safe state (confirmed) and release every SMU; each is tried."""
         self._open = False
 
         def close(smu: PyMeasureChannel) -> None:
+            if smu.instrument is None:
+                log.warning("%s: not connected at close (a reconnect failed)", smu.who)
+                return
             try:
                 _confirmed_safe(smu)
             finally:
                 smu.close()
 
-        self._each("close", close)
+        each("close", self._smus, close)
+
+    # -- hil.core.Reconnecting -----------------------------------------------------------------
+    def reconnect(self) -> None:
+        """After an instrument fault: each SMU's session dropped without a command, opened
+        again, identified and read back; the level and output state each reports become the
+        rig's own (nothing is configured or switched: the output may be live). Every SMU is
+        tried; the first failure (an `InstrumentError` naming the SMU) is raised."""
+        if not self._open:
+            raise RuntimeError(f"rig {self._spec.name!r} is closed")
+        each("reconnect", self._smus, lambda smu: smu.reattach_source(read_source(smu)))
 
     # -- helpers ---------------------------------------------------------------------------------
     def _build_spec(self) -> DeviceSpec:
         s = self.settings
         channels = [
-            Channel(name=n, role=c.kind, unit=c.unit)
-            if c.kind is Role.OUTPUT
-            else Channel(name=n, role=c.kind, min=c.min, max=c.max, unit="V", max_slew=c.max_slew)
+            Channel(name=n, role=c.role, unit=c.unit)
+            if c.role is Role.OUTPUT
+            else Channel(name=n, role=c.role, min=c.min, max=c.max, unit="V", max_slew=c.max_slew)
             for n, c in s.channels.items()
         ]
-        self._scales = np.array([c.scale for c in s.channels.values() if c.kind is Role.OUTPUT])
+        self._scales = np.array([c.scale for c in s.channels.values() if c.role is Role.OUTPUT])
         return DeviceSpec(
             name=s.name,
             channels=tuple(channels),
@@ -403,19 +373,6 @@ class SMURig(DeviceBase):
             sample_rate=1.0 / s.reading_time,
             output_gain=s.output_gain,
         )
-
-    def _checked(self, values: FloatArray, names: list[str], what: str) -> FloatArray:
-        """Shape, finiteness and channel ranges, before anything is sent."""
-        v = np.array(values, dtype=float)
-        if v.shape != (len(names),):
-            raise ValueError(f"{what}: expected shape ({len(names)},), got {v.shape}")
-        for name, level in zip(names, v, strict=True):
-            chan = self._spec.channel(name)
-            if not (math.isfinite(level) and chan.min <= level <= chan.max):
-                raise SafetyViolation(
-                    name, float(level), f"the rig's range [{chan.min:g}, {chan.max:g}] V", what
-                )
-        return v
 
     def _outputs_on(self) -> None:
         """After a safe state: each SMU back on, at the 0 V it was left at."""
@@ -452,182 +409,14 @@ class SMURig(DeviceBase):
             if s.ramp_time > 0:
                 self._wait(s.ramp_time / steps)
 
-    def _wait(self, seconds: float) -> None:
-        if seconds > 0:
-            self._clock.advance(seconds)
-
     def _wait_readings(self) -> None:
         """Device time of the readings: on a wall clock they took it already."""
         if isinstance(self._clock, VirtualClock):
             self._clock.advance(self.settings.readings * self.settings.reading_time)
 
-    def _each(self, action: str, fn: Callable[[PyMeasureChannel], None]) -> None:
-        _each(action, self._smus, fn)
-
-
-def _each(action: str, items: Mapping[str, T], fn: Callable[[T], None]) -> None:
-    """`fn` on every item, each tried; the first failure is raised after all."""
-    first: BaseException | None = None
-    for name, item in items.items():
-        try:
-            fn(item)
-        except BaseException as exc:
-            log.error("%s of %r failed: %s", action, name, exc)
-            first = first or exc
-    if first is not None:
-        raise first
-
 
 def _confirmed_safe(smu: PyMeasureChannel) -> None:
-    if smu.instrument is None:
-        return
+    if smu.instrument is None:  # a reconnect failed: nothing is known of its output
+        raise InstrumentError(f"{smu.who}: not connected, so it cannot be made safe")
     smu.go_safe()
     smu.sync()
-
-
-class DitheredSMURig(SMURig):
-    """An SMU rig with AWG dithers on some controls and a lock-in on one output
-    (`hil.core.Demodulating`). Built by `SMURig(settings)` when the settings have a lock-in."""
-
-    def __init__(
-        self,
-        settings: SMURig.Settings,
-        *,
-        clock: Clock | None = None,
-        instruments: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Connect the SMUs, then every AWG (each refuses a live output) and the lock-in."""
-        self._awgs: dict[str, Keysight33500Channel] = {}
-        self._lockin: SR830LockIn | SR860LockIn | None = None
-        super().__init__(settings, clock=clock, instruments=instruments)
-        adopted = dict(instruments or {})
-        assert settings.lockin is not None
-        try:
-            for control, name in settings.dithers.items():
-                awg_settings = settings.instrument_settings(name)
-                assert isinstance(awg_settings, Keysight33500Settings)
-                awg = Keysight33500Channel(awg_settings, clock=self._clock)
-                awg.connect(adopted.get(name))
-                self._awgs[control] = awg
-            name = settings.lockin.instrument
-            li_cls, _ = LOCKIN_TYPES[str(settings.instruments[name]["type"])]
-            li_settings = settings.instrument_settings(name)
-            assert isinstance(li_settings, LockInSettings)
-            lockin = li_cls(li_settings, clock=self._clock)
-            lockin.connect(adopted.get(name))
-            self._lockin = lockin
-        except BaseException:
-            self.close()
-            raise
-
-    # -- hil.core.Demodulating -------------------------------------------------------------------
-    def dither_channels(self) -> tuple[str, ...]:
-        return tuple(self.settings.dithers)
-
-    def max_dithers(self) -> int:
-        """One: the lock-in locks to the Sync of the one AWG that runs."""
-        return 1
-
-    def demodulated_output(self) -> str:
-        assert self.settings.lockin is not None
-        return self.settings.lockin.output
-
-    def demodulate(
-        self, inputs: FloatArray, dithers: Mapping[str, tuple[float, float]], reads: int = 1
-    ) -> FloatArray:
-        """Plateau at `inputs`, then each dither in turn: the AWG's sine at offset 0 on,
-        `reads` × (wait the lock-in's settle time, clear its status, read X, Y), AWG off.
-
-        Device time: the plateau's ramp and settle, then per dither reads × settle_time of the
-        lock-in filter (e.g. 10.05 τ at 24 dB/oct) plus the commands' own time.
-        """
-        row = self._checked(inputs, self._inputs, "demodulate")
-        plan = self._checked_dithers(dithers)
-        if isinstance(reads, bool) or not isinstance(reads, int) or reads < 1:
-            raise ValueError(f"demodulate: reads must be a whole number >= 1, got {reads!r}")
-        lockin = self._lockin
-        assert lockin is not None
-        self._outputs_on()
-        self._ramp_inputs(row)
-        self._wait(self.settings.settle_time)
-        scale = self.settings.lockin_scale()
-        out = np.empty((len(plan), reads, 2))
-        for k, (control, (frequency, amplitude)) in enumerate(plan.items()):
-            awg = self._awgs[control]
-            awg.set_sine(frequency, 2.0 * amplitude, 0.0)
-            awg.enable()
-            try:
-                for r in range(reads):
-                    self._wait(lockin.settle_time())
-                    lockin.clear_status()  # what latched while the filter and PLL settled
-                    out[k, r] = np.array(lockin.read_xy()) / scale
-            finally:
-                awg.disable()
-                awg.identify()  # answered once the output is off: no two sines meet REF IN
-        return out
-
-    def _checked_dithers(
-        self, dithers: Mapping[str, tuple[float, float]]
-    ) -> dict[str, tuple[float, float]]:
-        """Known dithered controls, finite positive frequency and amplitude, the swing around the
-        level held inside the rig's range, the slope 2πfA within max_slew, and the AWG's own
-        range (refused before anything is sent)."""
-        plan: dict[str, tuple[float, float]] = {}
-        for control, (frequency, amplitude) in dithers.items():
-            if control not in self._awgs:
-                raise ValueError(
-                    f"demodulate: {control!r} has no AWG (dithers: {list(self._awgs)})"
-                )
-            f, a = float(frequency), float(amplitude)
-            for what, value in (("frequency", f), ("amplitude", a)):
-                if not (math.isfinite(value) and value > 0):
-                    raise SafetyViolation(control, value, f"a finite positive dither {what}")
-            chan = self._spec.channel(control)
-            level = float(self._smus[control].level)
-            if level - a < chan.min - _ROUNDING or level + a > chan.max + _ROUNDING:
-                raise SafetyViolation(
-                    control,
-                    level + a if level + a > chan.max else level - a,
-                    f"the rig's range [{chan.min:g}, {chan.max:g}] V (dither ±{a:g} around "
-                    f"{level:g} V)",
-                )
-            if 2 * math.pi * f * a > chan.max_slew:
-                raise SafetyViolation(
-                    control, 2 * math.pi * f * a, f"max_slew {chan.max_slew:g} V/s (2πfA)"
-                )
-            self._awgs[control].check_sine(f, 2.0 * a, 0.0)
-            plan[control] = (f, a)
-        return plan
-
-    def safe_state(self) -> None:
-        """Every AWG off at its minimum amplitude (each tried), then the SMUs to 0 V."""
-        try:
-            _each("safe state", self._awgs, Keysight33500Channel.go_safe)
-        finally:
-            super().safe_state()
-
-    def close(self) -> None:
-        """AWGs safe and released, the lock-in released, then the SMUs (each tried)."""
-        try:
-            _each("close", self._awgs, Keysight33500Channel.close)
-        finally:
-            try:
-                if self._lockin is not None:
-                    self._lockin.close()
-            finally:
-                super().close()
-
-
-_ROUNDING = 1e-12  # V: level ± amplitude may pass a bound by float rounding, nothing physical
-
-_DITHERED: dict[type[SMURig], type[DitheredSMURig]] = {}
-
-
-def _dithered(cls: type[SMURig]) -> type[DitheredSMURig]:
-    """`cls` with the lock-in: `DitheredSMURig` itself, or a subclass of both (made once)."""
-    if cls is SMURig:
-        return DitheredSMURig
-    if cls not in _DITHERED:
-        name = f"Dithered{cls.__name__}"
-        _DITHERED[cls] = type(name, (DitheredSMURig, cls), {"__module__": cls.__module__})
-    return _DITHERED[cls]

@@ -21,7 +21,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from drivers.rigs.smu import DitheredSMURig, SMURig, Wire
+from drivers.rigs.dithered import DitheredSMURig
+from drivers.rigs.smu import SMURig, Wire
 from hil.config import load_station, resolve_station
 from hil.core import Demodulating, Device, DeviceSaturated, Role, SafetyViolation
 from hil.runner import start_run
