@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from simulators.crossbar import CrossbarDevice
 from simulators.virtual.scpi import ScpiDevice
-from simulators.virtual.server import HOST, ScpiServer
+from simulators.virtual.server import HOST, Faults, ScpiServer
 
 log = logging.getLogger(__name__)
 
@@ -424,6 +424,11 @@ class CrossbarSerialServer:
     def url(self) -> str:
         """The pyserial URL of this board."""
         return f"socket://{HOST}:{self.port}"
+
+    @property
+    def faults(self) -> Faults:
+        """The transport faults in force (`hil.virtual` sets them from a station file)."""
+        return self._server.faults
 
     def set_faults(self, **changes: float | int | None) -> None:
         """Change fault settings atomically, e.g. `set_faults(garble=1)`."""

@@ -351,7 +351,7 @@ def test_virtual_station_addresses(rm: pyvisa.ResourceManager) -> None:
 
 
 def test_seeded_noise_is_reproducible() -> None:
-    def currents(seed: int) -> list[str | None]:
+    def currents(seed: int) -> list[str | bytes | None]:
         k = Keithley2400(Resistor(1e3, noise=1e-6, seed=seed))
         k.execute(":SENS:CURR:PROT 1;:SOUR:VOLT 1;:OUTP ON;:FORM:ELEM CURR")
         return [k.execute(":READ?") for _ in range(5)]

@@ -116,6 +116,8 @@ def test_the_board_framing_and_the_transport_faults_hold() -> None:
         server.set_faults(drop=1)
         sock.sendall(b"PING\nBIAS?\n")
         assert line(sock) == b"OK V/3"  # the PING's reply was dropped
+        assert server.faults.drop == 0  # consumed (hil.virtual sets `faults` from a station)
+        server.faults.delay = 0.001
         server.clear_faults()
         sock.sendall(b"PING\n")
         assert line(sock) == b"OK"
