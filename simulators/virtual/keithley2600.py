@@ -1,8 +1,9 @@
 """A virtual Keithley 2602B SourceMeter: the TSP subset a driver needs to source and measure.
 
 The 2600 series speaks TSP (Lua statements), not SCPI, so this module has its own small parser
-and reuses only the error queue and lock of `ScpiDevice`, which lets `ScpiServer` serve it. One
-line is one chunk; `;` separates statements. Understood:
+and reuses only the error queue, status register, common-command handlers and lock of
+`ScpiDevice`, which lets `ScpiServer` serve it. One line is one chunk; `;` separates
+statements. Understood:
 
 - common commands, each alone in its message as the 2600 requires (any case): `*IDN?`, `*RST`
   (both channels to their reset state), `*CLS`, `*OPC?` (answers `1`: every command runs to

@@ -227,7 +227,7 @@ def nr3(value: float) -> str:
 
 
 def _joined(replies: Sequence[Reply]) -> Reply | None:
-    """The responses of one message, `;`-separated (IEEE 488.2 §8.4.1); bytes if any is."""
+    """The responses of one message, `;`-separated as IEEE 488.2 joins them; bytes if any is."""
     if not replies:
         return None
     texts = [r for r in replies if isinstance(r, str)]
