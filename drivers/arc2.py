@@ -50,15 +50,20 @@ MAX_CURRENT = 10e-3
 
 
 class Arc2Settings(BaseModel):
-    """One ArC TWO: which unit, which firmware, which channels, and this station's limits."""
+    """One ArC TWO: which unit, which firmware, which channels, and this station's limits
+    (channel lists are lists, not tuples: a station file, validated strictly, gives lists)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(default="arc2", min_length=1, description="named in every error")
     port: int = Field(default=0, ge=0, description="EFM id (pyarc2.find_ids())")
     firmware: str = Field(min_length=1, description="path of the firmware to load")
-    row_channels: tuple[int, ...] = Field(default=ROW_CHANNELS, min_length=1, max_length=32)
-    col_channels: tuple[int, ...] = Field(default=COL_CHANNELS, min_length=1, max_length=32)
+    row_channels: list[int] = Field(
+        default_factory=lambda: list(ROW_CHANNELS), min_length=1, max_length=32
+    )
+    col_channels: list[int] = Field(
+        default_factory=lambda: list(COL_CHANNELS), min_length=1, max_length=32
+    )
     max_amplitude: float = Field(gt=0, le=MAX_VOLTAGE, description="V, largest pulse")
     max_read_voltage: float = Field(gt=0, le=MAX_VOLTAGE, description="V, largest read")
     min_width_ns: int = Field(default=10, ge=1, description="shortest pulse, ns")

@@ -16,28 +16,16 @@ come back on at 0 V with the next request.
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
+from drivers.rigs.base import PlateauSettings, Rig, RigChannelBase, entry_settings, require_output
 from drivers.scpi_daq import AI_IDS, AO_IDS, ScpiDaqBoard, ScpiDaqSettings
-from hil.core import (
-    Channel,
-    Clock,
-    DeviceBase,
-    DeviceSpec,
-    FloatArray,
-    Role,
-    SafetyViolation,
-    VirtualClock,
-    WallClock,
-)
-
-log = logging.getLogger(__name__)
+from hil.core import Channel, Clock, DeviceSpec, FloatArray, Role, VirtualClock
 
 BOARD_TYPE = "scpi-daq"
 """The `type:` of the board's entry under `instruments`."""
@@ -55,58 +43,37 @@ class Wire:
     terminal: int  # the board channel: AO 1–99, AI 101–199
 
 
-class BoardChannel(BaseModel):
-    """One channel of the chip and the board channel that drives or reads it."""
+class BoardChannel(RigChannelBase):
+    """One channel of the chip and the board channel that drives or reads it (values in
+    `unit`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    role: Literal["input", "control", "output"]
     board: int = Field(description="board channel: AO 1–99 (driven), AI 101–199 (outputs)")
-    min: float = Field(default=0.0, description="lowest value, in `unit` (driven channels)")
-    max: float = Field(default=0.0, description="highest value, in `unit` (driven channels)")
-    unit: str = "V"
-    max_slew: float = Field(default=math.inf, gt=0, description="unit/s (driven channels)")
     scale: float = Field(default=1.0, description="units of the channel per board volt")
-
-    @property
-    def kind(self) -> Role:
-        return Role(self.role)
 
     @model_validator(mode="after")
     def _consistent(self) -> BoardChannel:
         if self.scale == 0 or not math.isfinite(self.scale):
             raise ValueError(f"scale {self.scale!r} must be finite and non-zero")
-        ids = AI_IDS if self.kind is Role.OUTPUT else AO_IDS
+        ids = AO_IDS if self.driven else AI_IDS
         if self.board not in ids:
             raise ValueError(f"board channel {self.board} of an {self.role} must be in {ids}")
-        if self.kind is not Role.OUTPUT and not (self.min <= 0.0 <= self.max > self.min):
-            raise ValueError(f"range [{self.min:g}, {self.max:g}] must contain 0 and not be empty")
+        if self.driven:
+            self.check_range()
         return self
 
 
-class AnalogRig(DeviceBase):
+class AnalogRig(Rig):
     """A `hil.core.Device` on one SCPI DAC/ADC board (an analog chip, say)."""
 
-    class Settings(BaseModel):
-        """The station file's `device:` block of an analog-chip rig."""
-
-        model_config = ConfigDict(extra="forbid", frozen=True)
+    class Settings(PlateauSettings):
+        """The station file's `device:` block of an analog-chip rig (`reading_time`: s per
+        sample, the board's NPLC at the mains)."""
 
         name: str = Field(default="analog-chip", min_length=1)
         instruments: dict[str, dict[str, Any]] = Field(
             description="the one board: name → {type: scpi-daq, …its settings}"
         )
         channels: dict[str, BoardChannel] = Field(description="chip channel → role, board, range")
-        settle_time: float = Field(default=0.01, ge=0, le=60, description="s after a change")
-        reading_time: float = Field(
-            default=0.02, gt=0, le=60, description="s per sample (the board's NPLC at the mains)"
-        )
-        output_gain: float = Field(default=1.0, description="what protocols see as gain")
-        clock: Literal["wall", "virtual"] = Field(
-            default="wall",
-            description="wall: waits sleep; virtual: waits advance a virtual clock "
-            "(virtual instruments only: nothing physical settles)",
-        )
 
         @model_validator(mode="after")
         def _wired(self) -> AnalogRig.Settings:
@@ -117,7 +84,7 @@ class AnalogRig(DeviceBase):
                 where = f"channels.{name}"
                 if used.count(chan.board) > 1:
                     raise ValueError(f"{where}: board channel {chan.board} is wired twice")
-                if chan.kind is Role.OUTPUT:
+                if not chan.driven:
                     if chan.board not in b.ai:
                         raise ValueError(f"{where}: AI {chan.board} is not under {where_b}.ai")
                     continue
@@ -136,8 +103,7 @@ class AnalogRig(DeviceBase):
                         f"{b.max_slew * abs(chan.scale):g} {chan.unit}/s here, faster than "
                         f"max_slew {chan.max_slew:g}; lower {where_b}.max_slew"
                     )
-            if not any(c.kind is Role.OUTPUT for c in self.channels.values()):
-                raise ValueError("channels: at least one output is needed")
+            require_output(self.channels)
             return self
 
         def board(self) -> ScpiDaqSettings:
@@ -145,24 +111,14 @@ class AnalogRig(DeviceBase):
             if len(self.instruments) != 1:
                 raise ValueError(f"instruments: exactly one board, got {sorted(self.instruments)}")
             ((name, entry),) = self.instruments.items()
-            entry = dict(entry)
-            kind = entry.pop("type", None)
-            if kind != BOARD_TYPE:
-                raise ValueError(f"instruments.{name}.type: {kind!r} is not {BOARD_TYPE!r}")
-            try:
-                return ScpiDaqSettings.model_validate({"name": name, **entry})
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(str(p) for p in (name, *first["loc"]))
-                message = first["msg"].removeprefix("Value error, ")
-                raise ValueError(f"instruments.{where}: {message}") from None
+            return entry_settings(name, entry, {BOARD_TYPE: ScpiDaqSettings})
 
         def wiring(self) -> list[Wire]:
             """Every board terminal and the chip channel it is wired to: what virtual
             instruments standing in for the board need (`hil.virtual`)."""
             (board,) = self.instruments
             return [
-                Wire(board, BOARD_TYPE, n, c.kind, c.scale, c.board)
+                Wire(board, BOARD_TYPE, n, c.role, c.scale, c.board)
                 for n, c in self.channels.items()
             ]
 
@@ -174,9 +130,7 @@ class AnalogRig(DeviceBase):
         A refused or failed connect leaves the board released.
         """
         self.settings = settings
-        if clock is None:
-            clock = VirtualClock() if settings.clock == "virtual" else WallClock()
-        self._clock = clock
+        self._clock = clock = settings.make_clock(clock)
         self._spec = self._build_spec()
         channels = settings.channels
         self._inputs = [c.name for c in self._spec.inputs]
@@ -189,14 +143,6 @@ class AnalogRig(DeviceBase):
         self._open = True
 
     # -- the Device interface ------------------------------------------------------------------
-    @property
-    def spec(self) -> DeviceSpec:
-        return self._spec
-
-    @property
-    def clock(self) -> Clock:
-        return self._clock
-
     def set_controls(self, values: FloatArray) -> None:
         """Set every control's DC level (checked whole before anything is sent)."""
         v = self._checked(values, self._controls, "set_controls")
@@ -238,14 +184,14 @@ class AnalogRig(DeviceBase):
         board = s.board()
         channels = []
         for name, c in s.channels.items():
-            if c.kind is Role.OUTPUT:
+            if not c.driven:
                 top = board.ai[c.board] * abs(c.scale)
-                channels.append(Channel(name=name, role=c.kind, min=-top, max=top, unit=c.unit))
+                channels.append(Channel(name=name, role=c.role, min=-top, max=top, unit=c.unit))
             else:
                 channels.append(
                     Channel(
                         name=name,
-                        role=c.kind,
+                        role=c.role,
                         min=c.min,
                         max=c.max,
                         unit=c.unit,
@@ -260,22 +206,6 @@ class AnalogRig(DeviceBase):
             sample_rate=1.0 / s.reading_time,
             output_gain=s.output_gain,
         )
-
-    def _checked(self, values: FloatArray, names: list[str], what: str) -> FloatArray:
-        """Shape, finiteness and channel ranges, before anything is sent."""
-        v = np.array(values, dtype=float)
-        if v.shape != (len(names),):
-            raise ValueError(f"{what}: expected shape ({len(names)},), got {v.shape}")
-        for name, value in zip(names, v, strict=True):
-            chan = self._spec.channel(name)
-            if not (math.isfinite(value) and chan.min <= value <= chan.max):
-                raise SafetyViolation(
-                    name,
-                    float(value),
-                    f"the rig's range [{chan.min:g}, {chan.max:g}] {chan.unit}",
-                    f"{what}; nothing was sent",
-                )
-        return v
 
     def _apply(self, names: list[str], values: FloatArray) -> None:
         """Send the levels that differ from those held."""
@@ -293,7 +223,3 @@ class AnalogRig(DeviceBase):
             raise RuntimeError(f"rig {self._spec.name!r} is closed")
         if not self.board.enabled:
             self.board.enable()
-
-    def _wait(self, seconds: float) -> None:
-        if seconds > 0:
-            self._clock.advance(seconds)

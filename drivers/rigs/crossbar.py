@@ -21,25 +21,23 @@ hardware's. It keeps no clock time for measurements: on a wall clock they take w
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from drivers.arc2 import Arc2Board, Arc2Settings
 from drivers.crossbar_serial import CrossbarSerialBoard, CrossbarSerialSettings, PulseShape
+from drivers.rigs.base import Rig, RigSettings
 from hil.core import (
     Channel,
     Clock,
-    DeviceBase,
     DeviceSpec,
     FloatArray,
     IntArray,
     Role,
     SafetyViolation,
-    VirtualClock,
-    WallClock,
 )
 
 
@@ -64,18 +62,17 @@ class CrossbarBoard(Protocol):
     def close(self) -> None: ...
 
 
-class CrossbarRigSettings(BaseModel):
-    """What every crossbar rig needs: the array, its mapping, read and pulse parameters."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class CrossbarRigSettings(RigSettings):
+    """What every crossbar rig needs: the array, its mapping, read and pulse parameters (lists,
+    not tuples: a station file, validated strictly, can only give lists)."""
 
     name: str = Field(default="crossbar", min_length=1)
     rows: int = Field(ge=1, le=4096, description="weight rows (inputs)")
     cols: int = Field(ge=1, le=4096, description="weight columns (outputs)")
-    word_lines: tuple[int, ...] | None = Field(
+    word_lines: list[int] | None = Field(
         default=None, description="board word line of each row; None: 0 … rows−1"
     )
-    bit_lines: tuple[int, ...] | None = Field(
+    bit_lines: list[int] | None = Field(
         default=None, description="board bit line of each column; None: 0 … cols−1"
     )
     read_voltage: float = Field(default=0.2, gt=0, allow_inf_nan=False, description="V")
@@ -87,16 +84,13 @@ class CrossbarRigSettings(BaseModel):
     reset_pulse: PulseShape = Field(description="depressing pulse (negative counts)")
     g_ref: float = Field(gt=0, allow_inf_nan=False, description="S, conductance of weight 0")
     g_scale: float = Field(gt=0, allow_inf_nan=False, description="S per unit weight")
-    clock: Literal["wall", "virtual"] = Field(
-        default="wall", description="virtual: for virtual boards (waits advance, never sleep)"
-    )
 
     @property
     def lines(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
         """(word line of each row, bit line of each column)."""
-        words = self.word_lines if self.word_lines is not None else tuple(range(self.rows))
-        bits = self.bit_lines if self.bit_lines is not None else tuple(range(self.cols))
-        return words, bits
+        words = range(self.rows) if self.word_lines is None else self.word_lines
+        bits = range(self.cols) if self.bit_lines is None else self.bit_lines
+        return tuple(words), tuple(bits)
 
     def check_board(self, word_lines: int, bit_lines: int, max_read: float, max_amp: float) -> None:
         """Refuse (ValueError) a mapping or parameter the board settings cannot take."""
@@ -120,7 +114,7 @@ class CrossbarRigSettings(BaseModel):
                 raise ValueError(f"{key}.amplitude {pulse.amplitude:g} V exceeds {max_amp:g} V")
 
 
-class _CrossbarRig(DeviceBase):
+class _CrossbarRig(Rig):
     """The rig's logic; subclasses say which board and how a vector-matrix product is read."""
 
     settings: CrossbarRigSettings
@@ -130,9 +124,7 @@ class _CrossbarRig(DeviceBase):
     ) -> None:
         """Connect the board (or adopt `instrument`: a serial port, a pyarc2 instrument)."""
         self.settings = s = settings
-        if clock is None:
-            clock = VirtualClock() if s.clock == "virtual" else WallClock()
-        self._clock = clock
+        self._clock = s.make_clock(clock)
         self._words, self._bits = (np.array(x, dtype=np.intp) for x in s.lines)
         self.board: CrossbarBoard = self._board(instrument)
         self.board.connect()
@@ -149,14 +141,6 @@ class _CrossbarRig(DeviceBase):
     def _vmm(self, volts: FloatArray) -> FloatArray:
         """Bit-line currents for word-line voltages (n × word lines → n × bit lines), A."""
         raise NotImplementedError
-
-    @property
-    def spec(self) -> DeviceSpec:
-        return self._spec
-
-    @property
-    def clock(self) -> Clock:
-        return self._clock
 
     def set_controls(self, values: FloatArray) -> None:
         """A crossbar has no control electrodes: only an empty array is accepted."""

@@ -25,48 +25,27 @@ With `clock: virtual` the device clock advances by each play's duration (for a r
 
 from __future__ import annotations
 
-import logging
-import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from drivers.nidaq import DaqSettings, DaqStream, Limits, linear_ramp, ramp_samples
-from hil.core import (
-    Channel,
-    Clock,
-    DeviceBase,
-    DeviceSpec,
-    FloatArray,
-    InstrumentDisconnected,
-    Role,
-    VirtualClock,
-    WallClock,
-)
-
-log = logging.getLogger(__name__)
+from drivers.rigs.base import Rig, RigChannelBase, RigSettings, require_output
+from hil.core import Channel, Clock, DeviceSpec, FloatArray, InstrumentDisconnected, Role
 
 
-class DaqRigChannel(BaseModel):
-    """One electrode or output of the substrate and the DAQ channel wired to it."""
+class DaqRigChannel(RigChannelBase):
+    """One electrode or output of the substrate and the DAQ channel wired to it (levels in V;
+    an output's `unit` is that of its AI gain)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    role: Role
     ao: str | None = Field(default=None, description="the DAQ AO channel driving an electrode")
     ai: str | None = Field(default=None, description="the DAQ AI channel reading an output")
-    min: float = Field(default=-math.inf, description="lowest level, V (driven channels)")
-    max: float = Field(default=math.inf, description="highest level, V (driven channels)")
-    max_slew: float = Field(default=math.inf, gt=0, description="V/s (driven channels)")
-    unit: str = Field(default="V", min_length=1, description="outputs: the unit of the AI gain")
 
 
-class DaqRigSettings(BaseModel):
+class DaqRigSettings(RigSettings):
     """The station-file entry of a DAQ rig: the card, the channel map and the plateau timing."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(default="daq-rig", min_length=1)
     daq: DaqSettings
@@ -74,7 +53,6 @@ class DaqRigSettings(BaseModel):
     settle_time: float = Field(default=0.0, ge=0, le=3600, description="s before averaging")
     ramp_time: float = Field(default=0.0, ge=0, le=60, description="s of ramp between plateaus")
     plateau_samples: int = Field(default=10, ge=1, le=1_000_000, description="samples averaged")
-    clock: Literal["wall", "virtual"] = "wall"
 
     @model_validator(mode="after")
     def _wired(self) -> DaqRigSettings:
@@ -94,13 +72,16 @@ class DaqRigSettings(BaseModel):
                 raise ValueError(f"channel {name!r}: ao {c.ao!r} is not under daq.ao")
             ao_used.append(c.ao)
             card = self.daq.ao[c.ao]
-            if not (math.isfinite(c.min) and math.isfinite(c.max) and c.min <= 0 <= c.max):
-                raise ValueError(f"channel {name!r}: give a finite range [min, max] holding 0 V")
+            try:
+                c.check_range()
+            except ValueError as exc:
+                raise ValueError(f"channel {name!r}: {exc}") from None
             if not card.min <= c.min < c.max <= card.max:
                 raise ValueError(
                     f"channel {name!r}: range [{c.min}, {c.max}] V must be ordered and inside "
                     f"the AO range [{card.min}, {card.max}] V of {c.ao}"
                 )
+        require_output(self.channels)
         for kind, used, declared in (("ao", ao_used, self.daq.ao), ("ai", ai_used, self.daq.ai)):
             if sorted(used) != sorted(declared):
                 raise ValueError(
@@ -118,7 +99,7 @@ class DaqRigSettings(BaseModel):
         return self
 
 
-class DaqRig(DeviceBase):
+class DaqRig(Rig):
     """A `Device` and `Streaming` substrate on one NI DAQ card (see the module docstring)."""
 
     Settings = DaqRigSettings
@@ -132,9 +113,7 @@ class DaqRig(DeviceBase):
     ) -> None:
         self.settings = s = settings
         self.daq = DaqStream(s.daq, nidaqmx_module)
-        if clock is None:
-            clock = VirtualClock() if s.clock == "virtual" else WallClock()
-        self._clock = clock
+        self._clock = s.make_clock(clock)
         self._rate = s.daq.sample_rate
         self._n_ramp = round(s.ramp_time * self._rate)
         self._n_hold = round(s.settle_time * self._rate) + s.plateau_samples
@@ -186,14 +165,6 @@ class DaqRig(DeviceBase):
         )
 
     # -- Device ---------------------------------------------------------------------------------
-
-    @property
-    def spec(self) -> DeviceSpec:
-        return self._spec
-
-    @property
-    def clock(self) -> Clock:
-        return self._clock
 
     @property
     def held(self) -> dict[str, float]:

@@ -8,13 +8,17 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 from drivers.rigs.crossbar import Arc2CrossbarRig, SerialCrossbarRig
+from hil.config import load_station
 from hil.core import (
+    ConfigError,
     Device,
     InstrumentError,
     InstrumentProtocolError,
@@ -22,6 +26,7 @@ from hil.core import (
     SafetyViolation,
 )
 from hil.testing import device_checks
+from hil.virtual import build_virtual_rig
 from simulators.crossbar import CrossbarDevice, CrossbarSettings, IOParameters
 from simulators.virtual.arc2 import ArC2Error, FakeInstrument
 from simulators.virtual.crossbar_serial import (
@@ -31,6 +36,8 @@ from simulators.virtual.crossbar_serial import (
 )
 
 pytestmark = pytest.mark.timeout(30)
+
+STATIONS = Path(__file__).resolve().parents[2] / "configs" / "stations"
 
 ROWS, COLS = 4, 3
 G_REF, G_SCALE = 50e-6, 50e-6
@@ -272,3 +279,34 @@ def test_rigs_have_the_programmable_state_capability(bench: Bench) -> None:
     assert isinstance(rig, ProgrammableState)
     assert isinstance(rig, Device)
     assert rig.spec.outputs
+
+
+def test_a_station_file_gives_line_and_channel_maps_as_yaml_lists(tmp_path: Path) -> None:
+    """A person's station file is validated strictly: YAML lists for `word_lines`/`bit_lines`
+    and ArC TWO's `row_channels`/`col_channels` load, are still checked, and map the array."""
+    station = yaml.safe_load((STATIONS / "crossbar-arc2-virtual.yaml").read_text())
+    device = station["device"]
+    device.update(rows=2, cols=2, word_lines=[3, 1], bit_lines=[0, 2])
+    device["board"].update(row_channels=[0, 1, 2, 3], col_channels=[16, 17, 18, 19])
+    station["virtual"]["device"].update(rows=4, cols=4)
+    path = tmp_path / "station.yaml"
+    path.write_text(yaml.safe_dump(station))
+    resolved = load_station(path)
+    settings = resolved.device.settings
+    assert isinstance(settings, Arc2CrossbarRig.Settings)
+    assert settings.lines == ((3, 1), (0, 2))
+    assert settings.board.row_channels == [0, 1, 2, 3]
+    rig = build_virtual_rig(resolved, np.random.SeedSequence(5))
+    try:
+        assert isinstance(rig, Arc2CrossbarRig)
+        sim = rig.board.instrument.device  # the fake's simulated 4 × 4 array
+        before = sim.read_state()
+        rig.apply_pulses(np.array([[10, 0], [0, 0]]))  # row 0, column 0: word 3, bit 0
+        moved = np.argwhere(sim.read_state() != before)
+        assert moved.tolist() == [[3, 0]]
+    finally:
+        rig.close()
+    device["word_lines"] = [3, 3]
+    path.write_text(yaml.safe_dump(station))
+    with pytest.raises(ConfigError, match=r"word_lines: 2 distinct lines expected"):
+        load_station(path)

@@ -24,16 +24,14 @@ import hil.virtual
 from hil.build import build_device
 from hil.cli import app
 from hil.config import (
-    ResolvedExperiment,
     ResolvedStation,
     load_station,
-    resolve_experiment,
     resolve_station,
 )
 from hil.core import ConfigError
 from hil.runner import start_run
 from hil.virtual import ServedStation, serve_station
-from hil.yamlfile import YamlDocument, load_yaml
+from hil.yamlfile import YamlDocument
 from simulators.virtual.arc2 import FakeInstrument
 from simulators.virtual.awg import Keysight33500
 from simulators.virtual.keithley2400 import Keithley2400
@@ -52,11 +50,6 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 STATIONS = CONFIGS / "stations"
 VIRTUAL = sorted(STATIONS.glob("*-virtual.yaml"))
 BENCH = sorted(STATIONS.glob("*-bench.yaml"))
-STRICT_ROLE = pytest.mark.xfail(
-    strict=True,
-    reason="drivers/rigs/daq.py DaqRigChannel.role is the Role enum, which a YAML string never "
-    "is under strict validation; a Literal like the other rigs' fixes it",
-)
 
 
 def data(path: Path) -> dict[str, Any]:
@@ -67,8 +60,7 @@ def data(path: Path) -> dict[str, Any]:
 def resolved(
     path: Path, changes: Callable[[dict[str, Any]], None] | None = None
 ) -> ResolvedStation:
-    """The station as `hil run` resolves it (types coerced as in a run record: see
-    `STRICT_ROLE` for the one rig a person's file cannot yet name)."""
+    """The station as `hil run` resolves it (types coerced as in a run record)."""
     station = data(path)
     if changes is not None:
         changes(station)
@@ -305,19 +297,8 @@ def _losses(run: Path) -> list[float]:
     return [r["loss"] for r in lines if r.get("event") == "step"]
 
 
-def lenient(path: Path) -> ResolvedExperiment:
-    """The experiment with types coerced as in a run record (see `STRICT_ROLE`)."""
-    doc = load_yaml(path, what="experiment file")
-    doc.strict = False
-    return resolve_experiment(doc)
-
-
 @pytest.mark.parametrize("name", sorted(RUNS))
-def test_a_short_run_trains_on_the_virtual_station(
-    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if name == "dnpu-daq-virtual":
-        monkeypatch.setattr(hil.runner, "load_experiment", lenient)
+def test_a_short_run_trains_on_the_virtual_station(name: str, tmp_path: Path) -> None:
     station = data(STATIONS / f"{name}.yaml")
     experiment = {"name": f"train-{name}", "station": station, "seed": 7, **RUNS[name]}
     config = tmp_path / "experiment.yaml"
@@ -330,11 +311,7 @@ def test_a_short_run_trains_on_the_virtual_station(
 
 
 # -- the station files -------------------------------------------------------------------------
-CHECKED = [
-    pytest.param(p, marks=STRICT_ROLE) if "daq" in p.stem else p
-    for p in sorted(STATIONS.glob("*.yaml"))
-    if p not in BENCH
-]
+CHECKED = [p for p in sorted(STATIONS.glob("*.yaml")) if p not in BENCH]
 
 
 @pytest.mark.parametrize("path", CHECKED, ids=lambda p: p.stem)
@@ -343,11 +320,7 @@ def test_hil_config_check_accepts_every_station_file(path: Path) -> None:
     assert result.exit_code == 0, result.output
 
 
-@pytest.mark.parametrize(
-    "path",
-    [pytest.param(p, marks=STRICT_ROLE) if "daq" in p.stem else p for p in BENCH],
-    ids=lambda p: p.stem,
-)
+@pytest.mark.parametrize("path", BENCH, ids=lambda p: p.stem)
 def test_the_bench_templates_are_valid_but_name_no_virtual_instrument(path: Path) -> None:
     """Placeholder addresses: valid settings (strictly, as a person's file), nothing served;
     not connectable here, so not built."""
