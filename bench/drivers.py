@@ -208,7 +208,7 @@ class MessageCounter:
         """Count every message `device` executes from now on (its server calls `execute`)."""
         execute = device.execute
 
-        def counted(message: str) -> str | None:
+        def counted(message: str) -> str | bytes | None:
             t0 = time.perf_counter_ns()
             reply = execute(message)
             command = message.split(" ", 1)[0]

@@ -115,7 +115,7 @@ class Keysight33500(ScpiDevice):
             n, c.on, c.function, c.frequency, c.amplitude * c.scale, c.offset * c.scale
         )
 
-    def _unit(self, text: str, path: list[str]) -> str | None:
+    def _unit(self, text: str, path: list[str]) -> str | bytes | None:
         """Take the channel suffix off `SOURce<n>` / `OUTPut<n>` (1 or 2; -114 otherwise) and run
         the unit on that channel; a relative unit continues the previous unit's channel."""
         header, space, params = text.replace("\t", " ").partition(" ")

@@ -28,7 +28,7 @@ from typing import ClassVar, Protocol
 from simulators.virtual.scpi import ScpiDevice, ScpiError, no_args
 
 Setter = Callable[[Sequence[str]], None]
-Getter = Callable[[Sequence[str]], str]
+Getter = Callable[[Sequence[str]], str | bytes]
 
 _UNIT = re.compile(r"(\*?[A-Za-z]+)(\?)?(.*)", re.DOTALL)
 _SENS = tuple(float(f"{m * 10.0**e:.12g}") for e in range(-9, 1) for m in (1, 2, 5))
@@ -178,7 +178,8 @@ class _SRSLockin(ScpiDevice):
         if query:
             if getter is None:
                 raise ScpiError(-113, f"{header}? is not a query")
-            return getter(args)
+            reply = getter(args)
+            return reply.decode("ascii") if isinstance(reply, bytes) else reply  # text only
         if setter is None:
             raise ScpiError(-113, f"{header} is not a command")
         setter(args)
@@ -210,7 +211,7 @@ class _SRSLockin(ScpiDevice):
         self._common["*CLS"].write(args)  # type: ignore[misc]
         self.lias = self.errs = 0
 
-    def _esr_bits(self, args: Sequence[str]) -> str:
+    def _esr_bits(self, args: Sequence[str]) -> str | bytes:
         if not args:
             return self._common["*ESR"].read(args)  # type: ignore[misc]
         bit = integer(args[0], 0, 7) if len(args) == 1 else -1

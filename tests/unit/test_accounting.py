@@ -46,9 +46,9 @@ class CountingDevice:
 
 def _objective(name: str) -> tuple[Objective, Any]:
     if name == "homodyne-lockin":  # needs a Demodulating device: dither + lock-in in process
-        device = InProcessLockin(AnalyticDevice(AnalyticDevice.Settings(), seed=0))
+        lockin = InProcessLockin(AnalyticDevice(AnalyticDevice.Settings(), seed=0))
         task = RegressionTask.from_arrays([[0.2, -0.1], [0.4, 0.3], [-0.5, 0.1]], [0.3, -0.1, 0.2])
-        return Objective(device, task), device
+        return Objective(lockin, task), lockin
     if name == "node-perturbation":
         device: Any = AnalogMLPDevice(AnalogMLPDevice.Settings(layers=[3, 4, 2]), seed=0)
         task = RegressionTask.from_arrays([[3, 10, 20], [30, 1, 5]], [[5, -5], [0, 10]])
