@@ -75,11 +75,15 @@ def _generic(ch: GenericChannel) -> tuple[float, bool]:
 
 def awg(ch: Keysight33500Channel) -> Callable[[], Any]:
     """The read-back of a dithering AWG: the sine setup its connect wrote (the output may be
-    on; its safe state switches it off at the minimum amplitude either way)."""
+    on; its safe state switches it off at the minimum amplitude either way). The new PyMeasure
+    object gets the station's ranges as its validators again, as at connect (no command)."""
 
     def read() -> None:
         s = ch.settings
         out = ch.instrument.ch_1 if s.channel == 1 else ch.instrument.ch_2
+        out.amplitude_values = list(s.amplitude_range[s.load])
+        out.offset_values = [-s.peak_limit[s.load], s.peak_limit[s.load]]
+        out.frequency_values = [s.min_frequency, s.max_frequency]
         ch.check_readback("function", "SIN", str(out.shape).strip())
         ch.check_readback("amplitude unit", "VPP", str(out.amplitude_unit).strip())
         load = as_float(out.output_load)

@@ -24,7 +24,15 @@ from pydantic import ValidationError
 from drivers.rigs.dithered import DitheredSMURig
 from drivers.rigs.smu import SMURig, Wire
 from hil.config import load_station, resolve_station
-from hil.core import Demodulating, Device, DeviceSaturated, Role, SafetyViolation
+from hil.core import (
+    Demodulating,
+    Device,
+    DeviceSaturated,
+    InstrumentError,
+    Reconnecting,
+    Role,
+    SafetyViolation,
+)
 from hil.runner import start_run
 from hil.safety import DemodulatingSafetyGuard, SafetyGuard, SafetyLimits
 from hil.testing import device_checks
@@ -293,3 +301,28 @@ def test_training_with_lockin_gradients_through_hil_run(tmp_path: Path) -> None:
     assert losses[-1] < 0.7 * losses[0]
     # every estimate: 1 loss evaluation + 4 cases × 5 dithered controls
     assert outcome.summary["evaluations"] >= 6 * (1 + 4 * 5)
+
+
+def test_a_reconnect_reattaches_the_lockin_and_awgs_and_the_guard_makes_everything_safe(
+    served: ServedStation,
+) -> None:
+    """The lock-in's connection drops mid-demodulation: the reconnect re-attaches every
+    instrument by readback only, the guard's safe state ends with AWGs off and SMUs at 0 V, off,
+    and the rig demodulates again."""
+    rig = rig_on(served, {"timeout": 0.3})  # s: the dead connection's reads time out sooner
+    guard = SafetyGuard(rig, SafetyLimits.model_validate({"max_abs_voltage": 1.6}))
+    assert isinstance(guard, Reconnecting)
+    assert isinstance(guard, Demodulating)
+    theta = np.array([0.1, -0.2, 0.0, 0.1, -0.1])
+    guard.set_controls(theta)
+    served.servers.servers["lockin"].faults.disconnect_after = 0
+    with pytest.raises(InstrumentError, match="lockin"):
+        guard.demodulate(np.array([0.3, -0.5]), {"E5": (FREQUENCY, AMPLITUDE)})
+    assert not held_dithers(served)  # the AWG went off as the read failed
+    guard.reconnect()
+    assert_all_safe(served)
+    guard.set_controls(theta)
+    (x,) = guard.demodulate(np.array([0.3, -0.5]), {"E5": (FREQUENCY, AMPLITUDE)})[0]
+    assert np.isfinite(x).all()
+    rig.close()
+    assert_all_safe(served)

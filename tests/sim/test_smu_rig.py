@@ -16,7 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from pymeasure.instruments.keithley import Keithley2400 as PyMeasure2400
+from pymeasure.test import expected_protocol
 
+from drivers.keithley import Keithley2400Channel, Keithley2400Settings
+from drivers.rigs.readback import read_source
 from drivers.rigs.smu import SMURig
 from hil.config import ResolvedStation, load_station, resolve_station
 from hil.core import (
@@ -24,13 +28,16 @@ from hil.core import (
     Device,
     InstrumentDisconnected,
     InstrumentError,
+    Reconnecting,
     SafetyViolation,
 )
-from hil.runner import start_run
+from hil.runner import RunStatus, start_run
+from hil.safety import SafetyGuard, SafetyLimits
 from hil.testing import device_checks
 from hil.virtual import ServedStation, build_virtual_rig, serve_station
 from hil.yamlfile import YamlDocument
 from simulators.virtual.keithley2400 import Keithley2400
+from simulators.virtual.server import ScpiServer
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 STATION = CONFIGS / "stations" / "dnpu-smu-virtual.yaml"
@@ -88,6 +95,7 @@ def served() -> Iterator[ServedStation]:
 def smus(served: ServedStation) -> dict[str, Keithley2400]:
     found = {}
     for name, server in served.servers.servers.items():
+        assert isinstance(server, ScpiServer)
         assert isinstance(server.device, Keithley2400)
         found[name] = server.device
     return found
@@ -280,3 +288,110 @@ def _loss_noise(experiment: dict[str, Any], station: dict[str, Any]) -> float:
     x = lo + (np.array(experiment["task"]["inputs"]) + 1) / 2 * (hi - lo)
     losses = [np.mean((device.measure(x)[:, 0] - targets) ** 2) for _ in range(30)]
     return float(np.std(losses, ddof=1))
+
+
+# -- reconnect (hil.core.Reconnecting) ----------------------------------------------------------
+def held(served: ServedStation) -> dict[str, tuple[float, bool]]:
+    """What each virtual SMU holds: (level, output on)."""
+    return {n: (smu.state.volt.level, smu.state.output) for n, smu in smus(served).items()}
+
+
+def test_a_reconnect_takes_over_the_live_levels_and_the_guard_brings_every_smu_to_0v_off(
+    served: ServedStation,
+) -> None:
+    params = {k: v for k, v in copy.deepcopy(served.device_params).items() if k != "type"}
+    params["instruments"]["ammeter"]["timeout"] = 0.3  # s: the dead connection times out sooner
+    rig = SMURig(SMURig.Settings.model_validate(params))
+    guard = SafetyGuard(rig, SafetyLimits.model_validate({"max_abs_voltage": 1.6}))
+    assert isinstance(guard, Reconnecting)  # the rig reconnects, so its guard does
+    theta = np.array([0.1, 0.2, -0.1, 0.1, 0.0])
+    guard.set_controls(theta)
+    served.servers.servers["ammeter"].faults.disconnect_after = 0
+    with pytest.raises(InstrumentError, match="ammeter"):
+        guard.measure(np.array([[0.3, -0.2]]))
+    live = held(served)
+    assert live["smu0"] == (0.1, True)  # the fault left the outputs on, holding their levels
+    rig.reconnect()
+    assert held(served) == live  # read back only: nothing switched, nothing set
+    wired = {n: c.instrument for n, c in rig.settings.channels.items()}
+    assert {wired[n]: (smu.level, smu.enabled) for n, smu in rig._smus.items()} == live
+    guard.reconnect()  # the run engine's call: reconnect, then the guard's safe state
+    assert_all_safe(served)
+    guard.set_controls(theta)  # the levels are known again: driving is allowed
+    assert np.isfinite(guard.measure(np.zeros((1, 2)))).all()
+    rig.close()
+    assert_all_safe(served)
+
+
+def test_a_reconnect_that_fails_names_the_smu_and_reaches_every_other_one(
+    served: ServedStation,
+) -> None:
+    rig = rig_on(served)
+    rig.set_controls(np.array([0.1, 0.2, -0.1, 0.1, 0.0]))
+    smus(served)["smu2"].state.compliance_current = 1e-3  # e.g. power-cycled: not as configured
+    with pytest.raises(InstrumentError, match=r"smu2 .*compliance_current.*reads back"):
+        rig.reconnect()
+    with pytest.raises(InstrumentError, match=r"smu2.*not connected"):
+        rig.safe_state()
+    for name, (level, on) in held(served).items():
+        if name != "smu2":
+            assert (level, on) == (0.0, False), name
+    rig.close()
+
+
+READBACK_2400 = [
+    (":FORMAT:ELEMENTS VOLTAGE, CURRENT, RESISTANCE, TIME, STATUS", None),  # the constructor's
+    ("*IDN?", "KEITHLEY INSTRUMENTS INC.,MODEL 2400,1234567,C30/A02  /K/J"),
+    (":SOURCE:FUNCTION?", "VOLT"),
+    (":SOURCE:VOLTAGE:MODE?", "FIX"),
+    (":SOURCE:VOLTAGE:RANGE?", "2.100000E+00"),
+    (":SENSE:CURRENT:PROTECTION?", "1.000000E-05"),
+    (":SENSE:CURRENT:RANGE?", "1.050000E-05"),
+    (":SENSE:CURRENT:NPLCYCLES?", "1.000000E+00"),
+    (":SOURCE:VOLTAGE?", "4.500000E-01"),
+    ("OUTPUT?", "1"),
+]
+
+
+def test_a_2400_reattaches_with_queries_only_and_takes_its_live_level(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = Keithley2400Settings.model_validate(
+        {
+            "name": "smu1",
+            "address": "GPIB0::24::INSTR",
+            "compliance_current": 1e-5,
+            "source_range": 2.0,
+            "measure_range": 1e-5,
+            "nplc": 1.0,
+        }
+    )
+    smu = Keithley2400Channel(settings)
+    with expected_protocol(PyMeasure2400, READBACK_2400) as instrument:
+        monkeypatch.setattr(smu, "_open", lambda: instrument)
+        smu.reattach_source(read_source(smu))
+        assert (smu.level, smu.enabled) == (0.45, True)
+
+
+def test_a_run_with_a_transient_disconnect_reconnects_retries_and_completes(
+    tmp_path: Path,
+) -> None:
+    """configs/dnpu-virtual.yaml, shorter, its ammeter's connection dropped once in step 1: the
+    step is retried after a reconnect (without one the dead session fails every retry) and the
+    run completes with every step once."""
+    station = station_data()
+    station["virtual"]["faults"] = {"ammeter": {"disconnect_after": 40}}
+    station["device"]["instruments"]["ammeter"]["timeout"] = 0.3  # s: fails sooner
+    config = yaml.safe_load((CONFIGS / "dnpu-virtual.yaml").read_text())
+    config.update(station=station, faults={"retries": 2, "backoff": 0.0})
+    config["procedure"].update(steps=3, final_repeats=1)
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(config))
+    outcome = start_run(path, tmp_path / "runs")
+    assert outcome.status is RunStatus.COMPLETED, outcome.reason
+    events = [json.loads(line) for line in (outcome.path / "events.jsonl").read_text().splitlines()]
+    faults = [e for e in events if e.get("event") == "fault"]
+    assert len(faults) == 1, faults
+    assert faults[0]["error"] == "InstrumentDisconnected"
+    assert "ammeter" in faults[0]["message"]
+    assert [e["step"] for e in events if e.get("event") == "step"] == [1, 2, 3]
