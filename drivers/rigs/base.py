@@ -170,3 +170,13 @@ class Rig(DeviceBase):
                     f"{what}; nothing was sent",
                 )
         return v
+
+    def _checked_rows(self, inputs: FloatArray, names: list[str]) -> FloatArray:
+        """Input rows (n_cases × inputs) for `measure`, every row checked before anything is
+        sent."""
+        x = np.array(inputs, dtype=float)
+        if x.ndim != 2 or x.shape[0] < 1:
+            raise ValueError(f"measure: expected shape (n_cases, {len(names)}), got {x.shape}")
+        for row in x:
+            self._checked(row, names, "measure")
+        return x

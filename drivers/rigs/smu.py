@@ -294,12 +294,7 @@ class SMURig(Rig):
 
     def measure(self, inputs: FloatArray) -> FloatArray:
         """One plateau per input row: ramp and set the inputs, settle, average the readings."""
-        x = np.array(inputs, dtype=float)
-        if x.ndim != 2 or x.shape[0] < 1:
-            n = len(self._inputs)
-            raise ValueError(f"measure: expected shape (n_cases, {n}), got {x.shape}")
-        for row in x:
-            self._checked(row, self._inputs, "measure")
+        x = self._checked_rows(inputs, self._inputs)
         self._outputs_on()
         out = np.empty((x.shape[0], len(self._outputs)))
         s = self.settings
