@@ -17,9 +17,15 @@ import numpy as np
 import pytest
 import yaml
 from pymeasure.instruments.keithley import Keithley2400 as PyMeasure2400
+from pymeasure.instruments.keithley import Keithley2600 as PyMeasure2600
 from pymeasure.test import expected_protocol
 
-from drivers.keithley import Keithley2400Channel, Keithley2400Settings
+from drivers.keithley import (
+    Keithley2400Channel,
+    Keithley2400Settings,
+    Keithley2600Channel,
+    Keithley2600Settings,
+)
 from drivers.rigs.readback import read_source
 from drivers.rigs.smu import SMURig
 from hil.config import ResolvedStation, load_station, resolve_station
@@ -371,6 +377,37 @@ def test_a_2400_reattaches_with_queries_only_and_takes_its_live_level(
         monkeypatch.setattr(smu, "_open", lambda: instrument)
         smu.reattach_source(read_source(smu))
         assert (smu.level, smu.enabled) == (0.45, True)
+
+
+READBACK_2600 = [
+    ("*IDN?", "Keithley Instruments Inc., Model 2636B, 7654321, 3.2.2"),
+    ("print(smub.source.func)", "1.00000e+00"),
+    ("print(smub.source.rangev)", "2.00000e+00"),
+    ("print(smub.source.limiti)", "1.00000e-07"),
+    ("print(smub.measure.autorangei)", "1.00000e+00"),
+    ("print(smub.measure.nplc)", "5.00000e-01"),
+    ("print(smub.source.levelv)", "-3.00000e-01"),
+    ("print(smub.source.output)", "0.00000e+00"),
+]
+
+
+def test_a_2600_channel_reattaches_with_queries_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Keithley2600Settings.model_validate(
+        {
+            "name": "gate",
+            "address": "TCPIP::192.0.2.10::INSTR",
+            "channel": "smub",
+            "compliance_current": 1e-7,
+            "source_range": 2.0,
+            "measure_range": None,
+            "nplc": 0.5,
+        }
+    )
+    smu = Keithley2600Channel(settings)
+    with expected_protocol(PyMeasure2600, READBACK_2600) as instrument:
+        monkeypatch.setattr(smu, "_open", lambda: instrument)
+        smu.reattach_source(read_source(smu))
+        assert (smu.level, smu.enabled) == (-0.3, False)
 
 
 def test_a_run_with_a_transient_disconnect_reconnects_retries_and_completes(
