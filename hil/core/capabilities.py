@@ -188,9 +188,9 @@ class Reconnecting(Protocol):
     a timeout left out of step with the instrument's replies)."""
 
     def reconnect(self) -> None:
-        """Drop the session without sending anything and open it again, configured and its limits
-        read back as at connect. Must not change what the outputs hold: the guard then ramps
-        them to 0 from the last levels it sent."""
+        """Drop the session without sending anything and open it again, re-attached: identified
+        and its settings read back (nothing written). Must not change what the outputs hold: the
+        guard then ramps them to 0 from the last levels it sent."""
         ...
 
 
