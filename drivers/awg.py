@@ -152,10 +152,7 @@ class Keysight33500Channel(PyMeasureSession):
                 f"{self.who}: the output is on at connect; refusing to reconfigure a live output "
                 "(switch it off, then connect again)"
             )
-        low, high = s.amplitude_range[s.load]
-        ch.amplitude_values = [low, high]
-        ch.offset_values = [-s.peak_limit[s.load], s.peak_limit[s.load]]
-        ch.frequency_values = [s.min_frequency, s.max_frequency]
+        self._widen_validators()
         ch.shape = "SIN"
         ch.amplitude_unit = "VPP"
         ch.output_load = "INF" if s.load == "high_z" else "50"
@@ -165,17 +162,7 @@ class Keysight33500Channel(PyMeasureSession):
         if s.sync and s.two_channel:
             self.instrument.write(f"OUTP:SYNC:SOUR CH{s.channel}")
         self.instrument.write(f"OUTP:SYNC {int(s.sync)}")
-        self.check_readback("function", "SIN", str(ch.shape).strip())
-        self.check_readback("amplitude unit", "VPP", str(ch.amplitude_unit).strip())
-        load = as_float(ch.output_load)
-        self.check_readback("load", HIGH_Z if s.load == "high_z" else 50.0, load)
-        self.check_readback("frequency", s.frequency, ch.frequency)
-        self.check_readback("amplitude", amplitude, ch.amplitude)
-        self.check_readback("offset", s.offset, ch.offset)
-        if s.sync and s.two_channel:
-            sync_source = self.instrument.ask("OUTP:SYNC:SOUR?").strip()
-            self.check_readback("sync source", f"CH{s.channel}", sync_source)
-        self.check_readback("sync", float(s.sync), self.instrument.ask("OUTP:SYNC?"))
+        self.read_back()
         errors = self.instrument.check_errors()
         if errors:
             raise InstrumentError(
@@ -184,6 +171,35 @@ class Keysight33500Channel(PyMeasureSession):
             )
         self._frequency, self._amplitude, self._offset = s.frequency, amplitude, s.offset
         self._enabled = False
+
+    def read_back(self, *, live: bool = False) -> None:
+        """The sine setup connect wrote, after giving the PyMeasure object the station's ranges
+        as its validators (no command; a re-attach opens a new object). Unless `live`, also the
+        frequency, amplitude, offset and Sync source of the connect-time sine; a live AWG may
+        run another sine (its safe state switches it off at the minimum amplitude either way).
+        """
+        s, ch = self.settings, self._ch
+        self._widen_validators()
+        self.check_readback("function", "SIN", str(ch.shape).strip())
+        self.check_readback("amplitude unit", "VPP", str(ch.amplitude_unit).strip())
+        load = as_float(ch.output_load)
+        self.check_readback("load", HIGH_Z if s.load == "high_z" else 50.0, load)
+        if not live:
+            self.check_readback("frequency", s.frequency, ch.frequency)
+            amplitude = s.min_amplitude if s.amplitude is None else s.amplitude
+            self.check_readback("amplitude", amplitude, ch.amplitude)
+            self.check_readback("offset", s.offset, ch.offset)
+            if s.sync and s.two_channel:
+                sync_source = self.instrument.ask("OUTP:SYNC:SOUR?").strip()
+                self.check_readback("sync source", f"CH{s.channel}", sync_source)
+        self.check_readback("sync", float(s.sync), self.instrument.ask("OUTP:SYNC?"))
+
+    def _widen_validators(self) -> None:
+        """PyMeasure's validators set to the instrument's range for the configured load."""
+        s, ch = self.settings, self._ch
+        ch.amplitude_values = list(s.amplitude_range[s.load])
+        ch.offset_values = [-s.peak_limit[s.load], s.peak_limit[s.load]]
+        ch.frequency_values = [s.min_frequency, s.max_frequency]
 
     # -- checks -----------------------------------------------------------------------------------
     def check_sine(self, frequency: float, amplitude: float, offset: float) -> None:

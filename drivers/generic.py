@@ -18,6 +18,8 @@ from hil.core import ConfigError, InstrumentError
 
 Scalar = float | int | str | bool
 Action = str | dict[str, Scalar]
+OFF = (False, 0, "OFF", "off", 0.0)
+"""What an `output_state` property reads when the output is off."""
 
 
 def resolve_class(path: str) -> type[Any]:
@@ -108,20 +110,34 @@ class GenericChannel(PyMeasureChannel):
         target, s = self._target, self.settings
         if s.output_state is not None:
             state = getattr(target, s.output_state)
-            if state not in (False, 0, "OFF", "off", 0.0):
+            if state not in OFF:
                 raise InstrumentError(
                     f"{self.who}: {s.output_state} reads {state!r} at connect; refusing to "
                     "reconfigure a live output (switch it off, then connect again)"
                 )
         for key, value in s.limits.items():
             setattr(target, key, value)
-        for key, value in s.limits.items():
-            self.check_readback(key, value, getattr(target, key))
+        self.read_back()
         self._run(s.disable)
         self._enabled = False
         self._write_level(0.0)
         self.check_readback(s.set, 0.0, as_float(getattr(target, s.set)))
         self._level = 0.0
+
+    def read_back(self, *, live: bool = False) -> None:
+        """The `limits`, in the order connect writes them (its 0 V level is checked as connect
+        writes it, after the output is switched off)."""
+        target = self._target
+        for key, value in self.settings.limits.items():
+            self.check_readback(key, value, getattr(target, key))
+
+    def report_source(self) -> tuple[float, bool]:
+        """The `set` property and `output_state`. Anything but an off state reads as on, and
+        without an `output_state` property the output is taken as on: the safe state then
+        ramps it down rather than trusting it is off."""
+        target, s = self._target, self.settings
+        on = s.output_state is None or getattr(target, s.output_state) not in OFF
+        return as_float(getattr(target, s.set)), on
 
     def _write_level(self, volts: float) -> None:
         setattr(self._target, self.settings.set, volts)

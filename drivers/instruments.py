@@ -177,7 +177,7 @@ class PyMeasureSession(ABC):
 
     @abstractmethod
     def _configure(self) -> None:
-        """Write the settings and read them back (`check_readback`); raise to refuse."""
+        """Write the settings and check them with `read_back()`; raise to refuse."""
 
     @abstractmethod
     def go_safe(self) -> None:
@@ -210,21 +210,33 @@ class PyMeasureSession(ABC):
         self._attach(raw, "configure", self._configure)
         log.info("%s connected and configured", self.who)
 
-    def reattach(self, read_back: Callable[[], T]) -> T:
-        """After a lost connection: drop the session without sending anything, open it again,
-        identify it and return what `read_back` reads (it must only read: the instrument may be
-        live, its output on and holding a level).
+    def read_back(self, *, live: bool = False) -> None:
+        """Read back the settings connect wrote (`check_readback`; queries only): a mismatch
+        raises `InstrumentError`. `live`: on a re-attach the instrument may be running, so what
+        changes while it runs (a level, a sine) is not checked, only what holds throughout.
 
-        Nothing is configured or switched. A failed re-attach leaves the session released and
-        raises an `InstrumentError` naming the instrument.
+        A driver that can be re-attached overrides this; by default there is nothing to read.
+        """
+        raise InstrumentError(f"{self.who}: {type(self).__name__} has no read-back to re-attach")
+
+    def reattach(self) -> None:
+        """After a lost connection: drop the session without sending anything, open it again,
+        identify it and take over what the instrument holds (`_take_over`: it only reads, as
+        the instrument may be live, its output on and holding a level).
+
+        Nothing is configured or switched. A failed re-attach (a power-cycled or reset
+        instrument no longer reads back its settings) leaves the session released and raises
+        an `InstrumentError` naming the instrument.
         """
         self._drop()
         with translated(self.who, "reconnect", None):
             raw = self._open()
-        result: list[T] = []
-        self._attach(raw, "read back", lambda: result.append(read_back()))
+        self._attach(raw, "read back", self._take_over)
         log.info("%s reconnected", self.who)
-        return result[0]
+
+    def _take_over(self) -> None:
+        """What a re-attach reads: the settings connect wrote, live."""
+        self.read_back(live=True)
 
     def _attach(self, raw: Any, action: str, then: Callable[[], None]) -> None:
         """Take `raw` as the session, identify it and run `then`; released if either fails."""
@@ -357,6 +369,16 @@ class PyMeasureChannel(PyMeasureSession):
     @abstractmethod
     def _write_output(self, on: bool) -> None: ...
 
+    @abstractmethod
+    def report_source(self) -> tuple[float, bool]:
+        """The level the output holds (V) and whether it is on, as the instrument reports them."""
+
+    def _take_over(self) -> None:
+        """The settings, then the level and output state the instrument reports, taken as this
+        channel's own: what a safe state ramps down from."""
+        super()._take_over()
+        self._level, self._enabled = self.report_source()
+
     # -- the interface --------------------------------------------------------------------------
     @property
     def level(self) -> float:
@@ -394,11 +416,6 @@ class PyMeasureChannel(PyMeasureSession):
         if not self._enabled:
             raise InstrumentError(f"{self.who}: output is off; enable it before reading a current")
         return self._query("read current", self._query_current)
-
-    def reattach_source(self, read_back: Callable[[], tuple[float, bool]]) -> None:
-        """`reattach`, taking the level (V) and output state that `read_back` reports as this
-        channel's own: what it holds is what a safe state ramps down from."""
-        self._level, self._enabled = self.reattach(read_back)
 
     def enable(self) -> None:
         self._call("enable output", lambda: self._write_output(True))

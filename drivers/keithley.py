@@ -142,18 +142,30 @@ class Keithley2400Channel(_KeithleyChannel):
         else:
             smu.current_range = s.measure_range
         smu.current_nplc = s.nplc
+        self.read_back()
+        self._refuse_errors(smu.check_errors())
+        self._level, self._enabled = 0.0, False
+
+    def read_back(self, *, live: bool = False) -> None:
+        """The source and measure settings; unless `live`, also the 0 V level connect starts at
+        (a re-attached channel's level is taken over instead: `report_source`)."""
+        smu, s = self.instrument, self.settings
         self.check_readback("source function", "voltage", smu.source_mode)
         self.check_readback("source voltage mode", "FIX", smu.ask(":SOURCE:VOLTAGE:MODE?").strip())
         self.check_readback("source_range", s.source_range, smu.source_voltage_range, "range")
-        self.check_readback("source level", 0.0, smu.source_voltage)
+        if not live:
+            self.check_readback("source level", 0.0, smu.source_voltage)
         self.check_readback("compliance_current", s.compliance_current, smu.compliance_current)
         if s.measure_range is None:
             self.check_readback("measure auto-range", True, smu.current_range_auto_enabled)
         else:
             self.check_readback("measure_range", s.measure_range, smu.current_range, "range")
         self.check_readback("nplc", s.nplc, smu.current_nplc)
-        self._refuse_errors(smu.check_errors())
-        self._level, self._enabled = 0.0, False
+
+    def report_source(self) -> tuple[float, bool]:
+        """`:SOURCE:VOLTAGE?` and `OUTPUT?`."""
+        smu = self.instrument
+        return as_float(smu.source_voltage), as_float(smu.values("OUTPUT?")) != 0
 
     def sent_level(self, volts: float) -> float:
         """PyMeasure's `source_voltage` sends `%g`: six significant digits."""
@@ -210,17 +222,29 @@ class Keithley2600Channel(_KeithleyChannel):
         else:
             ch.write(f"measure.rangei={s.measure_range:g}")
         ch.write(f"measure.nplc={s.nplc:g}")
+        self.read_back()
+        self._refuse_errors(self.instrument.check_errors())
+        self._level, self._enabled = 0.0, False
+
+    def read_back(self, *, live: bool = False) -> None:
+        """The source and measure settings; unless `live`, also the 0 V level connect starts at
+        (a re-attached channel's level is taken over instead: `report_source`)."""
+        ch, s = self._ch, self.settings
         self.check_readback("source function", "voltage", ch.source_mode)
         self.check_readback("source_range", s.source_range, ch.ask("source.rangev"), "range")
-        self.check_readback("source level", 0.0, ch.ask("source.levelv"))
+        if not live:
+            self.check_readback("source level", 0.0, ch.ask("source.levelv"))
         self.check_readback("compliance_current", s.compliance_current, ch.ask("source.limiti"))
         if s.measure_range is None:
             self.check_readback("measure auto-range", 1.0, ch.ask("measure.autorangei"))
         else:
             self.check_readback("measure_range", s.measure_range, ch.ask("measure.rangei"), "range")
         self.check_readback("nplc", s.nplc, ch.ask("measure.nplc"))
-        self._refuse_errors(self.instrument.check_errors())
-        self._level, self._enabled = 0.0, False
+
+    def report_source(self) -> tuple[float, bool]:
+        """`print(smuX.source.levelv)` and `print(smuX.source.output)`."""
+        ch = self._ch
+        return as_float(ch.ask("source.levelv")), as_float(ch.ask("source.output")) != 0
 
     def sent_level(self, volts: float) -> float:
         """PyMeasure's 2600 `source_voltage` sends `%f`: 1 µV steps."""

@@ -185,7 +185,8 @@ class _SRSLockIn(PyMeasureSession):
     def _write_settings(self, s: LockInSettings) -> None: ...
 
     @abstractmethod
-    def _read_back(self, s: LockInSettings) -> None: ...
+    def read_back(self, *, live: bool = False) -> None:
+        """Every setting connect wrote (all hold while running, so `live` checks the same)."""
 
     @abstractmethod
     def _snap(self) -> list[Any]:
@@ -203,7 +204,7 @@ class _SRSLockIn(PyMeasureSession):
         s = self.settings
         self._check_allowed(s)
         self._write_settings(s)
-        self._read_back(s)
+        self.read_back()
         # Raw: PyMeasure has no standard-event-status property for either model.
         esr = int(as_float(self.instrument.ask("*ESR?")))
         if esr & (ESR_COMMAND | ESR_EXECUTION):
@@ -307,8 +308,8 @@ class SR830LockIn(_SRSLockIn):
         li.filter_slope = s.filter_slope
         li.time_constant = s.time_constant
 
-    def _read_back(self, s: LockInSettings) -> None:
-        li = self.instrument
+    def read_back(self, *, live: bool = False) -> None:
+        s, li = self.settings, self.instrument
         ref = "External" if s.reference == "external" else "Internal"
         self.check_readback("reference", ref, li.reference_source)
         self.check_readback("harmonic", s.harmonic, li.harmonic)
@@ -364,9 +365,9 @@ class SR860LockIn(_SRSLockIn):
         li.filter_slope = SLOPES.index(s.filter_slope)
         li.time_constant = s.time_constant
 
-    def _read_back(self, s: LockInSettings) -> None:
+    def read_back(self, *, live: bool = False) -> None:
+        s, li = self.settings, self.instrument
         assert isinstance(s, SR860Settings)
-        li = self.instrument
         ref = "EXT" if s.reference == "external" else "INT"
         self.check_readback("reference", ref, li.reference_source)
         self.check_readback("harmonic", s.harmonic, li.harmonic)

@@ -19,7 +19,6 @@ import numpy as np
 
 from drivers.awg import Keysight33500Channel, Keysight33500Settings
 from drivers.lockin import LockInSettings, SR830LockIn, SR860LockIn
-from drivers.rigs import readback
 from drivers.rigs.base import each
 from drivers.rigs.smu import LOCKIN_TYPES, SMURig
 from hil.core import Clock, FloatArray, SafetyViolation
@@ -155,10 +154,10 @@ class DitheredSMURig(SMURig):
             super().reconnect()
         finally:
             try:
-                each("reconnect", self._awgs, lambda awg: awg.reattach(readback.awg(awg)))
+                each("reconnect", self._awgs, Keysight33500Channel.reattach)
             finally:
                 if self._lockin is not None:
-                    self._lockin.reattach(readback.lockin(self._lockin))
+                    self._lockin.reattach()
 
     def close(self) -> None:
         """AWGs safe and released, the lock-in released, then the SMUs (each tried)."""

@@ -53,7 +53,6 @@ from drivers.rigs.base import (
     entry_settings,
     require_output,
 )
-from drivers.rigs.readback import read_source
 from hil.core import Channel, Clock, DeviceSpec, FloatArray, InstrumentError, Role, VirtualClock
 
 log = logging.getLogger(__name__)
@@ -347,7 +346,7 @@ class SMURig(Rig):
         tried; the first failure (an `InstrumentError` naming the SMU) is raised."""
         if not self._open:
             raise RuntimeError(f"rig {self._spec.name!r} is closed")
-        each("reconnect", self._smus, lambda smu: smu.reattach_source(read_source(smu)))
+        each("reconnect", self._smus, PyMeasureChannel.reattach)
 
     # -- helpers ---------------------------------------------------------------------------------
     def _build_spec(self) -> DeviceSpec:

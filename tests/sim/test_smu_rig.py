@@ -26,7 +26,6 @@ from drivers.keithley import (
     Keithley2600Channel,
     Keithley2600Settings,
 )
-from drivers.rigs.readback import read_source
 from drivers.rigs.smu import SMURig
 from hil.config import ResolvedStation, load_station, resolve_station
 from hil.core import (
@@ -375,7 +374,7 @@ def test_a_2400_reattaches_with_queries_only_and_takes_its_live_level(
     smu = Keithley2400Channel(settings)
     with expected_protocol(PyMeasure2400, READBACK_2400) as instrument:
         monkeypatch.setattr(smu, "_open", lambda: instrument)
-        smu.reattach_source(read_source(smu))
+        smu.reattach()
         assert (smu.level, smu.enabled) == (0.45, True)
 
 
@@ -406,7 +405,7 @@ def test_a_2600_channel_reattaches_with_queries_only(monkeypatch: pytest.MonkeyP
     smu = Keithley2600Channel(settings)
     with expected_protocol(PyMeasure2600, READBACK_2600) as instrument:
         monkeypatch.setattr(smu, "_open", lambda: instrument)
-        smu.reattach_source(read_source(smu))
+        smu.reattach()
         assert (smu.level, smu.enabled) == (-0.3, False)
 
 
