@@ -132,7 +132,7 @@ class GenericChannel(PyMeasureChannel):
             self.check_readback(key, value, getattr(target, key))
 
     def report_source(self) -> tuple[float, bool]:
-        """The `set` property and `output_state`. Anything but an off state reads as on, and
+        """`output_state`, then the `set` property. Anything but an off state reads as on, and
         without an `output_state` property the output is taken as on: the safe state then
         ramps it down rather than trusting it is off."""
         target, s = self._target, self.settings

@@ -350,3 +350,35 @@ def test_50_ohm_limits_are_half() -> None:
     with pytest.raises(ValidationError, match="max_voltage"):
         settings(load="50", max_voltage=6.0)
     assert settings(load="50", max_voltage=5.0).min_amplitude == 1e-3
+
+
+def test_reattach_reads_the_setup_back_without_a_command_and_widens_the_validators(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A live AWG's sine is the rig's, not connect's: only what holds throughout is read back.
+    The new PyMeasure object takes the high-Z range, so going safe may send the 2 mVpp minimum
+    (its own validator stops at 10 mVpp)."""
+    pairs: Pairs = [
+        ("*IDN?", IDN),
+        ("SOUR2:FUNC?", "SIN"),
+        ("SOUR2:VOLT:UNIT?", "VPP"),
+        ("OUTP2:LOAD?", "+9.900000000000000E+37"),
+        ("OUTP:SYNC?", "1"),
+        ("SOUR2:VOLT 0.002000", None),
+        ("OUTP2 0", None),
+    ]
+    gen = Keysight33500Channel(settings(), clock=VirtualClock())
+    with expected_protocol(Agilent33500, pairs) as inst:
+        monkeypatch.setattr(gen, "_open", lambda: inst)
+        gen.reattach()
+        gen.go_safe()
+
+
+def test_a_reset_awg_fails_to_reattach_and_is_released(monkeypatch: pytest.MonkeyPatch) -> None:
+    pairs: Pairs = [("*IDN?", IDN), ("SOUR2:FUNC?", "SQU")]
+    gen = Keysight33500Channel(settings(), clock=VirtualClock())
+    with expected_protocol(Agilent33500, pairs) as inst:
+        monkeypatch.setattr(gen, "_open", lambda: inst)
+        with pytest.raises(InstrumentError, match="setting function was written as 'SIN'"):
+            gen.reattach()
+    assert gen.instrument is None

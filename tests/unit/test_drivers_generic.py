@@ -180,3 +180,36 @@ def test_bad_class_path_is_a_config_error(path: str, match: str) -> None:
 def test_generic_settings_validation(changes: dict[str, Any], match: str) -> None:
     with pytest.raises(ValidationError, match=match):
         settings(**changes)
+
+
+@pytest.mark.parametrize(
+    ("output_state", "state_pairs", "on"),
+    [
+        ("source_enabled", [("OUTPUT?", "1")], True),
+        ("source_enabled", [("OUTPUT?", "0")], False),
+        (None, [], True),  # no state to read: taken as on, so going safe ramps down
+    ],
+)
+def test_generic_reattach_takes_over_the_level_and_output_state(
+    monkeypatch: pytest.MonkeyPatch,
+    output_state: str | None,
+    state_pairs: list[tuple[str, str]],
+    on: bool,
+) -> None:
+    pairs = [
+        CONNECT_2400[0],
+        ("*IDN?", IDN),
+        (":SENSE:CURRENT:PROTECTION?", "1.000000E-05"),
+        (":SOURCE:VOLTAGE:RANGE?", "2.000000E+00"),
+        *state_pairs,
+        (":SOURCE:VOLTAGE?", "7.000000E-01"),
+    ]
+    ramp = [(":SOURCE:VOLTAGE 0.35", None), (":SOURCE:VOLTAGE 0", None)]
+    safe = [*(ramp if on else [(":SOURCE:VOLTAGE 0", None)]), ("OUTPUT 0", None)]
+    ch = GenericChannel(settings(output_state=output_state), clock=VirtualClock())
+    with expected_protocol(Keithley2400, [*pairs, *safe]) as inst:
+        monkeypatch.setattr(ch, "_open", lambda: inst)
+        ch.reattach()
+        assert (ch.level, ch.enabled) == (0.7, on)
+        ch.go_safe()
+    assert (ch.level, ch.enabled) == (0.0, False)

@@ -7,6 +7,7 @@ exact form PyMeasure or the driver sends it.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -336,3 +337,21 @@ def test_settle_factors_leave_one_percent_of_a_step(slope: int, stages: int) -> 
     x = SETTLE_FACTOR[slope]
     left = math.exp(-x) * sum(x**k / math.factorial(k) for k in range(stages))
     assert left == pytest.approx(0.01, rel=0.02)
+
+
+@pytest.mark.parametrize(
+    ("make", "pairs"),
+    [
+        (lambda: SR830LockIn(settings_830(), clock=VirtualClock()), CONNECT_830),
+        (lambda: SR860LockIn(settings_860(), clock=VirtualClock()), CONNECT_860),
+    ],
+)
+def test_reattach_reads_back_what_connect_reads_back_and_writes_nothing(
+    monkeypatch: pytest.MonkeyPatch, make: Any, pairs: Pairs
+) -> None:
+    queries = [pair for pair in pairs if pair[0].endswith("?") and pair[0] != "*ESR?"]
+    li = make()
+    with expected_protocol(SR830 if isinstance(li, SR830LockIn) else SR860, queries) as inst:
+        monkeypatch.setattr(li, "_open", lambda: inst)
+        li.reattach()
+    assert li.instrument is not None

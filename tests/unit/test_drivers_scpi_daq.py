@@ -371,3 +371,16 @@ def test_rig_settings_name_the_key_that_is_wrong() -> None:
     data["channels"]["y"]["board"] = 102
     with pytest.raises(ValidationError, match=r"AI 102 is not under instruments\.chip-board\.ai"):
         AnalogRig.Settings.model_validate(data)
+
+
+def test_a_board_without_a_read_back_refuses_to_reattach_and_is_released(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Re-attaching takes over a live instrument only by its read-back; without one it refuses
+    after identifying (queries only) rather than trust what it finds."""
+    daq = board()
+    with expected_protocol(ScpiDaq, [("*IDN?", IDN)], ao=AO, ai=AI) as inst:
+        monkeypatch.setattr(daq, "_open", lambda: inst)
+        with pytest.raises(InstrumentError, match="ScpiDaqBoard has no read-back to re-attach"):
+            daq.reattach()
+    assert daq.instrument is None
