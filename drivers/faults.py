@@ -142,8 +142,10 @@ def translated(instrument: str, action: str, transcript: Transcript | None) -> I
         command = transcript.command if transcript else None
         reply = transcript.reply if transcript else None
         got = "no reply" if reply is None else f"reply {reply!r}"
+        cause = " ".join(str(exc).split())  # one line: library messages may span several
         message = (
-            f"{instrument}: {action} failed: sent {command!r}, {got} ({type(exc).__name__}: {exc})"
+            f"{instrument}: {action} failed: sent {command!r}, {got} ({type(exc).__name__}: "
+            f"{cause})"
         )
         raise kind(message) from exc
 
