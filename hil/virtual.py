@@ -146,7 +146,11 @@ def serve_station(
                 injected[inject] = stand_in
         servers = VirtualStation(to_serve)
         served = servers.start()
-        _inject_faults(station, servers, groups)
+        try:
+            _inject_faults(station, servers, groups)
+        except BaseException:
+            servers.stop()
+            raise
     except BaseException:
         simulator.close()
         raise

@@ -7,6 +7,7 @@ through the real drivers, the retries of the run engine, and `hil resume`.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +82,5 @@ def test_faults_for_an_unknown_instrument_are_a_config_error(tmp_path: Path) -> 
     config = experiment(tmp_path, {"nowhere": {"garble": 1}}, steps=2, retries=0)
     with pytest.raises(ConfigError, match=r"virtual\.faults\.nowhere.*served"):
         start_run(config, tmp_path / "runs")
+    leaked = [t.name for t in threading.enumerate() if t.name.startswith(("smu", "ammeter"))]
+    assert leaked == [], "the servers started before the error must be stopped"
