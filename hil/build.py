@@ -113,8 +113,8 @@ def build_device(station: ResolvedStation, seed: np.random.SeedSequence) -> Safe
             device = build_virtual_rig(station, seed)
         else:
             device = _instantiate(station.device, seed)
-    except InstrumentError:
-        raise
+    except InstrumentError as exc:  # stays an instrument fault, located in the station file
+        raise type(exc)(one_line(f"{station.where(('device',))}: {exc}")) from exc
     except Exception as exc:
         raise _located(doc, (*prefix, "device"), exc, station.device.name) from exc
     if not isinstance(device, Device):

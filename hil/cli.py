@@ -127,7 +127,14 @@ class _Brief(logging.Formatter):
             record.exc_info, record.exc_text, record.stack_info = saved
 
 
+QUIET_LIBRARIES = ("pyvisa", "pyvisa_py", "pymeasure")
+"""Their error records repeat what the InstrumentError they cause says (instrument, command,
+reply), so the console leaves them to run.log; `--debug` shows them."""
+
+
 def _on_console(record: logging.LogRecord) -> bool:
+    if record.name.split(".")[0] in QUIET_LIBRARIES and record.levelno < logging.CRITICAL:
+        return logging.getLogger().level <= logging.DEBUG
     return bool(getattr(record, "console", True))
 
 

@@ -112,7 +112,7 @@ def entry_settings(name: str, entry: Mapping[str, Any], models: Mapping[str, typ
     naming the key)."""
     fields = dict(entry)
     kind = fields.pop("type", None)
-    if kind not in models:
+    if not isinstance(kind, str) or kind not in models:
         raise ValueError(f"instruments.{name}.type: {kind!r} is not one of {sorted(models)}")
     try:
         return models[kind].model_validate({"name": name, **fields})
