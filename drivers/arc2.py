@@ -22,8 +22,7 @@ import importlib
 import logging
 import math
 from collections.abc import Callable, Sequence
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -31,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from drivers.crossbar_serial import PulseShape
 from drivers.faults import fault_class
 from hil.core import (
+    Closing,
     DeviceSaturated,
     FloatArray,
     InstrumentError,
@@ -89,7 +89,7 @@ class Arc2Settings(BaseModel):
         return self
 
 
-class Arc2Board:
+class Arc2Board(Closing):
     """A crossbar on one ArC TWO; word line i is `row_channels[i]`, bit line j `col_channels[j]`."""
 
     def __init__(self, settings: Arc2Settings, instrument: Any = None) -> None:
@@ -151,17 +151,6 @@ class Arc2Board:
             self.go_safe()
         finally:
             self.instrument = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- operations ------------------------------------------------------------------------------
 

@@ -17,8 +17,7 @@ import importlib
 import logging
 import math
 from collections.abc import Callable, Sequence
-from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -26,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from drivers.faults import RetrySettings, fault_class, with_retry
 from hil.core import (
     Clock,
+    Closing,
     DeviceSaturated,
     FloatArray,
     InstrumentError,
@@ -83,7 +83,7 @@ class CrossbarSerialSettings(BaseModel):
         return self
 
 
-class CrossbarSerialBoard:
+class CrossbarSerialBoard(Closing):
     """One XBAR/1 board on a serial port (or anything `serial_for_url` opens)."""
 
     def __init__(
@@ -216,17 +216,6 @@ class CrossbarSerialBoard:
         if port is not None:
             with contextlib.suppress(Exception):
                 port.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- operations ------------------------------------------------------------------------------
 

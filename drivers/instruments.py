@@ -15,13 +15,12 @@ import logging
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from types import TracebackType
-from typing import Any, Literal, Protocol, Self, TypeVar, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.faults import RetrySettings, Transcript, drain_input, translated, with_retry
-from hil.core import Clock, InstrumentError, SafetyViolation, WallClock
+from hil.core import Clock, Closing, InstrumentError, SafetyViolation, WallClock
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +153,7 @@ def readback_matches(written: object, read: object, rule: Readback, rtol: float)
     return read == written
 
 
-class PyMeasureSession(ABC):
+class PyMeasureSession(Closing, ABC):
     """One session with a PyMeasure instrument: the plumbing every driver here shares.
 
     Open (or adopt) the instrument, identify it, configure it (subclasses write their settings
@@ -295,17 +294,6 @@ class PyMeasureSession(ABC):
             self.go_safe()
         finally:
             self.release()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- helpers for subclasses ----------------------------------------------------------------
     def check_readback(

@@ -5,6 +5,7 @@ here.
 """
 
 from hil.core.capabilities import (
+    Closing,
     Converting,
     Demodulating,
     Device,
@@ -39,6 +40,7 @@ __all__ = [
     "CapabilityError",
     "Channel",
     "Clock",
+    "Closing",
     "ConfigError",
     "Converting",
     "Demodulating",

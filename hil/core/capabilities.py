@@ -194,17 +194,29 @@ class Reconnecting(Protocol):
         ...
 
 
-class DeviceBase:
+class Closing:
+    """Context-manager behaviour of anything with a `close()`: leaving the block closes it."""
+
+    def close(self) -> None:
+        """Release resources; classes with connections override this."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class DeviceBase(Closing):
     """Context-manager behaviour shared by devices: leaving the block makes the device safe."""
 
     def safe_state(self) -> None:
         raise NotImplementedError
-
-    def close(self) -> None:
-        """Release resources; devices with connections override this."""
-
-    def __enter__(self) -> Self:
-        return self
 
     def __exit__(
         self,

@@ -24,14 +24,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from simulators.crossbar import CrossbarDevice
 from simulators.virtual.scpi import ScpiDevice
-from simulators.virtual.server import HOST, Faults, ScpiServer
+from simulators.virtual.server import HOST, Faults, ScpiServer, Serving
 
 log = logging.getLogger(__name__)
 
@@ -402,7 +401,7 @@ class _BoardServer(ScpiServer):
         return super()._handle(client, raw.translate(_TO_SUB))
 
 
-class CrossbarSerialServer:
+class CrossbarSerialServer(Serving):
     """Serve one board on 127.0.0.1 (a free port); a context manager that starts and stops it.
 
     The transport is `ScpiServer`'s: a thread per connection, its `Faults`, and a `stop()` that
@@ -446,14 +445,3 @@ class CrossbarSerialServer:
     def stop(self) -> None:
         """Stop accepting; execute and answer what every connection sent, then close it."""
         self._server.stop()
-
-    def __enter__(self) -> CrossbarSerialServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

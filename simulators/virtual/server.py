@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Self
 
 from simulators.virtual.scpi import ScpiDevice, ScpiError
 
@@ -48,7 +49,29 @@ class Faults:
     disconnect_after: int | None = None
 
 
-class ScpiServer:
+class Serving:
+    """Context-manager behaviour of a server: entering starts it, leaving stops it."""
+
+    def start(self) -> object:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class ScpiServer(Serving):
     """Serve one virtual instrument on loopback TCP; a context manager that starts and stops it."""
 
     def __init__(self, device: ScpiDevice, name: str = "instrument") -> None:
@@ -126,17 +149,6 @@ class ScpiServer:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-
-    def __enter__(self) -> ScpiServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _spawn(self, target: Callable[[socket.socket], None], client: socket.socket) -> None:
         thread = threading.Thread(

@@ -9,17 +9,16 @@ stops them all on exit (also when one fails to start). `hil serve` and `hil.virt
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import TracebackType
 
 from simulators.virtual.crossbar_serial import CrossbarBoardEmulator, CrossbarSerialServer
 from simulators.virtual.scpi import ScpiDevice
-from simulators.virtual.server import ScpiServer
+from simulators.virtual.server import ScpiServer, Serving
 
 Servable = ScpiDevice | CrossbarBoardEmulator
 """What a station serves: a SCPI/TSP instrument or a serial board."""
 
 
-class VirtualStation:
+class VirtualStation(Serving):
     """A set of virtual instruments served together; a context manager."""
 
     def __init__(self, devices: Mapping[str, Servable]) -> None:
@@ -53,15 +52,3 @@ class VirtualStation:
         """Stop every server that runs (each finishes the messages it has received)."""
         for server in self.servers.values():
             server.stop()
-
-    def __enter__(self) -> VirtualStation:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
