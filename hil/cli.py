@@ -32,6 +32,7 @@ from typing import Annotated
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hil.build import build_device, build_run
@@ -87,12 +88,12 @@ def _errors() -> Iterator[None]:
     except typer.Exit:
         raise
     except RunInterrupted as exc:
-        stderr.print(f"[yellow]{exc}[/]", highlight=False, soft_wrap=True)
+        stderr.print(f"[yellow]{escape(str(exc))}[/]", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_CODES[exc.status]) from None
     except HilError as exc:
         if _state["debug"]:
             raise
-        stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        stderr.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
     except (KeyboardInterrupt, Terminated) as exc:
         stderr.print(f"[yellow]aborted by {_signal_name(exc)}[/]", highlight=False)
@@ -101,7 +102,7 @@ def _errors() -> Iterator[None]:
         if _state["debug"]:
             raise
         stderr.print(
-            f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc} "
+            f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(str(exc))} "
             "(hil --debug ... shows the traceback)",
             highlight=False,
             soft_wrap=True,
@@ -181,7 +182,9 @@ def _write_report(outcome: RunOutcome, signals: Signals) -> None:
     except Exception as exc:
         if _state["debug"]:
             raise
-        stderr.print(f"[bold red]report not written:[/] {exc}", highlight=False, soft_wrap=True)
+        stderr.print(
+            f"[bold red]report not written:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         return
     finally:
         signals.phase = Phase.STOPPING
@@ -191,12 +194,13 @@ def _write_report(outcome: RunOutcome, signals: Signals) -> None:
 def _finish(outcome: RunOutcome, signals: Signals) -> None:
     colour = {"completed": "green", "paused": "yellow"}.get(outcome.status.value, "red")
     stderr.print(
-        f"[{colour}]{outcome.status.value}[/]: {outcome.reason}\nrun directory: {outcome.path}",
+        f"[{colour}]{outcome.status.value}[/]: {escape(outcome.reason)}\n"
+        f"run directory: {escape(str(outcome.path))}",
         highlight=False,
         soft_wrap=True,
     )
     for problem in outcome.problems:
-        stderr.print(f"[bold red]warning:[/] {problem}", highlight=False, soft_wrap=True)
+        stderr.print(f"[bold red]warning:[/] {escape(problem)}", highlight=False, soft_wrap=True)
     if outcome.status is RunStatus.COMPLETED:
         _write_report(outcome, signals)
     elif (outcome.path / RUN_FILE).is_file():
@@ -364,14 +368,15 @@ def config_check(
             if _state["debug"]:
                 raise
             failed += 1
-            stderr.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            stderr.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         except Exception as exc:  # a bug, not a bad file: say so, on one line
             if _state["debug"]:
                 raise
             failed += 1
             stderr.print(
-                f"[bold red]error:[/] {path}: unexpected {type(exc).__name__} while checking "
-                f"({' '.join(str(exc).split())}); this is a bug, run with --debug and report it",
+                f"[bold red]error:[/] {escape(str(path))}: unexpected {type(exc).__name__} while "
+                f"checking ({escape(' '.join(str(exc).split()))}); this is a bug, run with "
+                "--debug and report it",
                 highlight=False,
                 soft_wrap=True,
             )

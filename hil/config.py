@@ -272,7 +272,9 @@ def _validate(model: type[BaseModel], data: Any, doc: YamlDocument, prefix: KeyP
     """Validate strictly for files a person wrote (see `YamlDocument.strict`)."""
     try:
         return model.model_validate(
-            data, strict=doc.strict, context={"base_dir": Path(os.path.abspath(doc.path.parent))}
+            data,
+            strict=doc.strict,
+            context={"base_dir": Path(os.path.abspath(doc.path.parent)), "strict": doc.strict},
         )
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, doc, prefix, data), key=prefix) from None

@@ -21,9 +21,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, model_validator
 
-from drivers.rigs.base import PlateauSettings, Rig, RigChannelBase, entry_settings, require_output
+from drivers.rigs.base import (
+    PlateauSettings,
+    Rig,
+    RigChannelBase,
+    entry_settings,
+    require_output,
+    strict_file,
+)
 from drivers.scpi_daq import AI_IDS, AO_IDS, ScpiDaqBoard, ScpiDaqSettings
 from hil.core import Channel, Clock, DeviceSpec, FloatArray, Role, VirtualClock
 
@@ -76,8 +83,8 @@ class AnalogRig(Rig):
         channels: dict[str, BoardChannel] = Field(description="chip channel → role, board, range")
 
         @model_validator(mode="after")
-        def _wired(self) -> AnalogRig.Settings:
-            b = self.board()
+        def _wired(self, info: ValidationInfo) -> AnalogRig.Settings:
+            b = self.board(strict=strict_file(info))
             where_b = f"instruments.{b.name}"
             used = [c.board for c in self.channels.values()]
             for name, chan in self.channels.items():
@@ -106,12 +113,12 @@ class AnalogRig(Rig):
             require_output(self.channels)
             return self
 
-        def board(self) -> ScpiDaqSettings:
+        def board(self, *, strict: bool = False) -> ScpiDaqSettings:
             """The validated settings of the one board (ValueError naming the key)."""
             if len(self.instruments) != 1:
                 raise ValueError(f"instruments: exactly one board, got {sorted(self.instruments)}")
             ((name, entry),) = self.instruments.items()
-            return entry_settings(name, entry, {BOARD_TYPE: ScpiDaqSettings})
+            return entry_settings(name, entry, {BOARD_TYPE: ScpiDaqSettings}, strict=strict)
 
         def wiring(self) -> list[Wire]:
             """Every board terminal and the chip channel it is wired to: what virtual

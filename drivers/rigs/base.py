@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo
 
 from hil.core import (
     Clock,
@@ -107,20 +107,28 @@ def require_output(channels: Mapping[str, RigChannelBase]) -> None:
         raise ValueError("channels: at least one output is needed")
 
 
-def entry_settings(name: str, entry: Mapping[str, Any], models: Mapping[str, type[S]]) -> S:
+def entry_settings(
+    name: str, entry: Mapping[str, Any], models: Mapping[str, type[S]], *, strict: bool = False
+) -> S:
     """The validated settings of the `instruments.<name>` entry, by its `type:` (ValueError
-    naming the key)."""
+    naming the key); `strict` for a file a person wrote, as the station around it."""
     fields = dict(entry)
     kind = fields.pop("type", None)
     if not isinstance(kind, str) or kind not in models:
         raise ValueError(f"instruments.{name}.type: {kind!r} is not one of {sorted(models)}")
     try:
-        return models[kind].model_validate({"name": name, **fields})
+        return models[kind].model_validate({"name": name, **fields}, strict=strict)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in (name, *first["loc"]))
         message = first["msg"].removeprefix("Value error, ")
         raise ValueError(f"instruments.{where}: {message}") from None
+
+
+def strict_file(info: ValidationInfo) -> bool:
+    """Whether the settings come from a file a person wrote (`hil.config` says so in the
+    validation context), so entries validated by hand are held to the same strict types."""
+    return bool(info.context and info.context.get("strict"))
 
 
 def each(action: str, items: Mapping[str, T], fn: Callable[[T], None]) -> None:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 from drivers.awg import Keysight33500Channel, Keysight33500Settings
 from drivers.generic import GenericChannel, GenericSettings
@@ -52,6 +52,7 @@ from drivers.rigs.base import (
     each,
     entry_settings,
     require_output,
+    strict_file,
 )
 from hil.core import Channel, Clock, DeviceSpec, FloatArray, InstrumentError, Role, VirtualClock
 
@@ -145,9 +146,9 @@ class SMURig(Rig):
         readings: int = Field(default=1, ge=1, le=10_000, description="averaged per plateau")
 
         @model_validator(mode="after")
-        def _wired(self) -> SMURig.Settings:
+        def _wired(self, info: ValidationInfo) -> SMURig.Settings:
             for name in self.instruments:
-                self.instrument_settings(name)
+                self.instrument_settings(name, strict=strict_file(info))
             used = [c.instrument for c in self.channels.values()]
             for name, chan in self.channels.items():
                 if chan.instrument not in self.instruments:
@@ -208,10 +209,10 @@ class SMURig(Rig):
                 return self.lockin.scale
             return self.channels[self.lockin.output].scale
 
-        def instrument_settings(self, name: str) -> InstrumentSettings:
+        def instrument_settings(self, name: str, *, strict: bool = False) -> InstrumentSettings:
             """The validated settings of one entry (ValueError naming the entry)."""
             models = {kind: model for kind, (_, model) in ALL_TYPES.items()}
-            return entry_settings(name, self.instruments[name], models)
+            return entry_settings(name, self.instruments[name], models, strict=strict)
 
         def wiring(self) -> list[Wire]:
             """Every instrument terminal and the channel it is wired to (SMUs, AWGs, lock-in)."""

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from hil.cli import app
 from hil.core import ConfigError
 
-from experiments import QUICKSTART, experiment_text, small_experiment
+from experiments import QUICKSTART, ROOT, experiment_text, small_experiment
 from faulty import FlakyAnalytic
 
 runner = CliRunner()
@@ -131,3 +131,23 @@ def test_list_check_and_schema() -> None:
     schema = runner.invoke(app, ["config", "schema", "station"])
     assert schema.exit_code == 0
     assert "max_abs_voltage" in json.loads(schema.stdout)["$defs"]["SafetyLimits"]["properties"]
+
+
+def test_error_text_is_printed_as_written_not_as_console_markup() -> None:
+    """`pip install 'hil[nidaq]'` in an error must reach the operator with its brackets."""
+    result = runner.invoke(
+        app, ["config", "check", str(ROOT / "configs" / "stations" / "dnpu-daq-bench.yaml")]
+    )
+    assert result.exit_code != 0
+    assert "'hil[nidaq]'" in result.output
+
+
+def test_instrument_entries_of_a_station_file_are_typed_strictly(tmp_path: Path) -> None:
+    """An SMU entry's number written as a string is refused as any other setting would be."""
+    station = (ROOT / "configs" / "stations" / "dnpu-smu-virtual.yaml").read_text()
+    assert "      nplc: 0.1\n" in station
+    path = tmp_path / "station.yaml"
+    path.write_text(station.replace("      nplc: 0.1\n", '      nplc: "0.1"\n', 1))
+    result = runner.invoke(app, ["config", "check", str(path)])
+    assert result.exit_code == 2
+    assert "instruments.smu0.nplc" in result.output
