@@ -1,54 +1,126 @@
-"""`hil report RUN`: a PNG of loss and control trajectories and a short markdown summary."""
+"""`hil report RUN`: a PNG of loss and control trajectories, a short markdown summary and a
+self-contained HTML page (`hil.report_html`) with the outcome, figures and the resolved config."""
 
 from __future__ import annotations
 
 import contextlib
+import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from hil.core import JSONDict, RunError
+from hil.report_html import Figure, render_html
 from hil.rundir import REPORT_DIR, RunDirectory, file_error
+
+FloatArray = NDArray[np.float64]
 
 
 def _step_records(rundir: RunDirectory) -> list[JSONDict]:
     return [r for r in rundir.events() if r.get("event") == "step"]
 
 
-def _plot(records: list[JSONDict], names: list[str], path: Path, title: str) -> None:
+def _column(records: list[JSONDict], key: str) -> FloatArray:
+    """One numeric field of every step record, NaN where a step did not record it."""
+    return np.array([np.nan if r.get(key) is None else r[key] for r in records], dtype=float)
+
+
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = np.array([r["step"] for r in records])
-    loss = np.array([np.nan if r.get("loss") is None else r["loss"] for r in records], dtype=float)
-    best = np.array(
-        [np.nan if r.get("best_loss") is None else r["best_loss"] for r in records], dtype=float
-    )
+    return plt
+
+
+def _draw_loss(ax: Any, records: list[JSONDict], title: str) -> None:
+    steps, loss = _column(records, "step"), _column(records, "loss")
+    ax.plot(steps, loss, lw=1, label="loss (measured)")
+    ax.plot(steps, _column(records, "best_loss"), lw=1.5, label="best so far")
+    if np.all(loss[np.isfinite(loss)] > 0):
+        ax.set_yscale("log")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.set_title(title)
+
+
+def _controls(records: list[JSONDict]) -> FloatArray | None:
+    """Control values per step (steps × controls), or None where there are no electrodes."""
     controls = np.array([r.get("controls") or [] for r in records], dtype=float)
-    has_controls = controls.ndim == 2 and controls.shape[1] > 0
-    if has_controls:
+    return controls if controls.ndim == 2 and controls.shape[1] > 0 else None
+
+
+def _draw_controls(
+    ax: Any, records: list[JSONDict], controls: FloatArray, names: list[str]
+) -> None:
+    steps = _column(records, "step")
+    for j in range(controls.shape[1]):
+        ax.plot(steps, controls[:, j], lw=1, label=names[j] if j < len(names) else str(j))
+    ax.set_xlabel("step")
+    ax.set_ylabel("control value")
+    ax.legend(fontsize="small", ncol=min(4, controls.shape[1]))
+
+
+def _draw_gradient(ax: Any, records: list[JSONDict]) -> None:
+    """Gradient norm per step and, where the estimator reported it, the norm of its SE."""
+    steps, norm = _column(records, "step"), _column(records, "grad_norm")
+    ax.plot(steps, norm, lw=1, label="‖gradient estimate‖")
+    shown = norm
+    se = [r.get("gradient_stderr") for r in records]
+    if any(s is not None for s in se):
+        se_norm = np.array([np.nan if s is None else np.linalg.norm(s) for s in se], dtype=float)
+        ax.plot(steps, se_norm, lw=1, label="‖standard error‖")
+        shown = np.concatenate([norm, se_norm])
+    if np.all(shown[np.isfinite(shown)] > 0):
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("gradient")
+    ax.legend()
+
+
+def _png(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, dpi=110, format="png")
+    _pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def _plot(records: list[JSONDict], names: list[str], title: str) -> bytes:
+    """training.png: the loss above the control trajectories (loss alone without electrodes)."""
+    plt = _pyplot()
+    controls = _controls(records)
+    if controls is not None:
         fig, (ax_loss, ax_ctrl) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+        _draw_controls(ax_ctrl, records, controls, names)
     else:  # e.g. pulse-programmed weights: no control electrodes to draw
         fig, ax_loss = plt.subplots(1, 1, figsize=(8, 4))
         ax_loss.set_xlabel("step")
-    ax_loss.plot(steps, loss, lw=1, label="loss (measured)")
-    ax_loss.plot(steps, best, lw=1.5, label="best so far")
-    if np.all(loss[np.isfinite(loss)] > 0):
-        ax_loss.set_yscale("log")
-    ax_loss.set_ylabel("loss")
-    ax_loss.legend()
-    ax_loss.set_title(title)
-    if has_controls:
-        for j in range(controls.shape[1]):
-            ax_ctrl.plot(steps, controls[:, j], lw=1, label=names[j] if j < len(names) else str(j))
-        ax_ctrl.set_xlabel("step")
-        ax_ctrl.set_ylabel("control value")
-        ax_ctrl.legend(fontsize="small", ncol=min(4, controls.shape[1]))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, format="png")
-    plt.close(fig)
+    _draw_loss(ax_loss, records, title)
+    return _png(fig)
+
+
+def _figures(records: list[JSONDict], names: list[str], title: str) -> list[Figure]:
+    """The report page's figures, one per quantity, each only where the journal has it."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(1, 1, figsize=(8, 3.6))
+    _draw_loss(ax, records, title)
+    ax.set_xlabel("step")
+    figures = [Figure("Training", "Loss per step: measured and best so far", _png(fig))]
+    controls = _controls(records)
+    if controls is not None:
+        fig, ax = plt.subplots(1, 1, figsize=(8, 3.6))
+        _draw_controls(ax, records, controls, names)
+        figures.append(Figure("Training", "Control trajectories", _png(fig)))
+    if np.any(np.isfinite(_column(records, "grad_norm"))):
+        fig, ax = plt.subplots(1, 1, figsize=(8, 3.2))
+        _draw_gradient(ax, records)
+        caption = "Gradient estimate per step (norm; standard error where the estimator gives one)"
+        figures.append(Figure("Gradient quality", caption, _png(fig)))
+    return figures
 
 
 def _markdown(info: JSONDict, summary: JSONDict | None, records: list[JSONDict]) -> str:
@@ -122,7 +194,8 @@ def _tuning_lines(summary: JSONDict) -> list[str]:
 
 
 def write_report(run_path: Path) -> Path:
-    """Write report/training.png and report/summary.md for a run; returns the report folder.
+    """Write report/training.png, report/summary.md and report/report.html for a run; returns
+    the report folder.
 
     Each file is written under a temporary name and renamed, so a failure (disk full,
     read-only directory) leaves no half-written file; it raises a one-line RunFileError.
@@ -134,25 +207,32 @@ def write_report(run_path: Path) -> Path:
     if not records:
         raise RunError(f"{run_path}: no completed steps yet, nothing to report")
     out = rundir.file(REPORT_DIR)
+    title = f"{info.get('name')} ({run_path.name})"
     try:
         names = [c["name"] for c in info["station_snapshot"]["channels"] if c["role"] == "control"]
         markdown = _markdown(info, summary, records)
+        page = render_html(info, summary, records, _figures(records, names, title))
     except (KeyError, TypeError, ValueError) as exc:
         raise RunError(
             f"{rundir.file('run.json')}: cannot read the run's record ({type(exc).__name__}: "
             f"{exc}); the file is damaged"
         ) from None
-    png, md = out / ".training.png.tmp", out / ".summary.md.tmp"
+    files = {
+        "training.png": _plot(records, names, title),
+        "summary.md": markdown.encode("utf-8"),
+        "report.html": page.encode("utf-8"),
+    }
+    temporaries = [out / f".{name}.tmp" for name in files]
     try:
         out.mkdir(exist_ok=True)
-        _plot(records, names, png, f"{info['name']} ({run_path.name})")
-        md.write_text(markdown, encoding="utf-8")
-        png.replace(out / "training.png")
-        md.replace(out / "summary.md")
+        for tmp, data in zip(temporaries, files.values(), strict=True):
+            tmp.write_bytes(data)
+        for tmp, name in zip(temporaries, files, strict=True):
+            tmp.replace(out / name)
     except OSError as exc:
         raise file_error(out, exc, "write the report") from None
     finally:
-        for tmp in (png, md):
+        for tmp in temporaries:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
     return out

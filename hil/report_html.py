@@ -1,0 +1,232 @@
+"""The self-contained `report/report.html` of a run: one page that opens offline.
+
+Everything the page shows is inline: CSS in a `<style>` element, figures as base64 PNG data
+URIs, the resolved config in a collapsible block. It needs no script and makes no request, so it
+can be mailed, archived or opened on an instrument PC without a network. Every value is
+HTML-escaped: config strings (names, descriptions) come from users.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from hil.core import JSONDict
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 1.5rem auto;
+       padding: 0 1rem; color: #222; line-height: 1.4; }
+h1 { font-size: 1.5rem; margin-bottom: 0.2rem; }
+h2 { font-size: 1.2rem; border-bottom: 1px solid #ccc; margin-top: 1.8rem; }
+table { border-collapse: collapse; margin: 0.5rem 0; }
+th, td { text-align: left; padding: 0.15rem 0.8rem 0.15rem 0; vertical-align: top; }
+th { font-weight: 600; }
+td.num { font-variant-numeric: tabular-nums; }
+.status-completed { color: #17612a; } .status-paused, .status-running { color: #8a5a00; }
+.status-aborted, .status-failed { color: #a11; }
+figure { margin: 0.8rem 0; } figure img { max-width: 100%; height: auto; }
+figcaption { font-size: 0.9rem; color: #555; }
+pre { background: #f6f6f6; padding: 0.6rem; overflow-x: auto; font-size: 0.85rem; }
+.muted { color: #666; }
+@media print {
+  body { max-width: none; margin: 0; }
+  details::details-content { content-visibility: visible; display: block; }
+  figure { break-inside: avoid; }
+}
+"""
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A PNG figure for the page: its bytes, a caption and the section it belongs to."""
+
+    section: str
+    caption: str
+    png: bytes
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def number(value: Any) -> str:
+    """A value as shown in a table cell (not yet escaped): floats to 6 significant digits."""
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.6g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+def _table(rows: Iterable[tuple[Any, Any]], head: tuple[str, str] | None = None) -> str:
+    cells = [
+        f'<tr><th scope="row">{_esc(k)}</th><td class="num">{_esc(number(v))}</td></tr>'
+        for k, v in rows
+    ]
+    if not cells:
+        return ""
+    top = (
+        f"<thead><tr><th>{_esc(head[0])}</th><th>{_esc(head[1])}</th></tr></thead>" if head else ""
+    )
+    return f"<table>{top}<tbody>{''.join(cells)}</tbody></table>"
+
+
+def _controls_table(summary: JSONDict) -> str:
+    final = summary.get("final_controls") or summary.get("controls") or {}
+    best = summary.get("best_controls") or {}
+    if not final:
+        return ""
+    rows = [
+        f'<tr><th scope="row">{_esc(name)}</th><td class="num">{_esc(number(value))}</td>'
+        f'<td class="num">{_esc(number(best.get(name)))}</td></tr>'
+        for name, value in final.items()
+    ]
+    return (
+        "<table><thead><tr><th>control</th><th>final</th><th>at best loss</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _figure(fig: Figure) -> str:
+    data = base64.b64encode(fig.png).decode("ascii")
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{_esc(fig.caption)}">'
+        f"<figcaption>{_esc(fig.caption)}</figcaption></figure>"
+    )
+
+
+def _overview(info: JSONDict) -> list[tuple[str, Any]]:
+    config = info["config"]
+    station = config["station"]
+    return [
+        ("run", info.get("run_id", info["name"])),
+        ("created", info.get("created")),
+        ("config file", info.get("config_file")),
+        ("station", f"{station['name']} (device {station['device']['type']})"),
+        ("station file", info.get("station_file")),
+        ("task", config["task"]["type"]),
+        ("estimator", config["estimator"]["type"]),
+        ("optimizer", config["optimizer"]["type"]),
+        ("procedure", config["procedure"]["type"]),
+        ("seed entropy", info.get("seed_entropy")),
+    ]
+
+
+def _outcome(summary: JSONDict | None, records: list[JSONDict]) -> str:
+    if summary is None:
+        return (
+            '<p class="status-running"><strong>running or killed</strong>: no summary yet '
+            f"(<code>hil resume</code> continues it); {len(records)} steps in the journal.</p>"
+        )
+    status = str(summary["status"])
+    best = summary.get("best_loss")
+    rows: list[tuple[str, Any]] = [
+        ("steps", f"{summary['steps_done']} of {summary['total_steps']}"),
+        ("final loss (unperturbed)", summary.get("final_loss")),
+        ("last measured loss", summary.get("last_loss")),
+        (
+            "best measured loss",
+            None if best is None else f"{number(best)} (step {summary.get('best_step')})",
+        ),
+        ("device evaluations", summary.get("evaluations")),
+        ("device time [s]", summary.get("device_time")),
+        ("learning rate", summary.get("learning_rate")),
+        ("final controls", f"the {summary.get('recommend', 'last')} of the iterates"),
+    ]
+    parts = [
+        f'<p class="status-{_esc(status)}"><strong>{_esc(status)}</strong>: '
+        f"{_esc(summary.get('reason', ''))}</p>",
+        _table(rows),
+    ]
+    if summary.get("metrics"):
+        parts += ["<h3>Metrics</h3>", _table(summary["metrics"].items(), ("metric", "value"))]
+    controls = _controls_table(summary)
+    if controls:
+        parts += ["<h3>Controls</h3>", controls]
+    return "".join(parts)
+
+
+def _estimator(info: JSONDict, summary: JSONDict | None) -> str:
+    """The estimator's and optimizer's settings, and what calibration and blocking found."""
+    config = info["config"]
+    parts = [
+        "<h3>Estimator</h3>",
+        _table(_flat(config["estimator"])),
+        "<h3>Optimizer</h3>",
+        _table(_flat(config["optimizer"])),
+    ]
+    if summary is not None:
+        calibration = summary.get("calibration")
+        if calibration:
+            parts += ["<h3>Calibration</h3>", _table(_flat(calibration))]
+        tuning = [
+            (label, summary.get(key))
+            for key, label in (
+                ("noise_sigma", "loss noise σ"),
+                ("allowed_increase", "blocking: allowed increase"),
+                ("rejected_steps", "blocking: steps rejected"),
+            )
+            if summary.get(key) is not None
+        ]
+        if tuning:
+            parts += ["<h3>Noise and blocking</h3>", _table(tuning)]
+    return "".join(parts)
+
+
+def _flat(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested settings as dotted keys, so every value sits in its own cell."""
+    rows: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            rows += _flat(value, f"{name}.")
+        elif isinstance(value, list):
+            rows.append((name, ", ".join(number(v) for v in value)))
+        else:
+            rows.append((name, value))
+    return rows
+
+
+def _details(title: str, data: Any) -> str:
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+    return f"<details><summary>{_esc(title)}</summary><pre>{_esc(text)}</pre></details>"
+
+
+def render_html(
+    info: JSONDict, summary: JSONDict | None, records: list[JSONDict], figures: list[Figure]
+) -> str:
+    """The whole page for a run: overview, outcome, figures, estimator details, config."""
+    config = info["config"]
+    description = config.get("description") or ""
+    sections: dict[str, list[str]] = {}
+    for fig in figures:
+        sections.setdefault(fig.section, []).append(_figure(fig))
+    body = [
+        f"<h1>Run {_esc(info['name'])}</h1>",
+        f'<p class="muted">{_esc(description)}</p>' if description else "",
+        _table(_overview(info)),
+        "<h2>Outcome</h2>",
+        _outcome(summary, records),
+    ]
+    for title, items in sections.items():
+        body += [f"<h2>{_esc(title)}</h2>", *items]
+    body += [
+        "<h2>Estimator and calibration</h2>",
+        _estimator(info, summary),
+        "<h2>Configuration</h2>",
+        _details("Resolved experiment", config),
+        _details("Station snapshot", info.get("station_snapshot")),
+        _details("Environment", info.get("environment")),
+    ]
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>Run {_esc(info['name'])}</title><style>{_CSS}</style></head>"
+        f"<body>{''.join(body)}</body></html>\n"
+    )
