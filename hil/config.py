@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -78,6 +78,16 @@ class FaultPolicy(BaseModel):
     factor: float = Field(default=2.0, ge=1, le=10, description="backoff growth per retry")
 
 
+class RecordPolicy(BaseModel):
+    """What a run keeps in traces.h5: everything, the DC requests only (no waveforms), or none;
+    recording stops (the run goes on) when the file reaches max_mb."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["all", "plateaus", "none"] = "all"
+    max_mb: float = Field(default=200.0, gt=0, description="size cap of traces.h5 in MB")
+
+
 class StationConfig(BaseModel):
     """One station: the device and the limits the safety guard enforces on it."""
 
@@ -114,6 +124,9 @@ class ExperimentConfig(BaseModel):
     optimizer: Component
     faults: FaultPolicy = Field(
         default_factory=FaultPolicy, description="retries of a step an instrument fault broke"
+    )
+    record: RecordPolicy = Field(
+        default_factory=RecordPolicy, description="raw data kept in traces.h5 and its size cap"
     )
 
 

@@ -50,6 +50,7 @@ from hil.rundir import (
     digest,
 )
 from hil.safety import SafetyLimits, Terminated, stricter_limits
+from hil.traces import FINAL_STEP, TRACES_FILE, TraceWriter
 from hil.yamlfile import YamlDocument
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,7 @@ def _loop(
     signals: Signals,
     console: Console | None,
     faults: FaultPolicy,
+    traces: TraceWriter,
     result: _Result,
 ) -> None:
     procedure = built.procedure
@@ -194,7 +196,9 @@ def _loop(
             if signals.pause_requested:
                 result.status, result.reason = RunStatus.PAUSED, "paused by Ctrl-C"
                 return
-            record = retrier.call(procedure.step, f"step {procedure.steps_done + 1}")
+            number = procedure.steps_done + 1
+            record = retrier.call(traces.recording(number, procedure.step), f"step {number}")
+            traces.write_step()  # before the checkpoint: a resume drops it if that is missing
             entry = {"event": "step", "time": time.time(), **record}
             state = _checkpoint(built, ident, entry)
             rundir.write_checkpoint(state)  # first: it holds `entry`
@@ -208,7 +212,10 @@ def _loop(
                     best=_fmt(record.get("best_loss")),
                     device_time=f"{_fmt(record.get('device_time'))} s",
                 )
-        result.final = retrier.call(procedure.finish, "the final measurement")
+        result.final = retrier.call(
+            traces.recording(FINAL_STEP, procedure.finish), "the final measurement"
+        )
+        traces.write_step()
         result.status, result.reason = RunStatus.COMPLETED, f"all {procedure.steps_done} steps done"
 
 
@@ -319,6 +326,7 @@ def _execute(
     signals: Signals,
     console: Console | None,
     faults: FaultPolicy,
+    traces: TraceWriter,
     prepare: Callable[[], None],
 ) -> RunOutcome:
     """Prepare the files, run the steps, and record the outcome whatever happens."""
@@ -331,7 +339,8 @@ def _execute(
                     console.print(f"run directory: {rundir.path}", highlight=False, soft_wrap=True)
                 rundir.reserve_space()
                 prepare()
-                _loop(rundir, built, journal, ident, signals, console, faults, result)
+                traces.attach(built.guard)
+                _loop(rundir, built, journal, ident, signals, console, faults, traces, result)
             finally:
                 signals.phase = Phase.STOPPING
         except BaseException as exc:  # whatever stopped it, the outcome is recorded below
@@ -381,9 +390,11 @@ def start_run(
             built.guard.close()
             raise
         journal = rundir.journal()
+        traces = TraceWriter(rundir.file(TRACES_FILE), resolved.config.record, built.guard.spec)
 
         def prepare() -> None:
             rundir.write_run_info(info)
+            traces.create(ident.run_id, config)
             journal.append(_start_event(ident))
             log.info(
                 "run %s started from %s; config digest %s, seed entropy %d",
@@ -394,7 +405,7 @@ def start_run(
             )
 
         faults = resolved.config.faults
-        return _execute(rundir, built, journal, ident, signals, console, faults, prepare)
+        return _execute(rundir, built, journal, ident, signals, console, faults, traces, prepare)
 
 
 # -- resume --------------------------------------------------------------------------------
@@ -519,6 +530,7 @@ def _resume_locked(rundir: RunDirectory, signals: Signals, console: Console | No
     info = verified.info
     ident = _Identity(run_id=str(info["run_id"]), config_digest=str(info["config_digest"]))
     journal = rundir.journal(next_seq=len(verified.journal.records))
+    traces = TraceWriter(rundir.file(TRACES_FILE), resolved.config.record, built.guard.spec)
 
     def prepare() -> None:
         repairs = []
@@ -540,6 +552,7 @@ def _resume_locked(rundir: RunDirectory, signals: Signals, console: Console | No
                 f"journalled step {verified.steps_done} from the checkpoint (the process stopped "
                 "between saving the checkpoint and writing the journal)"
             )
+        traces.reopen(verified.steps_done, ident.run_id, info["config"])
         for line in repairs:
             log.warning("%s: %s", rundir.path, line)
         if notes:
@@ -571,4 +584,4 @@ def _resume_locked(rundir: RunDirectory, signals: Signals, console: Console | No
         )
 
     faults = resolved.config.faults
-    return _execute(rundir, built, journal, ident, signals, console, faults, prepare)
+    return _execute(rundir, built, journal, ident, signals, console, faults, traces, prepare)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
@@ -56,6 +57,20 @@ def ramp_down(
         n += 1
 
 
+@dataclass(frozen=True)
+class DeviceRequest:
+    """One successful request through the guard: what was `sent`, what came back (`received`,
+    None for a request that returns nothing), and the device-clock `time` when it ended."""
+
+    kind: str
+    sent: Mapping[str, Any]
+    received: Any
+    time: float
+
+
+Observer = Callable[[DeviceRequest], None]
+
+
 def as_array(values: Any, name: str) -> FloatArray:
     """A fresh float64 copy: what is checked is exactly what is sent, whatever the caller does."""
     try:
@@ -102,6 +117,7 @@ class SafetyGuard(GuardChecks, DeviceBase):
         self._last_control_time: float | None = None
         self._unknown: str | None = None  # what failed part-way, leaving the levels unknown
         self._pending_controls: FloatArray | None = None  # a DC step that may not have landed
+        self._observers: list[Observer] = []
         self._check_rampable()
         log.debug("safety guard on %r: %s", spec.name, self._describe())
 
@@ -166,6 +182,32 @@ class SafetyGuard(GuardChecks, DeviceBase):
         log.info("unguarded access to device %r: %s", self._spec.name, reason)
         return self._device
 
+    def observe(self, callback: Observer) -> Callable[[], None]:
+        """Call `callback` after each successful request (recording); returns the unsubscribe.
+
+        Observers must copy what they keep (the arrays are the guard's and the caller's); one
+        that raises is logged and dropped, the request stands.
+        """
+        self._observers.append(callback)
+
+        def stop() -> None:
+            if callback in self._observers:
+                self._observers.remove(callback)
+
+        return stop
+
+    def _notify(self, kind: str, sent: Mapping[str, Any], received: Any) -> None:
+        """Tell the observers about a request that succeeded."""
+        if not self._observers:
+            return
+        request = DeviceRequest(kind, sent, received, self._device.clock.now())
+        for callback in tuple(self._observers):
+            try:
+                callback(request)
+            except Exception:
+                log.exception("an observer of the guard failed; it is no longer called")
+                self._observers.remove(callback)
+
     @property
     def limits(self) -> SafetyLimits:
         """A copy of the limits in force (changing it changes nothing the guard enforces)."""
@@ -183,13 +225,18 @@ class SafetyGuard(GuardChecks, DeviceBase):
         self._check_values(arr[np.newaxis, :], self._controls, "set_controls", row_word=None)
         self._check_known("set_controls")
         self._ramp_controls(arr)
+        self._notify("set_controls", {"controls": arr}, None)
 
     def measure(self, inputs: FloatArray) -> FloatArray:
         """Check every plateau (range and the slew between plateaus), then measure."""
         arr = self._checked_plateaus(inputs, "measure")
         try:
             with self._driving("measure"):
-                return self._device.measure(arr)
+                outputs = self._device.measure(arr)
+            self._notify(
+                "measure", {"inputs": arr, "controls": self._last_controls.copy()}, outputs
+            )
+            return outputs
         finally:
             # Asked through every row: assume it ended on the last (after a failure too).
             self._last_inputs = arr[-1].copy()

@@ -69,7 +69,9 @@ class StreamingSafetyGuard(SafetyGuard):
         assert isinstance(streamer, Streaming)  # guaranteed by SafetyGuard.__new__
         try:
             with self._driving("stream"):
-                return streamer.stream(arr, tuple(names))
+                received = streamer.stream(arr, tuple(names))
+            self._notify("stream", {"waveform": arr, "channels": tuple(names)}, received)
+            return received
         finally:
             # Each streamed channel now holds its last sample (assumed after a failure too).
             control_index = {e.name: i for i, e in enumerate(self._controls)}
@@ -147,13 +149,17 @@ class PulsingSafetyGuard(SafetyGuard):
             )
         device = self._device
         assert isinstance(device, ProgrammableState)  # guaranteed by SafetyGuard.__new__
-        device.apply_pulses(arr.astype(np.int64))
+        counts = arr.astype(np.int64)
+        device.apply_pulses(counts)
+        self._notify("apply_pulses", {"counts": counts}, None)
 
     def read_state(self) -> FloatArray:
         """Read the weights back (reading drives only the device's own read voltages)."""
         device = self._device
         assert isinstance(device, ProgrammableState)
-        return device.read_state()
+        state = device.read_state()
+        self._notify("read_state", {}, state)
+        return state
 
 
 class NodeSafetyGuard(SafetyGuard):
@@ -194,7 +200,14 @@ class NodeSafetyGuard(SafetyGuard):
         assert isinstance(device, NodePerturbable)
         try:
             with self._driving("measure_nodes"):
-                return device.measure_nodes(arr, checked)
+                received = device.measure_nodes(arr, checked)
+            sent = {
+                "inputs": arr,
+                "controls": self._last_controls.copy(),
+                "offsets": tuple(checked),
+            }
+            self._notify("measure_nodes", sent, received)
+            return received
         finally:
             self._last_inputs = arr[-1].copy()
 
@@ -257,7 +270,10 @@ class DemodulatingSafetyGuard(SafetyGuard):
         checked = self._checked_dithers(dithers)
         try:
             with self._driving("demodulate"):
-                return self._demodulator().demodulate(arr[0], checked, reads)
+                xy = self._demodulator().demodulate(arr[0], checked, reads)
+            sent = {"inputs": arr[0], "controls": self._last_controls.copy(), "dithers": checked}
+            self._notify("demodulate", {**sent, "reads": reads}, xy)
+            return xy
         finally:
             self._last_inputs = arr[0].copy()
 

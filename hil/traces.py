@@ -1,0 +1,292 @@
+"""traces.h5: the raw data of a run — every request the guard passed and what the device answered.
+
+The writer observes the safety guard (`SafetyGuard.observe`), buffers one step's requests in memory
+and appends them at the step boundary, before the checkpoint: the file is opened, appended to,
+flushed and closed again per step, so between steps it is a closed, consistent HDF5 file that any
+reader can open, and a kill -9 can only hit the step being written. Rows carry their step number,
+and `reopen` (resume) drops the rows of steps after the checkpoint, so a step that was written
+but not checkpointed is recorded again, once. Recording never fails a run: an error or the size
+cap (`record.max_mb`) stops it, logged once and noted in the `recording_stopped` attribute.
+
+Layout (schema 1), every dataset append-only along its first axis, chunked and gzip-compressed:
+
+- `/` attributes `schema_version`, `run_id`, `config` (the resolved config, JSON), `record_mode`;
+  `/channels/{inputs,outputs,controls}` the channel names (dimension scales of the columns);
+- `/plateaus` one row per DC plateau (`measure`, `measure_nodes`): `step`, `time` (device clock,
+  s, when the request ended), `request` (its number within the step), `inputs`, `outputs`,
+  `controls` (the levels held);
+- `/controls` one row per `set_controls`: `step`, `time`, `controls`;
+- `/streams` one row per `stream`: `step`, `time`, `channels` (JSON), and the ragged `waveform`
+  (sent) and `received`: a flat float dataset plus `<name>_index` rows (start, shape...);
+- `/pulses` (`counts`), `/states` (`state`, from `read_state`), `/demodulation` (`inputs`,
+  `controls`, `dithers` JSON, ragged `xy`: dithers × reads × (X, Y)).
+
+Steps are numbered from 1 as in the journal; the final measurement after the last step is
+recorded as step `FINAL_STEP` (-1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import h5py
+import numpy as np
+
+from hil.config import RecordPolicy
+from hil.core.channels import DeviceSpec, Role
+from hil.core.types import JSONDict
+from hil.safety.guard import DeviceRequest, SafetyGuard
+
+log = logging.getLogger(__name__)
+
+TRACES_FILE = "traces.h5"
+TRACES_SCHEMA = 1
+FINAL_STEP = -1
+MB = 1_000_000
+ROLES = {"inputs": Role.INPUT, "outputs": Role.OUTPUT, "controls": Role.CONTROL}
+STRING = h5py.string_dtype()
+_CHUNK_BYTES = 64 * 1024
+_STREAMED = {"stream"}  # left out by record mode "plateaus"
+
+T = TypeVar("T")
+
+
+@dataclass
+class Rows:
+    """Rows for one table: `fixed` columns (k rows each) and `ragged` ones (one array, k == 1)."""
+
+    table: str
+    fixed: dict[str, np.ndarray]
+    ragged: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (*self.fixed.values(), *self.ragged.values()))
+
+
+def _copy(value: Any, dtype: type = np.float64) -> np.ndarray:
+    return np.array(value, dtype=dtype, copy=True)
+
+
+def _head(step: int, request: DeviceRequest, k: int = 1) -> dict[str, np.ndarray]:
+    return {"step": np.full(k, step, dtype=np.int64), "time": np.full(k, request.time)}
+
+
+def rows_of(step: int, number: int, request: DeviceRequest) -> Rows:
+    """The rows one request adds (copies: the caller may change its arrays afterwards)."""
+    sent, got = request.sent, request.received
+    if request.kind in ("measure", "measure_nodes"):
+        inputs = _copy(sent["inputs"])
+        outputs = _copy(got[0] if request.kind == "measure_nodes" else got)
+        k = len(inputs)
+        controls = np.repeat(_copy(sent["controls"])[np.newaxis, :], k, axis=0)
+        fixed = {**_head(step, request, k), "request": np.full(k, number, dtype=np.int64)}
+        return Rows(
+            "plateaus", {**fixed, "inputs": inputs, "outputs": outputs, "controls": controls}
+        )
+    if request.kind == "set_controls":
+        return Rows("controls", {**_head(step, request), "controls": _copy([sent["controls"]])})
+    if request.kind == "stream":
+        channels = np.array([json.dumps(list(sent["channels"]))], dtype=object)
+        ragged = {"waveform": _copy(sent["waveform"]), "received": _copy(got)}
+        return Rows("streams", {**_head(step, request), "channels": channels}, ragged)
+    if request.kind == "apply_pulses":
+        return Rows("pulses", _head(step, request), {"counts": _copy(sent["counts"], np.int64)})
+    if request.kind == "read_state":
+        return Rows("states", _head(step, request), {"state": _copy(got)})
+    if request.kind == "demodulate":
+        dithers = {name: list(pair) for name, pair in sent["dithers"].items()}
+        fixed = {
+            **_head(step, request),
+            "inputs": _copy([sent["inputs"]]),
+            "controls": _copy([sent["controls"]]),
+            "dithers": np.array([json.dumps(dithers)], dtype=object),
+        }
+        return Rows("demodulation", fixed, {"xy": _copy(got)})
+    raise ValueError(f"no trace layout for a {request.kind!r} request")
+
+
+def _chunks(trailing: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    per_row = max(1, math.prod(trailing) * itemsize)
+    return (max(1, _CHUNK_BYTES // per_row), *trailing)
+
+
+def _append(group: h5py.Group, name: str, rows: np.ndarray) -> int:
+    """Append `rows` along the first axis of `group[name]` (created on first use); returns the
+    row count before."""
+    if name not in group:
+        trailing = tuple(rows.shape[1:])
+        dtype = STRING if rows.dtype == object else rows.dtype
+        group.create_dataset(
+            name,
+            shape=(0, *trailing),
+            maxshape=(None, *trailing),
+            dtype=dtype,
+            chunks=_chunks(trailing, 8 if rows.dtype == object else rows.dtype.itemsize),
+            compression="gzip",
+            compression_opts=4,
+            shuffle=rows.dtype != object,
+        )
+        scale = f"/channels/{name}"
+        if name in ROLES and len(trailing) == 1 and scale in group.file:
+            group[name].dims[1].attach_scale(group.file[scale])
+            group[name].attrs["channels"] = [str(c) for c in group.file[scale].asstr()[()]]
+    dataset = group[name]
+    before = int(dataset.shape[0])
+    dataset.resize(before + len(rows), axis=0)
+    dataset[before:] = rows
+    return before
+
+
+def write_rows(file: h5py.File, rows: Rows) -> None:
+    """Append one request's rows; a column without channels (width 0) is left out."""
+    group = file.require_group(rows.table)
+    for name, values in rows.fixed.items():
+        if values.ndim == 1 or math.prod(values.shape[1:]) > 0:
+            _append(group, name, values)
+    for name, values in rows.ragged.items():
+        start = _append(group, name, values.ravel())
+        _append(group, f"{name}_index", np.array([[start, *values.shape]], dtype=np.int64))
+
+
+def _keep_steps(group: h5py.Group, last_step: int) -> None:
+    """Cut every column of a table to the rows of steps 1..last_step (a prefix: rows are in
+    step order, and the final measurement comes last)."""
+    steps = group["step"][()]
+    keep = int(np.count_nonzero((steps >= 1) & (steps <= last_step)))
+    for name in list(group):
+        if name.endswith("_index") or name == "step" or f"{name}_index" in group:
+            continue
+        group[name].resize(keep, axis=0)
+    for name in [n for n in group if n.endswith("_index")]:
+        index = group[name]
+        flat = name.removesuffix("_index")
+        end = 0 if keep == 0 else int(index[keep - 1, 0] + math.prod(index[keep - 1, 1:]))
+        index.resize(keep, axis=0)
+        group[flat].resize(end, axis=0)
+    group["step"].resize(keep, axis=0)
+
+
+class TraceWriter:
+    """Records the guard's requests into `path`, one step at a time (see the module doc)."""
+
+    def __init__(self, path: Path, policy: RecordPolicy, spec: DeviceSpec) -> None:
+        self.path = path
+        self.policy = policy
+        self._spec = spec
+        self._step: int | None = None
+        self._buffer: list[Rows] = []
+        self._stopped: str | None = None if policy.mode != "none" else "record mode none"
+
+    @property
+    def stopped(self) -> str | None:
+        """Why recording stopped (None while it records)."""
+        return self._stopped
+
+    def create(self, run_id: str, config: JSONDict) -> None:
+        """A new file with the schema, the run's identity, config and channel names."""
+        self._guarded(lambda: self._create(run_id, config))
+
+    def _create(self, run_id: str, config: JSONDict) -> None:
+        with h5py.File(self.path, "w") as f:
+            f.attrs["schema_version"] = TRACES_SCHEMA
+            f.attrs["run_id"] = run_id
+            f.attrs["record_mode"] = self.policy.mode
+            f.attrs["max_mb"] = self.policy.max_mb
+            f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            text = json.dumps(config, sort_keys=True)
+            if len(text) < 60_000:  # compact attributes hold up to 64 kB
+                f.attrs["config"] = text
+            else:
+                f.create_dataset("config", data=text, dtype=STRING)
+                f.attrs["config"] = "see the /config dataset"
+            channels = f.create_group("channels")
+            for name, role in ROLES.items():
+                names = [c.name for c in self._spec.channels if c.role is role]
+                if names:
+                    channels.create_dataset(name, data=names, dtype=STRING).make_scale(name)
+            if self._stopped:
+                f.attrs["recording_stopped"] = self._stopped
+
+    def reopen(self, steps_done: int, run_id: str, config: JSONDict) -> None:
+        """Continue the file of a resumed run: rows of steps after `steps_done` (written before
+        a kill, not checkpointed) are dropped; a missing or unreadable file is set aside and a
+        new one started."""
+        if not self.path.is_file():
+            log.warning("%s is missing; recording starts again at this resume", self.path)
+            self.create(run_id, config)
+            return
+        try:
+            with h5py.File(self.path, "a") as f:
+                if f.attrs.get("recording_stopped"):
+                    self._stopped = str(f.attrs["recording_stopped"])
+                for table in f.values():
+                    if isinstance(table, h5py.Group) and "step" in table:
+                        _keep_steps(table, steps_done)
+        except OSError as exc:
+            aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
+            os.replace(self.path, aside)
+            log.warning("%s could not be opened (%s); moved to %s", self.path, exc, aside.name)
+            self.create(run_id, config)
+
+    def attach(self, guard: SafetyGuard) -> Callable[[], None]:
+        """Observe `guard`; returns the detach."""
+        return guard.observe(self._on_request)
+
+    def recording(self, step: int, call: Callable[[], T]) -> Callable[[], T]:
+        """`call` with its requests buffered as `step`; each attempt (a retry) starts afresh."""
+
+        def attempt() -> T:
+            self._step, self._buffer = step, []
+            return call()
+
+        return attempt
+
+    def _on_request(self, request: DeviceRequest) -> None:
+        if self._stopped or self._step is None:
+            return
+        if self.policy.mode == "plateaus" and request.kind in _STREAMED:
+            return
+        self._buffer.append(rows_of(self._step, len(self._buffer), request))
+
+    def write_step(self) -> None:
+        """Append the buffered step and close the file (readable, and safe from a later kill)."""
+        rows, self._buffer, self._step = self._buffer, [], None
+        if self._stopped or not rows:
+            return
+        size = self.path.stat().st_size if self.path.exists() else 0
+        if size + sum(r.nbytes for r in rows) > self.policy.max_mb * MB:
+            self._stop(f"the size cap record.max_mb {self.policy.max_mb:g} MB was reached")
+            return
+
+        def append() -> None:
+            with h5py.File(self.path, "a") as f:
+                for r in rows:
+                    write_rows(f, r)
+                f.flush()
+
+        self._guarded(append)
+
+    def _guarded(self, action: Callable[[], None]) -> None:
+        """Run a file action; an error stops recording instead of failing the run."""
+        try:
+            action()
+        except Exception as exc:
+            self._stop(f"writing {self.path.name} failed ({type(exc).__name__}: {exc})")
+
+    def _stop(self, reason: str) -> None:
+        self._stopped = reason
+        log.warning("recording stopped: %s; the run goes on", reason)
+        try:
+            with h5py.File(self.path, "a") as f:
+                f.attrs["recording_stopped"] = reason
+        except Exception as exc:
+            log.warning("%s: could not note that recording stopped (%s)", self.path, exc)
