@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from typing import Annotated
 
 import numpy as np
@@ -43,7 +44,7 @@ from hil.config import (
     resolve_experiment,
     resolve_station,
 )
-from hil.core import ConfigError, HilError
+from hil.core import ConfigError, HilError, RunError
 from hil.interrupts import (
     Phase,
     RunInterrupted,
@@ -56,6 +57,7 @@ from hil.registry import Kind, available
 from hil.rundir import RUN_FILE
 from hil.runner import RunOutcome, resume_run, start_run
 from hil.safety import Terminated
+from hil.traces import TRACES_FILE
 from hil.virtual import serve_station
 from hil.yamlfile import load_yaml
 
@@ -67,6 +69,14 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Validate configuration files and print their schema.")
 app.add_typer(config_app, name="config")
+
+
+class ExportFormat(StrEnum):
+    """What `hil export` writes."""
+
+    NETCDF = "netcdf"
+    CSV = "csv"
+
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -239,6 +249,31 @@ def report(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> N
     with _errors():
         out = write_report(run_dir)
         stdout.print(f"report written to {out}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
+    to: Annotated[ExportFormat, typer.Option("--to", help="Format.", case_sensitive=False)],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Output (default: RUN/export/traces.nc or RUN/export/csv)."),
+    ] = None,
+) -> None:
+    """Write a run's raw data (traces.h5) as NetCDF3 (one file) or CSV (one file per dataset)."""
+    from hil.data import export_csv, export_netcdf
+
+    with _errors():
+        if not (run_dir / TRACES_FILE).is_file():
+            raise RunError(f"{run_dir}: no {TRACES_FILE} (a run made before raw data was kept)")
+        if to is ExportFormat.NETCDF:
+            target = out or run_dir / "export" / "traces.nc"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            written = [export_netcdf(run_dir, target)]
+        else:
+            written = export_csv(run_dir, out or run_dir / "export" / "csv")
+        for path in written:
+            stdout.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
 
 @app.command("list")
