@@ -61,6 +61,8 @@ def number(value: Any) -> str:
         return "—"
     if isinstance(value, float):
         return f"{value:.6g}" if math.isfinite(value) else str(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(number(v) for v in value) + "]"
     return str(value)
 
 
@@ -186,8 +188,6 @@ def _flat(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
             rows += _flat(value, f"{name}.")
-        elif isinstance(value, list):
-            rows.append((name, ", ".join(number(v) for v in value)))
         else:
             rows.append((name, value))
     return rows
