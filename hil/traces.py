@@ -54,6 +54,7 @@ MB = 1_000_000
 ROLES = {"inputs": Role.INPUT, "outputs": Role.OUTPUT, "controls": Role.CONTROL}
 STRING = h5py.string_dtype()
 _CHUNK_BYTES = 64 * 1024
+_NEW_COLUMN_BYTES = 4096  # allowance for a new dataset's header and first chunk index
 _STREAMED = {"stream"}  # left out by record mode "plateaus"
 
 T = TypeVar("T")
@@ -184,6 +185,7 @@ class TraceWriter:
         self._spec = spec
         self._step: int | None = None
         self._buffer: list[Rows] = []
+        self._growth = 0  # the largest growth of the file by one step so far (bytes)
         self._stopped: str | None = None if policy.mode != "none" else "record mode none"
 
     @property
@@ -263,7 +265,7 @@ class TraceWriter:
         if self._stopped or not rows:
             return
         size = self.path.stat().st_size if self.path.exists() else 0
-        if size + sum(r.nbytes for r in rows) > self.policy.max_mb * MB:
+        if size + self._estimate(rows) > self.policy.max_mb * MB:
             self._stop(f"the size cap record.max_mb {self.policy.max_mb:g} MB was reached")
             return
 
@@ -272,8 +274,20 @@ class TraceWriter:
                 for r in rows:
                     write_rows(f, r)
                 f.flush()
+            self._growth = max(self._growth, self.path.stat().st_size - size)
 
         self._guarded(append)
+
+    def _estimate(self, rows: list[Rows]) -> int:
+        """What appending `rows` may add to the file: their raw size, or the largest growth
+        seen so far (chunks and HDF5 metadata), or on the first write a per-column allowance."""
+        raw = sum(r.nbytes for r in rows)
+        if self._growth == 0:
+            names = [(r.table, c) for r in rows for c in (*r.fixed, *r.ragged)]
+            names += [(r.table, f"{c}_index") for r in rows for c in r.ragged]
+            columns = set(names)
+            return raw + _NEW_COLUMN_BYTES * len(columns)
+        return max(raw, self._growth)
 
     def _guarded(self, action: Callable[[], None]) -> None:
         """Run a file action; an error stops recording instead of failing the run."""
