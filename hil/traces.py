@@ -198,7 +198,7 @@ class TraceWriter:
         self._guarded(lambda: self._create(run_id, config))
 
     def _create(self, run_id: str, config: JSONDict) -> None:
-        with h5py.File(self.path, "w") as f:
+        with h5py.File(self.path, "w", locking=False) as f:
             f.attrs["schema_version"] = TRACES_SCHEMA
             f.attrs["run_id"] = run_id
             f.attrs["record_mode"] = self.policy.mode
@@ -227,7 +227,7 @@ class TraceWriter:
             self.create(run_id, config)
             return
         try:
-            with h5py.File(self.path, "a") as f:
+            with h5py.File(self.path, "a", locking=False) as f:
                 if f.attrs.get("recording_stopped"):
                     self._stopped = str(f.attrs["recording_stopped"])
                 for table in f.values():
@@ -270,7 +270,7 @@ class TraceWriter:
             return
 
         def append() -> None:
-            with h5py.File(self.path, "a") as f:
+            with h5py.File(self.path, "a", locking=False) as f:
                 for r in rows:
                     write_rows(f, r)
                 f.flush()
@@ -300,7 +300,7 @@ class TraceWriter:
         self._stopped = reason
         log.warning("recording stopped: %s; the run goes on", reason)
         try:
-            with h5py.File(self.path, "a") as f:
+            with h5py.File(self.path, "a", locking=False) as f:
                 f.attrs["recording_stopped"] = reason
         except Exception as exc:
             log.warning("%s: could not note that recording stopped (%s)", self.path, exc)

@@ -14,7 +14,8 @@ from hil.core import SafetyViolation
 from hil.data import open_traces
 from hil.safety import SafetyGuard, SafetyLimits
 from hil.safety.guard import DeviceRequest
-from hil.traces import FINAL_STEP, TRACES_SCHEMA, TraceWriter
+from hil.traces import FINAL_STEP, TRACES_SCHEMA, TraceWriter, rows_of, write_rows
+from simulators.analog_mlp import AnalogMLPDevice
 from simulators.analytic import AnalyticDevice
 from simulators.crossbar import CrossbarDevice
 
@@ -186,3 +187,30 @@ def test_record_modes(tmp_path: Path, mode: str, tables: set[str]) -> None:
     step(writer, 1, lambda: (guard.measure(ROWS), guard.stream(WAVE, ["in0"])))  # type: ignore[attr-defined]
     traces = open_traces(tmp_path)
     assert {name for name, table in traces.tables.items() if len(table)} == tables
+
+
+def test_node_measurements_are_plateaus_and_demodulation_keeps_dithers_and_xy(
+    tmp_path: Path,
+) -> None:
+    device = AnalogMLPDevice(AnalogMLPDevice.Settings(layers=[3, 4, 2]), seed=0)
+    guard = SafetyGuard(device, SafetyLimits(max_abs_voltage=1.0))
+    writer = TraceWriter(tmp_path / "traces.h5", RecordPolicy(), guard.spec)
+    writer.create("run-1", {})
+    writer.attach(guard)
+    inputs = np.array([[1.0, 0.0, 2.0]])
+    offsets = [np.zeros((1, n)) for _, n in guard.layer_shapes]  # type: ignore[attr-defined]
+    answers = []
+    step(writer, 1, lambda: answers.append(guard.measure_nodes(inputs, offsets)))  # type: ignore[attr-defined]
+    xy = np.arange(8.0).reshape(2, 2, 2)  # 2 dithers × 2 reads × (X, Y)
+    sent = {"inputs": inputs[0], "controls": np.zeros(0), "dithers": {"c0": (7.0, 0.01)}}
+    with h5py.File(writer.path, "a") as f:
+        write_rows(f, rows_of(2, 0, DeviceRequest("demodulate", sent, xy, 1.5)))
+    traces = open_traces(tmp_path)
+    np.testing.assert_array_equal(traces.plateaus.columns["inputs"], inputs)
+    np.testing.assert_array_equal(traces.plateaus.columns["outputs"], answers[0][0])
+    demod = traces.tables["demodulation"]
+    assert demod.step.tolist() == [2]
+    assert demod.time.tolist() == [1.5]
+    assert demod.text["dithers"] == ['{"c0": [7.0, 0.01]}']
+    np.testing.assert_array_equal(demod.ragged["xy"][0], xy)
+    assert "controls" not in demod.columns  # no control channels: no column
