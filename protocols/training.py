@@ -17,6 +17,7 @@ counted in the step's `evaluations`.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -255,6 +256,7 @@ class TrainingProcedure(Stepped):
             "device_time": self.objective.device_time(),
             "controls": self.objective.physical(theta).tolist(),
             "gradient": estimate.gradient.tolist(),  # in the optimizer's parameter space
+            "gradient_stderr": _finite_or_none(estimate.stderr),  # where the estimator knows it
             **outcome.record(),
             **extra,
         }
@@ -323,3 +325,10 @@ class TrainingProcedure(Stepped):
         calibrated = self._calibration
         if calibrated is not None and calibrated.get("c") is not None:
             set_perturbation(self.estimator, float(calibrated["c"]))  # settings are not state
+
+
+def _finite_or_none(values: FloatArray | None) -> list[float | None] | None:
+    """Per-coordinate standard errors as JSON (a non-finite one as null)."""
+    if values is None:
+        return None
+    return [float(v) if math.isfinite(v) else None for v in np.ravel(values)]

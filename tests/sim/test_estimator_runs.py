@@ -40,6 +40,12 @@ def test_each_estimator_runs_from_a_config_and_checkpoints(tmp_path: Path, name:
     steps = [r for r in RunDirectory(outcome.path).events() if r["event"] == "step"]
     assert len(steps) == 6
     assert all(int(s["evaluations"]) > 0 for s in steps)
+    # Estimators that know their standard error journal it per coordinate (report: gradient
+    # quality); the others journal null.
+    stderr = [s["gradient_stderr"] for s in steps]
+    if name.startswith("homodyne"):
+        assert all(len(e) == len(s["gradient"]) for e, s in zip(stderr, steps, strict=True))
+        assert all(v is None or v > 0 for e in stderr for v in e)
 
 
 def test_node_perturbation_trains_the_analog_chip_through_the_guard(tmp_path: Path) -> None:
