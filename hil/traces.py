@@ -233,11 +233,12 @@ class TraceWriter:
                 for table in f.values():
                     if isinstance(table, h5py.Group) and "step" in table:
                         _keep_steps(table, steps_done)
-        except OSError as exc:
+        except Exception as exc:
             aside = self.path.with_name(f"{self.path.name}.damaged-{int(time.time())}")
-            os.replace(self.path, aside)
-            log.warning("%s could not be opened (%s); moved to %s", self.path, exc, aside.name)
-            self.create(run_id, config)
+            log.warning("%s could not be repaired (%s); moved to %s", self.path, exc, aside.name)
+            self._guarded(lambda: os.replace(self.path, aside))
+            if not self._stopped:
+                self.create(run_id, config)
 
     def attach(self, guard: SafetyGuard) -> Callable[[], None]:
         """Observe `guard`; returns the detach."""
