@@ -198,7 +198,7 @@ def _write_report(outcome: RunOutcome, signals: Signals) -> None:
         return
     finally:
         signals.phase = Phase.STOPPING
-    stderr.print(f"report: {report / 'summary.md'}", highlight=False, soft_wrap=True)
+    stderr.print(f"report: {report / 'report.html'}", highlight=False, soft_wrap=True)
 
 
 def _finish(outcome: RunOutcome, signals: Signals) -> None:
@@ -243,7 +243,7 @@ def resume(
 
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> None:
-    """Write report/training.png and report/summary.md for a run."""
+    """Write report/report.html (self-contained), training.png and summary.md for a run."""
     from hil.report import write_report
 
     with _errors():
