@@ -31,6 +31,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +56,9 @@ ROLES = {"inputs": Role.INPUT, "outputs": Role.OUTPUT, "controls": Role.CONTROL}
 STRING = h5py.string_dtype()
 _CHUNK_BYTES = 64 * 1024
 _NEW_COLUMN_BYTES = 4096  # allowance for a new dataset's header and first chunk index
+_NEW_FILE_BYTES = 256 * 1024  # a new file's header, attributes and channel scales, generously
+DISK_RESERVE = 8 * MB
+"""Free space recording never takes: the journal, checkpoint and summary must still fit."""
 _STREAMED = {"stream"}  # left out by record mode "plateaus"
 
 T = TypeVar("T")
@@ -195,7 +199,8 @@ class TraceWriter:
 
     def create(self, run_id: str, config: JSONDict) -> None:
         """A new file with the schema, the run's identity, config and channel names."""
-        self._guarded(lambda: self._create(run_id, config))
+        if self._room(_NEW_FILE_BYTES):
+            self._guarded(lambda: self._create(run_id, config))
 
     def _create(self, run_id: str, config: JSONDict) -> None:
         with h5py.File(self.path, "w", locking=False) as f:
@@ -225,6 +230,8 @@ class TraceWriter:
         if not self.path.is_file():
             log.warning("%s is missing; recording starts again at this resume", self.path)
             self.create(run_id, config)
+            return
+        if not self._room(_NEW_FILE_BYTES):
             return
         try:
             with h5py.File(self.path, "a", locking=False) as f:
@@ -269,6 +276,8 @@ class TraceWriter:
         if size + self._estimate(rows) > self.policy.max_mb * MB:
             self._stop(f"the size cap record.max_mb {self.policy.max_mb:g} MB was reached")
             return
+        if not self._room(self._estimate(rows)):
+            return
 
         def append() -> None:
             with h5py.File(self.path, "a", locking=False) as f:
@@ -290,6 +299,24 @@ class TraceWriter:
             return raw + _NEW_COLUMN_BYTES * len(columns)
         return max(raw, self._growth)
 
+    def _room(self, need: int) -> bool:
+        """Whether the disk has `need` bytes and the reserve the run's own files need. HDF5
+        must not meet a full disk: a write that fails part-way can leave the library in a state
+        where the next one crashes the process. Without room, recording stops untouched."""
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+        except OSError as exc:
+            self._stop(f"the free space of {self.path.parent} is unknown ({exc})", note=False)
+            return False
+        if free < need + DISK_RESERVE:
+            self._stop(
+                f"the disk has {free / MB:.3g} MB free, less than this step needs and the "
+                f"{DISK_RESERVE / MB:g} MB kept for the run's journal and checkpoint",
+                note=False,
+            )
+            return False
+        return True
+
     def _guarded(self, action: Callable[[], None]) -> None:
         """Run a file action; an error stops recording instead of failing the run."""
         try:
@@ -297,9 +324,12 @@ class TraceWriter:
         except Exception as exc:
             self._stop(f"writing {self.path.name} failed ({type(exc).__name__}: {exc})")
 
-    def _stop(self, reason: str) -> None:
+    def _stop(self, reason: str, *, note: bool = True) -> None:
+        """Stop recording; `note` it in the file too (not when the disk is full)."""
         self._stopped = reason
         log.warning("recording stopped: %s; the run goes on", reason)
+        if not note:
+            return
         try:
             with h5py.File(self.path, "a", locking=False) as f:
                 f.attrs["recording_stopped"] = reason

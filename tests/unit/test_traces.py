@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import h5py
@@ -214,3 +215,25 @@ def test_node_measurements_are_plateaus_and_demodulation_keeps_dithers_and_xy(
     assert demod.text["dithers"] == ['{"c0": [7.0, 0.01]}']
     np.testing.assert_array_equal(demod.ragged["xy"][0], xy)
     assert "controls" not in demod.columns  # no control channels: no column
+
+
+def test_a_nearly_full_disk_stops_recording_without_touching_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HDF5 must not meet a full disk (a failed write can crash the next one): below the
+    reserve kept for the journal and checkpoint, recording stops and the file is left as is."""
+    guard, writer = guard_and_writer(tmp_path)
+    step(writer, 1, lambda: guard.measure(ROWS))
+    before = (tmp_path / "traces.h5").read_bytes()
+    real = shutil.disk_usage
+
+    def nearly_full(path: str | Path) -> shutil._ntuple_diskusage:
+        usage = real(path)
+        return type(usage)(usage.total, usage.total - 1_000_000, 1_000_000)
+
+    monkeypatch.setattr(shutil, "disk_usage", nearly_full)
+    step(writer, 2, lambda: guard.measure(ROWS))
+    assert writer.stopped is not None
+    assert "MB free" in writer.stopped
+    assert (tmp_path / "traces.h5").read_bytes() == before
+    assert list(np.unique(open_traces(tmp_path).plateaus.step)) == [1]
