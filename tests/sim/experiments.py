@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
+
+from hil.rundir import RunDirectory
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -73,3 +76,22 @@ def small_experiment(tmp_path: Path, **options: Any) -> Path:
     path = tmp_path / "small.yaml"
     path.write_text(experiment_text(**options))
     return path
+
+
+def journal_steps(run: Path) -> list[dict[str, Any]]:
+    """The step records of a run's journal."""
+    return [r for r in RunDirectory(run).events() if r["event"] == "step"]
+
+
+def wait_for_steps(out: Path, n: int, proc: subprocess.Popen[str], timeout: float = 60) -> Path:
+    """The run directory under `out` once its journal holds `n` steps (the child still running)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early: {proc.communicate()}")
+        runs = list(out.iterdir()) if out.exists() else []
+        if runs and len(journal_steps(runs[0])) >= n:
+            return runs[0]
+        time.sleep(0.02)
+    proc.kill()
+    raise AssertionError(f"no {n} steps within {timeout} s")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +16,14 @@ from hil.report import write_report
 from hil.rundir import RunDirectory, seal
 from hil.runner import RunStatus, resume_run, start_run
 
-from experiments import QUICKSTART, ROOT, hil_process, small_experiment
+from experiments import (
+    QUICKSTART,
+    ROOT,
+    hil_process,
+    journal_steps,
+    small_experiment,
+    wait_for_steps,
+)
 from faulty import FlakyAnalytic
 
 
@@ -32,10 +37,6 @@ def _only_run(out: Path) -> Path:
     runs = list(out.iterdir())
     assert len(runs) == 1, runs
     return runs[0]
-
-
-def _steps(run: Path) -> list[dict[str, object]]:
-    return [r for r in RunDirectory(run).events() if r["event"] == "step"]
 
 
 @pytest.fixture
@@ -63,11 +64,11 @@ def test_quickstart_trains_and_leaves_a_complete_run(tmp_path: Path) -> None:
     assert info["seed_entropy"] == 20261127
     assert info["environment"]["packages"]["numpy"]
     assert info["config"]["station"]["device"]["type"] == "analytic"
-    steps = _steps(run)
+    steps = journal_steps(run)
     assert [s["step"] for s in steps] == list(range(1, 201))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed"
-    first_loss = float(steps[0]["loss"])  # type: ignore[arg-type]
+    first_loss = float(steps[0]["loss"])
     assert summary["final_loss"] < first_loss / 10
     checkpoint = json.loads((run / "checkpoint.json").read_text())
     assert checkpoint["steps_done"] == 200
@@ -94,14 +95,14 @@ def test_device_error_mid_run_fails_cleanly_and_resumes_exactly(
     summary = json.loads((outcome.path / "summary.json").read_text())
     assert summary["status"] == "paused"
     assert summary["steps_done"] == 11
-    assert len(_steps(outcome.path)) == 11
+    assert len(journal_steps(outcome.path)) == 11
     assert "safe state" in (outcome.path / "run.log").read_text()
 
     FlakyAnalytic.fail_at = None
     resumed = resume_run(outcome.path)
     assert resumed.status is RunStatus.COMPLETED
     assert resumed.summary["final_controls"] == reference["final_controls"]
-    assert [s["step"] for s in _steps(outcome.path)] == list(range(1, 41))
+    assert [s["step"] for s in journal_steps(outcome.path)] == list(range(1, 41))
 
 
 def test_resume_refuses_completed_and_missing_runs(
@@ -112,19 +113,6 @@ def test_resume_refuses_completed_and_missing_runs(
         resume_run(run)
     with pytest.raises(RunError, match="no such run directory"):
         resume_run(tmp_path / "nowhere")
-
-
-def _wait_for_steps(out: Path, n: int, proc: subprocess.Popen[str], timeout: float = 60) -> Path:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended early: {proc.communicate()}")
-        runs = list(out.iterdir()) if out.exists() else []
-        if runs and len(_steps(runs[0])) >= n:
-            return runs[0]
-        time.sleep(0.02)
-    proc.kill()
-    raise AssertionError(f"no {n} steps within {timeout} s")
 
 
 @pytest.mark.parametrize(
@@ -145,11 +133,11 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(
     config = small_experiment(tmp_path / "cfg", real_time=True)
     out = tmp_path / "runs"
     proc = hil_process("run", str(config), "--out", str(out), "--quiet")
-    run = _wait_for_steps(out, 8, proc)
+    run = wait_for_steps(out, 8, proc)
     proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == code, stderr
-    steps_done = len(_steps(run))
+    steps_done = len(journal_steps(run))
     assert 8 <= steps_done < 40
     summary = RunDirectory(run).summary()
     if status is None:  # killed: no chance to write a summary
@@ -168,7 +156,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(
     assert resumed.status is RunStatus.COMPLETED
     assert resumed.summary["final_controls"] == reference["final_controls"]
     assert resumed.summary["final_loss"] == reference["final_loss"]
-    assert [s["step"] for s in _steps(run)] == list(range(1, 41))
+    assert [s["step"] for s in journal_steps(run)] == list(range(1, 41))
 
 
 def test_a_run_in_use_cannot_be_resumed_twice(tmp_path: Path) -> None:
@@ -214,8 +202,8 @@ def test_quickstart_runs_on_other_stations(tmp_path: Path, station: str) -> None
     config.write_text(text)
     outcome = start_run(config, tmp_path / "runs")
     assert outcome.status is RunStatus.COMPLETED, outcome.reason
-    steps = _steps(outcome.path)
-    assert float(outcome.summary["best_loss"]) < float(steps[0]["loss"])  # type: ignore[arg-type]
+    steps = journal_steps(outcome.path)
+    assert float(outcome.summary["best_loss"]) < float(steps[0]["loss"])
 
 
 def test_quickstart_on_a_crossbar_says_why_it_cannot_train(tmp_path: Path) -> None:
@@ -241,7 +229,7 @@ def test_quickstart_trains_with_homodyne_gradients_through_the_guard(tmp_path: P
     config.write_text(text)
     outcome = start_run(config, tmp_path / "runs")
     assert outcome.status is RunStatus.COMPLETED, outcome.reason
-    first = float(_steps(outcome.path)[0]["loss"])  # type: ignore[arg-type]
+    first = float(journal_steps(outcome.path)[0]["loss"])
     assert float(outcome.summary["final_loss"]) < first / 3
 
 
@@ -278,7 +266,7 @@ def calibrated_experiment(tmp_path: Path, **options: Any) -> Path:
 def calibrated_reference(tmp_path: Path) -> dict[str, Any]:
     outcome = start_run(calibrated_experiment(tmp_path / "cal_ref_cfg"), tmp_path / "cal_ref")
     assert outcome.status is RunStatus.COMPLETED, outcome.reason
-    return {"summary": outcome.summary, "steps": _steps(outcome.path), "path": outcome.path}
+    return {"summary": outcome.summary, "steps": journal_steps(outcome.path), "path": outcome.path}
 
 
 def test_calibration_and_blocking_are_logged_and_read_back(
@@ -329,14 +317,14 @@ def test_calibrated_run_resumes_exactly_after_a_device_error(
     config = calibrated_experiment(tmp_path / "cfg", device_type="faulty:FlakyAnalytic")
     outcome = start_run(_no_retries(config), tmp_path / "runs")
     assert outcome.status is RunStatus.PAUSED
-    assert len(_steps(outcome.path)) == fail_in_step - 1
+    assert len(journal_steps(outcome.path)) == fail_in_step - 1
     FlakyAnalytic.fail_at = None
     resumed = resume_run(outcome.path)
     assert resumed.status is RunStatus.COMPLETED, resumed.reason
     reference = calibrated_reference["summary"]
     for key in ("final_controls", "final_loss", "calibration", "evaluations", "rejected_steps"):
         assert resumed.summary[key] == reference[key], key
-    assert [s.get("calibration") for s in _steps(outcome.path)] == [
+    assert [s.get("calibration") for s in journal_steps(outcome.path)] == [
         s.get("calibration") for s in steps
     ]
 
@@ -347,10 +335,10 @@ def test_calibrated_run_killed_mid_training_resumes_exactly(
     config = calibrated_experiment(tmp_path / "cfg", real_time=True)
     out = tmp_path / "runs"
     proc = hil_process("run", str(config), "--out", str(out), "--quiet")
-    run = _wait_for_steps(out, 8, proc)
+    run = wait_for_steps(out, 8, proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
-    assert 8 <= len(_steps(run)) < 40
+    assert 8 <= len(journal_steps(run)) < 40
     checkpoint = RunDirectory(run).checkpoint()
     assert checkpoint is not None
     assert checkpoint["procedure"]["calibration"] is not None
@@ -359,7 +347,7 @@ def test_calibrated_run_killed_mid_training_resumes_exactly(
     reference = calibrated_reference["summary"]
     for key in ("final_controls", "final_loss", "calibration", "evaluations", "rejected_steps"):
         assert resumed.summary[key] == reference[key], key
-    steps = _steps(run)
+    steps = journal_steps(run)
     assert [s["step"] for s in steps] == list(range(1, 41))
     assert sum("calibration" in s for s in steps) == 1  # calibrated once, not again on resume
 

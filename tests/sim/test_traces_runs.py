@@ -18,11 +18,10 @@ from typer.testing import CliRunner
 
 from hil.cli import app
 from hil.data import Traces, open_traces
-from hil.rundir import RunDirectory
 from hil.runner import RunOutcome, RunStatus, resume_run, start_run
 from hil.traces import Rows, write_rows
 
-from experiments import hil_process, small_experiment
+from experiments import hil_process, journal_steps, small_experiment, wait_for_steps
 from faulty import FlakyAnalytic
 
 STEPS = 40
@@ -33,10 +32,6 @@ def _run(tmp: Path, extra: str = "", **options: Any) -> RunOutcome:
     config = small_experiment(tmp / "cfg", **options)
     config.write_text(config.read_text() + extra)
     return start_run(config, tmp / "runs")
-
-
-def _steps(run: Path) -> list[dict[str, Any]]:
-    return [r for r in RunDirectory(run).events() if r["event"] == "step"]
 
 
 def _without_times(summary: dict[str, Any]) -> dict[str, Any]:
@@ -69,7 +64,7 @@ def _assert_same_plateaus(traces: Traces, reference: Traces) -> None:
 
 def test_a_run_writes_traces_that_match_its_journal(reference: RunOutcome) -> None:
     traces = open_traces(reference.path)
-    journal = _steps(reference.path)
+    journal = journal_steps(reference.path)
     assert [r["step"] for r in journal] == list(range(1, STEPS + 1))
     p = traces.plateaus
     assert traces.steps.tolist() == [-1, *range(1, STEPS + 1)]
@@ -90,8 +85,8 @@ def test_recording_changes_no_result(reference: RunOutcome, tmp_path: Path) -> N
     off = _run(tmp_path, "record: {mode: none}\n")
     assert _without_times(off.summary) == _without_times(reference.summary)
     strip = ("time", "sha256")
-    assert [{k: v for k, v in r.items() if k not in strip} for r in _steps(off.path)] == [
-        {k: v for k, v in r.items() if k not in strip} for r in _steps(reference.path)
+    assert [{k: v for k, v in r.items() if k not in strip} for r in journal_steps(off.path)] == [
+        {k: v for k, v in r.items() if k not in strip} for r in journal_steps(reference.path)
     ]
     traces = open_traces(off.path)
     assert all(len(t) == 0 for t in traces.tables.values())
@@ -115,31 +110,19 @@ def test_resume_drops_a_step_written_after_the_checkpoint_and_appends(
     _assert_same_plateaus(open_traces(paused.path), open_traces(reference.path))
 
 
-def _wait_for_steps(out: Path, n: int, proc: Any, timeout: float = 60) -> Path:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"run ended early: {proc.communicate()}"
-        runs = list(out.iterdir()) if out.exists() else []
-        if runs and len(_steps(runs[0])) >= n:
-            return runs[0]
-        time.sleep(0.02)
-    proc.kill()
-    raise AssertionError(f"no {n} steps within {timeout} s")
-
-
 def test_sigkill_mid_run_leaves_every_completed_step_readable(tmp_path: Path) -> None:
     config = small_experiment(tmp_path / "cfg", real_time=True)
     out = tmp_path / "runs"
     proc = hil_process("run", str(config), "--out", str(out), "--quiet")
     try:
-        run = _wait_for_steps(out, 5, proc)
+        run = wait_for_steps(out, 5, proc)
         time.sleep(0.05)  # somewhere inside a later step
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL
     finally:
         proc.kill()
         proc.communicate(timeout=30)
-    journalled = len(_steps(run))
+    journalled = len(journal_steps(run))
     traces = open_traces(run)  # opens: no corruption
     steps = traces.plateaus.step
     written = int(steps.max())
