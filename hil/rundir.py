@@ -18,6 +18,8 @@ import logging
 import math
 import os
 import secrets
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -205,9 +207,15 @@ class Journal:
         self.flush()
 
     def flush(self) -> None:
-        """Write what is pending (appended and fsynced)."""
+        """Write what is pending (appended and fsynced). Ctrl-C and SIGTERM wait until it is
+        done: their handlers raise, and a raise between the write and forgetting what was
+        written would write a record twice."""
         if not self._pending:
             return
+        with _signals_deferred():
+            self._flush()
+
+    def _flush(self) -> None:
         data = b"".join(self._pending)
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -231,6 +239,20 @@ class Journal:
         finally:
             os.close(fd)
         self._pending.clear()
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM (delivered when the block ends) in the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class RunDirectory:
