@@ -4,7 +4,6 @@ self-contained HTML page (`hil.report_html`) with the outcome, figures and the r
 from __future__ import annotations
 
 import contextlib
-import io
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from hil.core import JSONDict, RunError
-from hil.report_html import Figure, render_html
+from hil.report_html import Figure, png, pyplot, render_html
 from hil.rundir import REPORT_DIR, RunDirectory, file_error
 
 FloatArray = NDArray[np.float64]
@@ -25,15 +24,6 @@ def _step_records(rundir: RunDirectory) -> list[JSONDict]:
 def _column(records: list[JSONDict], key: str) -> FloatArray:
     """One numeric field of every step record, NaN where a step did not record it."""
     return np.array([np.nan if r.get(key) is None else r[key] for r in records], dtype=float)
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _draw_loss(ax: Any, records: list[JSONDict], title: str) -> None:
@@ -81,17 +71,9 @@ def _draw_gradient(ax: Any, records: list[JSONDict]) -> None:
     ax.legend()
 
 
-def _png(fig: Any) -> bytes:
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, dpi=110, format="png")
-    _pyplot().close(fig)
-    return buffer.getvalue()
-
-
 def _plot(records: list[JSONDict], names: list[str], title: str) -> bytes:
     """training.png: the loss above the control trajectories (loss alone without electrodes)."""
-    plt = _pyplot()
+    plt = pyplot()
     controls = _controls(records)
     if controls is not None:
         fig, (ax_loss, ax_ctrl) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
@@ -100,26 +82,26 @@ def _plot(records: list[JSONDict], names: list[str], title: str) -> bytes:
         fig, ax_loss = plt.subplots(1, 1, figsize=(8, 4))
         ax_loss.set_xlabel("step")
     _draw_loss(ax_loss, records, title)
-    return _png(fig)
+    return png(fig)
 
 
 def _figures(records: list[JSONDict], names: list[str], title: str) -> list[Figure]:
     """The report page's figures, one per quantity, each only where the journal has it."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(1, 1, figsize=(8, 3.6))
     _draw_loss(ax, records, title)
     ax.set_xlabel("step")
-    figures = [Figure("Training", "Loss per step: measured and best so far", _png(fig))]
+    figures = [Figure("Training", "Loss per step: measured and best so far", png(fig))]
     controls = _controls(records)
     if controls is not None:
         fig, ax = plt.subplots(1, 1, figsize=(8, 3.6))
         _draw_controls(ax, records, controls, names)
-        figures.append(Figure("Training", "Control trajectories", _png(fig)))
+        figures.append(Figure("Training", "Control trajectories", png(fig)))
     if np.any(np.isfinite(_column(records, "grad_norm"))):
         fig, ax = plt.subplots(1, 1, figsize=(8, 3.2))
         _draw_gradient(ax, records)
         caption = "Gradient estimate per step (norm; standard error where the estimator gives one)"
-        figures.append(Figure("Gradient quality", caption, _png(fig)))
+        figures.append(Figure("Gradient quality", caption, png(fig)))
     return figures
 
 
@@ -193,6 +175,42 @@ def _tuning_lines(summary: JSONDict) -> list[str]:
     return lines
 
 
+def _read_run(run_path: Path) -> tuple[RunDirectory, JSONDict, JSONDict | None, list[JSONDict]]:
+    """The run's directory, run.json, summary (None while running) and step records."""
+    rundir = RunDirectory.open(run_path)
+    info = rundir.run_info()
+    summary = rundir.summary()
+    records = _step_records(rundir)
+    if not records:
+        raise RunError(f"{run_path}: no completed steps yet, nothing to report")
+    return rundir, info, summary, records
+
+
+def _damaged(rundir: RunDirectory, exc: Exception) -> RunError:
+    return RunError(
+        f"{rundir.file('run.json')}: cannot read the run's record ({type(exc).__name__}: "
+        f"{exc}); the file is damaged"
+    )
+
+
+def _control_names(info: JSONDict) -> list[str]:
+    return [c["name"] for c in info["station_snapshot"]["channels"] if c["role"] == "control"]
+
+
+def _page(info: JSONDict, summary: JSONDict | None, records: list[JSONDict], title: str) -> str:
+    """report.html's page: one builder, so the written report and the live view agree."""
+    return render_html(info, summary, records, _figures(records, _control_names(info), title))
+
+
+def report_page(run_path: Path) -> str:
+    """The report.html page of a run, built in memory and written nowhere (`hil report --live`)."""
+    rundir, info, summary, records = _read_run(run_path)
+    try:
+        return _page(info, summary, records, f"{info.get('name')} ({run_path.name})")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _damaged(rundir, exc) from None
+
+
 def write_report(run_path: Path) -> Path:
     """Write report/training.png, report/summary.md and report/report.html for a run; returns
     the report folder.
@@ -200,23 +218,15 @@ def write_report(run_path: Path) -> Path:
     Each file is written under a temporary name and renamed, so a failure (disk full,
     read-only directory) leaves no half-written file; it raises a one-line RunFileError.
     """
-    rundir = RunDirectory.open(run_path)
-    info = rundir.run_info()
-    summary = rundir.summary()
-    records = _step_records(rundir)
-    if not records:
-        raise RunError(f"{run_path}: no completed steps yet, nothing to report")
+    rundir, info, summary, records = _read_run(run_path)
     out = rundir.file(REPORT_DIR)
     title = f"{info.get('name')} ({run_path.name})"
     try:
-        names = [c["name"] for c in info["station_snapshot"]["channels"] if c["role"] == "control"]
+        names = _control_names(info)
         markdown = _markdown(info, summary, records)
-        page = render_html(info, summary, records, _figures(records, names, title))
+        page = _page(info, summary, records, title)
     except (KeyError, TypeError, ValueError) as exc:
-        raise RunError(
-            f"{rundir.file('run.json')}: cannot read the run's record ({type(exc).__name__}: "
-            f"{exc}); the file is damaged"
-        ) from None
+        raise _damaged(rundir, exc) from None
     files = {
         "training.png": _plot(records, names, title),
         "summary.md": markdown.encode("utf-8"),
