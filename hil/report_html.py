@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -49,6 +50,25 @@ class Figure:
     section: str
     caption: str
     png: bytes
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (no display; imported only when a report is drawn)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def png(fig: Any) -> bytes:
+    """A matplotlib figure as PNG bytes; the figure is closed."""
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, dpi=110, format="png")
+    pyplot().close(fig)
+    return buffer.getvalue()
 
 
 def _esc(value: Any) -> str:
