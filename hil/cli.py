@@ -242,13 +242,76 @@ def resume(
 
 
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> None:
-    """Write report/report.html (self-contained), training.png and summary.md for a run."""
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
+    live: Annotated[
+        bool, typer.Option("--live", help="Serve the page on 127.0.0.1, updated as steps arrive.")
+    ] = False,
+    port: Annotated[int, typer.Option(help="--live: port (0: a free one).", min=0)] = 0,
+    interval: Annotated[
+        float, typer.Option(help="--live: seconds between page reloads.", min=1)
+    ] = 2.0,
+) -> None:
+    """Write report/report.html (self-contained), training.png and summary.md for a run; with
+    --live, serve the report while the run goes on instead (nothing written) until Ctrl-C."""
+    if live:
+        _serve_live_report(run_dir, port, interval)
+        return
     from hil.report import write_report
 
     with _errors():
         out = write_report(run_dir)
         stdout.print(f"report written to {out}", highlight=False, soft_wrap=True)
+
+
+def _serve_live_report(run_dir: Path, port: int, interval: float) -> None:
+    from hil.live import LiveServer
+
+    with _errors():
+        server = LiveServer(run_dir, port=port, refresh=interval).start()
+        try:
+            stdout.print(f"live report: {server.url}", highlight=False, soft_wrap=True)
+            stderr.print("serving; Ctrl-C or SIGTERM stops", highlight=False)
+            stopped_by = _until_stopped()
+        finally:
+            server.stop()
+        stderr.print(f"stopped by {stopped_by}", highlight=False)
+
+
+WATCH_EXIT_CODES = {"completed": 0, "failed": 1, "gone": 1, "paused": 3, "aborted": 4}
+
+
+@app.command()
+def watch(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
+    interval: Annotated[
+        float, typer.Option(help="Seconds between looks at the journal.", min=0.01)
+    ] = 1.0,
+    once: Annotated[bool, typer.Option("--once", help="Print one snapshot and exit.")] = False,
+) -> None:
+    """Follow a run in the terminal (step, loss, best, device time, ETA) until it ends.
+
+    Reads only: the run is not locked or changed. Exits with the run's exit code when it ends
+    (0 completed, 3 paused, 4 aborted, 1 failed or killed); Ctrl-C stops watching (exit 0).
+    """
+    from hil.watch import follow
+
+    with _errors():
+        try:
+            snap = follow(run_dir, stdout, interval=interval, once=once)
+        except (KeyboardInterrupt, Terminated) as exc:
+            stopped = f"stopped watching ({_signal_name(exc)}); the run goes on"
+            stderr.print(stopped, highlight=False)
+            return
+        if once or not snap.ended:
+            return
+        colour = "green" if snap.status == "completed" else "yellow"
+        stderr.print(
+            f"[{colour}]{escape(snap.status)}[/]: {escape(snap.reason)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(WATCH_EXIT_CODES.get(snap.status, 1))
 
 
 @app.command()
