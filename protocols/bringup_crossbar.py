@@ -1,7 +1,8 @@
 """Crossbar bring-up: conductance map, pulse response and stuck-device map (issue 10).
 
 Both measurements work on any `Device` with `ProgrammableState` (in a run: the safety guard around
-the simulator or a crossbar rig). Maps are rows × cols as `read_state()` reports the weights.
+the simulator or a crossbar rig). Maps are rows × cols as `read_state()` reports the weights; G is
+that weight (the rigs map conductance to weight linearly), so ΔG is in the same units.
 
 `conductance_map(device, ConductanceSettings)` reads the state `reads` times:
 
@@ -20,7 +21,7 @@ exceeds the per-device cap — the smallest of `max_pulses`, the guard's
     {"rows", "cols", "reads", "pulses", "rounds", "threshold", "sigmas",
      "counts": [signed pulse count of each round],
      "states": [[[G]]]: the start, then the read after each round (rounds·4 + 1 maps; 7
-               significant digits, float32 precision, to keep the journal small),
+               significant digits, float32 precision: ~3 MB of JSON for 64 × 32 at the defaults),
      "read_noise": [[σ per device]], "read_noise_median",
      "up" and "down": {
          "g": [mean G of each bin], "dg": [mean ΔG per pulse], "dg_se": [its standard error],
