@@ -1,9 +1,14 @@
 """`hil report RUN`: a PNG of loss and control trajectories, a short markdown summary and a
-self-contained HTML page (`hil.report_html`) with the outcome, figures and the resolved config."""
+self-contained HTML page (`hil.report_html`) with the outcome, figures and the resolved config.
+
+A calibration run (`hil calibrate`) gets its measurements instead (`hil.report_calibration`):
+IV curves, noise spectra with the fitted model, step responses, the HGE plan and crossbar maps,
+each figure also written beside the page as a PNG."""
 
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from hil.core import JSONDict, RunError
+from hil.report_calibration import calibration_report, measurements
 from hil.report_html import Figure, png, pyplot, render_html
 from hil.rundir import REPORT_DIR, RunDirectory, file_error
 
@@ -197,9 +203,55 @@ def _control_names(info: JSONDict) -> list[str]:
     return [c["name"] for c in info["station_snapshot"]["channels"] if c["role"] == "control"]
 
 
+def _is_calibration(info: JSONDict, records: list[JSONDict]) -> bool:
+    """A bring-up run (`hil calibrate`): its steps are measurements, not training steps."""
+    procedure = info["config"].get("procedure") or {}
+    return procedure.get("type") == "calibrate" or any("measurement" in r for r in records)
+
+
+def _calibration_page(
+    info: JSONDict, summary: JSONDict | None, records: list[JSONDict]
+) -> tuple[str, list[Figure]]:
+    """report.html of a calibration run, and its figures (also written as PNGs beside it)."""
+    figures, sections = calibration_report(records)
+    return render_html(info, summary, records, figures, calibration=sections), figures
+
+
 def _page(info: JSONDict, summary: JSONDict | None, records: list[JSONDict], title: str) -> str:
     """report.html's page: one builder, so the written report and the live view agree."""
+    if _is_calibration(info, records):
+        return _calibration_page(info, summary, records)[0]
     return render_html(info, summary, records, _figures(records, _control_names(info), title))
+
+
+def _png_name(index: int, fig: Figure) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", fig.section.lower()).strip("-") or "figure"
+    return f"{index:02d}-{slug}.png"
+
+
+def _calibration_markdown(
+    info: JSONDict, summary: JSONDict | None, records: list[JSONDict], pngs: dict[str, Figure]
+) -> str:
+    """summary.md of a calibration: what was measured and the figures."""
+    station = info["config"]["station"]
+    lines = [
+        f"# Calibration `{info['name']}`",
+        "",
+        f"- created: {info.get('created', '?')}",
+        f"- station: `{station['name']}`, device `{station['device']['type']}`",
+    ]
+    if summary is None:
+        lines.append("- status: **running or killed** (no summary yet; `hil resume` continues it)")
+    else:
+        lines += [
+            f"- status: **{summary['status']}** ({summary['reason']})",
+            f"- steps: {summary['steps_done']} of {summary['total_steps']}",
+        ]
+    lines += ["", "| measurement | steps | device time [s] |", "|---|---|---|"]
+    lines += [f"| {m.kind} | {m.steps} | {m.device_seconds:.4g} |" for m in measurements(records)]
+    lines += [""] + [f"![{fig.caption}]({name})" for name, fig in pngs.items()]
+    lines += ["", "Tables with the fitted values and their errors: report.html.", ""]
+    return "\n".join(lines)
 
 
 def report_page(run_path: Path) -> str:
@@ -212,8 +264,8 @@ def report_page(run_path: Path) -> str:
 
 
 def write_report(run_path: Path) -> Path:
-    """Write report/training.png, report/summary.md and report/report.html for a run; returns
-    the report folder.
+    """Write report/training.png (a calibration: one PNG per figure), report/summary.md and
+    report/report.html for a run; returns the report folder.
 
     Each file is written under a temporary name and renamed, so a failure (disk full,
     read-only directory) leaves no half-written file; it raises a one-line RunFileError.
@@ -222,16 +274,18 @@ def write_report(run_path: Path) -> Path:
     out = rundir.file(REPORT_DIR)
     title = f"{info.get('name')} ({run_path.name})"
     try:
-        names = _control_names(info)
-        markdown = _markdown(info, summary, records)
-        page = _page(info, summary, records, title)
+        if _is_calibration(info, records):
+            page, figures = _calibration_page(info, summary, records)
+            pngs = {_png_name(i, fig): fig for i, fig in enumerate(figures, 1)}
+            markdown = _calibration_markdown(info, summary, records, pngs)
+            files = {name: fig.png for name, fig in pngs.items()}
+        else:
+            markdown = _markdown(info, summary, records)
+            page = _page(info, summary, records, title)
+            files = {"training.png": _plot(records, _control_names(info), title)}
     except (KeyError, TypeError, ValueError) as exc:
         raise _damaged(rundir, exc) from None
-    files = {
-        "training.png": _plot(records, names, title),
-        "summary.md": markdown.encode("utf-8"),
-        "report.html": page.encode("utf-8"),
-    }
+    files |= {"summary.md": markdown.encode("utf-8"), "report.html": page.encode("utf-8")}
     temporaries = [out / f".{name}.tmp" for name in files]
     try:
         out.mkdir(exist_ok=True)

@@ -12,7 +12,7 @@ import base64
 import html
 import io
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ table { border-collapse: collapse; margin: 0.5rem 0; }
 th, td { text-align: left; padding: 0.15rem 0.8rem 0.15rem 0; vertical-align: top; }
 th { font-weight: 600; }
 td.num { font-variant-numeric: tabular-nums; }
+.wide { overflow-x: auto; } .wide td.num { white-space: nowrap; }
 .status-completed { color: #17612a; } .status-paused, .status-running { color: #8a5a00; }
 .status-aborted, .status-failed { color: #a11; }
 figure { margin: 0.8rem 0; } figure img { max-width: 100%; height: auto; }
@@ -99,6 +100,24 @@ def _table(rows: Iterable[tuple[Any, Any]], head: tuple[str, str] | None = None)
     return f"<table>{top}<tbody>{''.join(cells)}</tbody></table>"
 
 
+def grid(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A table with a header row, each row named by its first cell; values through number()."""
+    body = "".join(
+        f'<tr><th scope="row">{_esc(number(row[0]))}</th>'
+        + "".join(f'<td class="num">{_esc(number(v))}</td>' for v in row[1:])
+        + "</tr>"
+        for row in rows
+    )
+    top = "".join(f"<th>{_esc(h)}</th>" for h in head)
+    table = f"<table><thead><tr>{top}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="wide">{table}</div>' if body else ""
+
+
+def note(text: str) -> str:
+    """A muted paragraph: what a figure or table assumes, or why something is left out."""
+    return f'<p class="muted">{_esc(text)}</p>'
+
+
 def _controls_table(summary: JSONDict) -> str:
     final = summary.get("final_controls") or summary.get("controls") or {}
     best = summary.get("best_controls") or {}
@@ -126,27 +145,38 @@ def _figure(fig: Figure) -> str:
 def _overview(info: JSONDict) -> list[tuple[str, Any]]:
     config = info["config"]
     station = config["station"]
+    components = [
+        (key, config[key]["type"])
+        for key in ("task", "estimator", "optimizer", "procedure")
+        if config.get(key) is not None  # a calibration has no task, estimator or optimizer
+    ]
     return [
         ("run", info.get("run_id", info["name"])),
         ("created", info.get("created")),
         ("config file", info.get("config_file")),
         ("station", f"{station['name']} (device {station['device']['type']})"),
         ("station file", info.get("station_file")),
-        ("task", config["task"]["type"]),
-        ("estimator", config["estimator"]["type"]),
-        ("optimizer", config["optimizer"]["type"]),
-        ("procedure", config["procedure"]["type"]),
+        *components,
         ("seed entropy", info.get("seed_entropy")),
     ]
 
 
-def _outcome(summary: JSONDict | None, records: list[JSONDict]) -> str:
+def _status(summary: JSONDict | None, records: list[JSONDict]) -> str:
     if summary is None:
         return (
             '<p class="status-running"><strong>running or killed</strong>: no summary yet '
             f"(<code>hil resume</code> continues it); {len(records)} steps in the journal.</p>"
         )
     status = str(summary["status"])
+    return (
+        f'<p class="status-{_esc(status)}"><strong>{_esc(status)}</strong>: '
+        f"{_esc(summary.get('reason', ''))}</p>"
+    )
+
+
+def _outcome(summary: JSONDict | None, records: list[JSONDict]) -> str:
+    if summary is None:
+        return _status(summary, records)
     best = summary.get("best_loss")
     rows: list[tuple[str, Any]] = [
         ("steps", f"{summary['steps_done']} of {summary['total_steps']}"),
@@ -161,11 +191,7 @@ def _outcome(summary: JSONDict | None, records: list[JSONDict]) -> str:
         ("learning rate", summary.get("learning_rate")),
         ("final controls", f"the {summary.get('recommend', 'last')} of the iterates"),
     ]
-    parts = [
-        f'<p class="status-{_esc(status)}"><strong>{_esc(status)}</strong>: '
-        f"{_esc(summary.get('reason', ''))}</p>",
-        _table(rows),
-    ]
+    parts = [_status(summary, records), _table(rows)]
     if summary.get("metrics"):
         parts += ["<h3>Metrics</h3>", _table(summary["metrics"].items(), ("metric", "value"))]
     controls = _controls_table(summary)
@@ -213,36 +239,59 @@ def _flat(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return rows
 
 
-def _details(title: str, data: Any) -> str:
+def details(title: str, data: Any) -> str:
+    """A collapsed block with `data` as YAML (config, records a report cannot draw)."""
     text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
     return f"<details><summary>{_esc(title)}</summary><pre>{_esc(text)}</pre></details>"
 
 
+def _calibration_outcome(summary: JSONDict | None, records: list[JSONDict]) -> str:
+    """A calibration's status and steps: it has no loss, controls or metrics."""
+    if summary is None:
+        return _status(summary, records)
+    rows = [("steps", f"{summary['steps_done']} of {summary['total_steps']}")]
+    return _status(summary, records) + _table(rows)
+
+
 def render_html(
-    info: JSONDict, summary: JSONDict | None, records: list[JSONDict], figures: list[Figure]
+    info: JSONDict,
+    summary: JSONDict | None,
+    records: list[JSONDict],
+    figures: list[Figure],
+    calibration: Mapping[str, str] | None = None,
 ) -> str:
-    """The whole page for a run: overview, outcome, figures, estimator details, config."""
+    """The whole page for a run: overview, outcome, figures, estimator details, config.
+
+    A calibration run gives `calibration`: per section title, in page order, the HTML of its
+    tables (`hil.report_calibration`); each section shows its figures, then that HTML, and the
+    procedure's settings replace the estimator's.
+    """
     config = info["config"]
     description = config.get("description") or ""
-    sections: dict[str, list[str]] = {}
+    sections: dict[str, list[str]] = {title: [] for title in calibration or {}}
     for fig in figures:
         sections.setdefault(fig.section, []).append(_figure(fig))
+    if calibration is None:
+        outcome, settings = _outcome(summary, records), _estimator(info, summary)
+    else:
+        outcome = _calibration_outcome(summary, records)
+        settings = _table(_flat(config["procedure"]))
     body = [
         f"<h1>Run {_esc(info['name'])}</h1>",
         f'<p class="muted">{_esc(description)}</p>' if description else "",
         _table(_overview(info)),
         "<h2>Outcome</h2>",
-        _outcome(summary, records),
+        outcome,
     ]
     for title, items in sections.items():
-        body += [f"<h2>{_esc(title)}</h2>", *items]
+        body += [f"<h2>{_esc(title)}</h2>", *items, (calibration or {}).get(title, "")]
     body += [
-        "<h2>Estimator and calibration</h2>",
-        _estimator(info, summary),
+        "<h2>Estimator and calibration</h2>" if calibration is None else "<h2>Procedure</h2>",
+        settings,
         "<h2>Configuration</h2>",
-        _details("Resolved experiment", config),
-        _details("Station snapshot", info.get("station_snapshot")),
-        _details("Environment", info.get("environment")),
+        details("Resolved experiment", config),
+        details("Station snapshot", info.get("station_snapshot")),
+        details("Environment", info.get("environment")),
     ]
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -1,0 +1,612 @@
+"""The calibration pages of `report.html`: what a bring-up (`hil calibrate`) measured (issue 10).
+
+A calibration run journals one step record per measurement (formats in `protocols.bringup` and,
+for crossbars, `protocols.bringup_crossbar`): IV sweeps, offset and gain, output noise, step
+responses, the HGE plan, conductance maps and pulse responses. `calibration_report` turns them
+into PNG figures and HTML sections for `hil.report_html.render_html`: per measurement the
+pictures an operator checks a station by (curves, spectra with the fitted model, responses with
+their fit, maps) and tables of the fitted values with their standard errors.
+
+A journal may be damaged or older than this module: a record that lacks what its figure or table
+needs is left out with a note naming the step and what is missing, fields this module does not
+know are listed rather than dropped, and a measurement it does not know is shown as its record.
+Nothing here raises on a record's content.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from hil.core import JSONDict
+from hil.report_html import Figure, details, grid, note, number, png, pyplot
+
+FloatArray = NDArray[np.float64]
+T = TypeVar("T")
+Rendered = tuple[list[Figure], list[str]]  # a section's figures and its HTML (tables, notes)
+
+DAMAGE = (KeyError, TypeError, ValueError, IndexError, AttributeError)
+"""What reading a record with missing or malformed fields raises."""
+MAX_PANELS = 24
+"""Most panels in one figure (outputs, electrode-output pairs); the tables list them all."""
+OVERVIEW = "Calibration"
+TITLES = {
+    "iv": "IV sweeps",
+    "offset": "Offset and gain",
+    "noise": "Output noise",
+    "step": "Step response",
+    "plan": "HGE plan",
+    "conductance": "Conductance map",
+    "pulses": "Pulse response",
+}
+BOOKKEEPING = {"event", "time", "seq", "sha256", "step", "measurement", "channel"}
+BOOKKEEPING |= {"output_names", "device_seconds", "device_time"}
+
+
+@dataclass(frozen=True)
+class MeasurementSummary:
+    """One kind of measurement in a calibration: how many steps, on which channels, how long."""
+
+    kind: str
+    steps: int
+    channels: list[str]
+    device_seconds: float
+
+
+# -- reading records -----------------------------------------------------------------------------
+
+
+def _num(value: Any) -> float | None:
+    """A JSON number as a float; None for null (a non-finite value) and anything else."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _pm(value: Any, se: Any) -> str:
+    """`value ± se` for a table cell; the value alone where there is no standard error."""
+    return number(value) if se is None else f"{number(value)} ± {number(se)}"
+
+
+def _array(value: Any, ndim: int) -> FloatArray:
+    """A JSON list as a float array of `ndim` dimensions (null → NaN); ValueError otherwise."""
+    array = np.asarray(value, dtype=float)
+    if array.ndim != ndim or array.size == 0:
+        raise ValueError(f"expected a non-empty {ndim}-d list, got shape {array.shape}")
+    return array
+
+
+def _map(value: Any, record: JSONDict) -> FloatArray:
+    """A crossbar map: rows × cols as the record says (ValueError otherwise)."""
+    array = _array(value, 2)
+    if array.shape != (record["rows"], record["cols"]):
+        raise ValueError(
+            f"a map of shape {array.shape} in a {record['rows']}×{record['cols']} array"
+        )
+    return array
+
+
+def _where(record: JSONDict) -> str:
+    channel = record.get("channel")
+    return f"step {record.get('step', '?')}" + (f" ({channel})" if channel else "")
+
+
+def _why(exc: Exception) -> str:
+    return f"missing {exc}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+
+
+def _parsed(
+    records: Sequence[JSONDict], parse: Callable[[JSONDict], T]
+) -> tuple[list[T], list[str]]:
+    """Each record parsed, and a note for each one too damaged to show."""
+    good: list[T] = []
+    notes: list[str] = []
+    for record in records:
+        try:
+            good.append(parse(record))
+        except DAMAGE as exc:
+            notes.append(note(f"{_where(record)}: record damaged ({_why(exc)}); left out"))
+    return good, notes
+
+
+def _extra(record: JSONDict, known: set[str]) -> list[tuple[str, Any]]:
+    """Fields a newer record has that this module does not draw: listed, one level deep."""
+    return [
+        (f"{key.replace('_', ' ')}{f': {sub}' if sub else ''}", value)
+        for key in record
+        if key not in known and key not in BOOKKEEPING
+        for sub, value in (
+            record[key].items() if isinstance(record[key], dict) else [("", record[key])]
+        )
+    ]
+
+
+# -- drawing -------------------------------------------------------------------------------------
+
+
+def _panels(n: int, height: float, columns: int = 2) -> tuple[Any, list[Any]]:
+    """A figure with min(n, MAX_PANELS) panels, rows of at most `columns`, spare cells hidden."""
+    n = min(n, MAX_PANELS)
+    ncols = min(n, columns)
+    nrows = math.ceil(n / ncols)
+    fig, axes = pyplot().subplots(nrows, ncols, figsize=(8, height * nrows + 0.4), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def _capped(n: int, what: str) -> list[str]:
+    return [note(f"the first {MAX_PANELS} of {n} {what} are drawn")] if n > MAX_PANELS else []
+
+
+def _heat(fig: Any, ax: Any, values: FloatArray, title: str, cmap: str = "viridis") -> None:
+    image = ax.imshow(values, cmap=cmap, aspect="auto", interpolation="nearest")
+    fig.colorbar(image, ax=ax, shrink=0.85)
+    ax.set_title(title, fontsize="small")
+    ax.set_xlabel("column")
+    ax.set_ylabel("row")
+
+
+# -- IV sweeps -----------------------------------------------------------------------------------
+
+Sweep = tuple[str, list[str], FloatArray, FloatArray, FloatArray]  # channel, outputs, V, y, slope
+
+
+def _parse_iv(record: JSONDict) -> Sweep:
+    levels, y = _array(record["levels"], 1), _array(record["outputs"], 2)
+    slope = _array(record["slope_at_zero"], 1)
+    names = record.get("output_names") or [f"output {k}" for k in range(y.shape[1])]
+    if y.shape != (levels.size, len(names)) or slope.size != len(names):
+        raise ValueError("levels, outputs and slopes do not match")
+    return str(record.get("channel")), [str(n) for n in names], levels, y, slope
+
+
+def _iv(records: Sequence[JSONDict], section: str) -> Rendered:
+    sweeps, notes = _parsed(records, _parse_iv)
+    if not sweeps:
+        return [], notes
+    outputs = list(dict.fromkeys(name for s in sweeps for name in s[1]))
+    fig, axes = _panels(len(outputs), height=3.0)
+    for ax, name in zip(axes, outputs, strict=False):
+        for channel, names, levels, y, _ in sweeps:
+            if name in names:
+                ax.plot(levels, y[:, names.index(name)], marker=".", ms=3, lw=1, label=channel)
+        ax.axhline(0.0, color="0.8", lw=0.6)
+        ax.axvline(0.0, color="0.8", lw=0.6)
+        ax.set_xlabel("level of the swept electrode [V]")
+        ax.set_ylabel(name)
+        if len(sweeps) <= 12:
+            ax.legend(fontsize="x-small", title="swept", title_fontsize="x-small")
+    caption = "IV sweeps: each output against the level of each swept electrode (others at 0 V)"
+    rows = [
+        [
+            channel,
+            f"{number(float(np.nanmin(levels)))} to {number(float(np.nanmax(levels)))}",
+            *(float(slope[names.index(n)]) if n in names else None for n in outputs),
+        ]
+        for channel, names, levels, _, slope in sweeps
+    ]
+    table = grid(["electrode", "levels [V]", *(f"∂{n}/∂V at 0 V" for n in outputs)], rows)
+    return [Figure(section, caption, png(fig))], [table, *notes, *_capped(len(outputs), "outputs")]
+
+
+# -- offset and gain -----------------------------------------------------------------------------
+
+
+def _parse_offset(record: JSONDict) -> list[str]:
+    offsets = [
+        [name, _pm(v["mean"], v.get("se")), v.get("sigma")] for name, v in record["offset"].items()
+    ]
+    levels = record.get("levels")
+    transfer = [
+        [
+            channel,
+            output,
+            _pm(g["gain"], g.get("gain_se")),
+            levels.get(channel) if isinstance(levels, dict) else record.get("level"),
+        ]
+        for channel, gains in record.get("transfer", {}).items()
+        for output, g in gains.items()
+    ]
+    return [
+        "<h3>Offset: every electrode at 0 V</h3>",
+        grid(["output", "offset ± SE", "σ (plateau to plateau)"], offsets),
+        "<h3>Gain: the transfer of a known input</h3>" if transfer else "",
+        grid(["input", "output", "gain ∂y/∂V ± SE", "known level ±V"], transfer),
+        grid(["also recorded", "value"], _extra(record, {"offset", "transfer", "levels", "level"})),
+    ]
+
+
+def _offset(records: Sequence[JSONDict], section: str) -> Rendered:
+    parsed, notes = _parsed(records, _parse_offset)
+    return [], [part for parts in parsed for part in parts] + notes
+
+
+# -- output noise --------------------------------------------------------------------------------
+
+NOISE_HEAD = "output|white floor|flicker at f_ref|f_ref [Hz]|α|corner [Hz]|mains lines: Hz (excess)"
+NOISE_KEYS = {"white", "flicker", "alpha", "corner", "f_ref"}
+
+
+@dataclass(frozen=True)
+class _Spectrum:
+    output: str
+    fit: dict[str, float | None]
+    lines: list[tuple[float, float]]
+    frequencies: FloatArray | None  # None: only the fit was recorded
+    psd: FloatArray | None
+
+
+def _parse_noise(record: JSONDict) -> tuple[JSONDict, list[_Spectrum]]:
+    spectra = []
+    for name, entry in record["noise"].items():
+        fit = {key: _num(entry[key]) for key in ("white", "flicker", "alpha", "corner")}
+        fit |= {key: _num(entry.get(key)) for key in ("white_se", "flicker_se", "alpha_se")}
+        fit |= {key: _num(entry.get(key)) for key in ("corner_se", "f_ref")}
+        lines = [(float(f), float(excess)) for f, excess in entry.get("lines") or []]
+        f, psd = entry.get("frequencies"), entry.get("psd")
+        arrays = (_array(f, 1), _array(psd, 1)) if f is not None and psd is not None else None
+        if arrays is not None and arrays[0].size != arrays[1].size:
+            raise ValueError("frequencies and psd differ in length")
+        spectra.append(_Spectrum(str(name), fit, lines, *(arrays or (None, None))))
+    return record, spectra
+
+
+def _noise_row(s: _Spectrum) -> list[Any]:
+    fit = s.fit
+    return [
+        s.output,
+        _pm(fit["white"], fit["white_se"]),
+        _pm(fit["flicker"], fit["flicker_se"]),
+        fit["f_ref"],
+        _pm(fit["alpha"], fit["alpha_se"]),
+        _pm(fit["corner"], fit["corner_se"]),
+        "; ".join(f"{number(f)} ({number(e)})" for f, e in s.lines) or "none",
+    ]
+
+
+def _draw_spectrum(ax: Any, s: _Spectrum, f: FloatArray, psd: FloatArray) -> None:
+    """The measured PSD, the model S(f) = white + flicker·(f_ref/f)^α, floor, corner, lines."""
+    keep = (f > 0) & (psd > 0)
+    f, psd = f[keep], psd[keep]
+    ax.loglog(f, psd, lw=0.8, color="C0", label="PSD (Welch)")
+    white, flicker, alpha, f_ref = (s.fit[k] for k in ("white", "flicker", "alpha", "f_ref"))
+    if f.size and white is not None and flicker is not None and alpha and f_ref:
+        axis = np.geomspace(f.min(), f.max(), 200)
+        model = white + flicker * (f_ref / axis) ** alpha
+        ax.loglog(axis, model, color="C1", lw=1.4, label="fitted model")
+    if white is not None and white > 0:
+        ax.axhline(white, color="C2", ls="--", lw=1, label="white floor")
+    corner = s.fit["corner"]
+    if corner is not None and corner > 0:
+        ax.axvline(corner, color="C3", ls=":", lw=1.2, label=f"1/f corner {corner:.3g} Hz")
+    for k, (frequency, _) in enumerate(s.lines):
+        ax.axvline(frequency, color="C4", lw=0.8, alpha=0.6, label=None if k else "mains lines")
+    ax.set_xlabel("frequency [Hz]")
+    ax.set_ylabel(f"PSD of {s.output} [unit²/Hz]")
+    ax.legend(fontsize="x-small")
+
+
+def _noise(records: Sequence[JSONDict], section: str) -> Rendered:
+    parsed, notes = _parsed(records, _parse_noise)
+    parts: list[str] = []
+    drawn: list[_Spectrum] = []
+    for record, spectra in parsed:
+        rate, samples = _num(record.get("sample_rate")), _num(record.get("samples"))
+        seconds = samples / rate if samples is not None and rate else None
+        parts += [
+            note(
+                f"{_where(record)}: {number(samples)} samples at {number(rate)} Hz "
+                f"({number(seconds)} s), every input at 0 V; model S(f) = white + "
+                "flicker·(f_ref/f)^α, the corner where the two parts are equal"
+            ),
+            grid(NOISE_HEAD.split("|"), [_noise_row(s) for s in spectra]),
+            grid(["also recorded", "value"], _extra(record, {"noise", "samples", "sample_rate"})),
+        ]
+        drawn += [s for s in spectra if s.frequencies is not None]
+        missing = [s.output for s in spectra if s.frequencies is None]
+        if missing:
+            notes.append(note(f"{_where(record)}: no spectrum recorded for {', '.join(missing)}"))
+    if not drawn:
+        return [], parts + notes
+    fig, axes = _panels(len(drawn), height=3.2)
+    for ax, s in zip(axes, drawn, strict=False):
+        assert s.frequencies is not None
+        assert s.psd is not None
+        _draw_spectrum(ax, s, s.frequencies, s.psd)
+    caption = (
+        "Output noise spectra with the fitted model (white floor + 1/f), the white floor, "
+        "the 1/f corner and the mains lines found"
+    )
+    return [Figure(section, caption, png(fig))], parts + notes + _capped(len(drawn), "spectra")
+
+
+# -- step responses ------------------------------------------------------------------------------
+
+STEP_HEAD = (
+    "electrode|output|step [V]|bandwidth [Hz] ± SE|τ [s]|settling time [s]|gain|residual rms"
+)
+Trace = tuple[str, FloatArray, FloatArray, FloatArray, float | None]  # title, t, y, fit, settled
+
+
+def _parse_step(record: JSONDict) -> tuple[list[list[Any]], list[Trace]]:
+    channel, size = str(record.get("channel")), _num(record.get("step_size"))
+    rows, traces = [], []
+    for output, r in record["response"].items():
+        rows.append(
+            [channel, output, size, _pm(r["bandwidth"], r.get("bandwidth_se"))]
+            + [r.get(k) for k in ("tau", "settling_time", "gain", "residual_rms")]
+        )
+        if all(r.get(k) is not None for k in ("t", "y", "fit")):
+            t, y, fit = (_array(r[k], 1) for k in ("t", "y", "fit"))
+            if not t.size == y.size == fit.size:
+                raise ValueError("t, y and fit differ in length")
+            traces.append((f"{channel} → {output}", t, y, fit, _num(r.get("settling_time"))))
+    return rows, traces
+
+
+def _step(records: Sequence[JSONDict], section: str) -> Rendered:
+    parsed, notes = _parsed(records, _parse_step)
+    rows = [row for group, _ in parsed for row in group]
+    traces = [trace for _, group in parsed for trace in group]
+    table = grid(STEP_HEAD.split("|"), rows)
+    if len(traces) < len(rows):
+        notes.append(note(f"{len(rows) - len(traces)} responses have no recorded trace"))
+    if not traces:
+        return [], [table, *notes]
+    fig, axes = _panels(len(traces), height=2.4, columns=3)
+    for k, (ax, (title, t, y, fit, settled)) in enumerate(zip(axes, traces, strict=False)):
+        ax.plot(t, y, lw=0.8, color="C0", label="measured")
+        ax.plot(t, fit, lw=1.2, ls="--", color="C1", label="first-order fit")
+        if settled is not None:
+            ax.axvline(settled, color="C2", ls=":", lw=1, label="settled")
+        ax.set_title(title, fontsize="small")
+        ax.set_xlabel("time after the step [s]", fontsize="small")
+        if k == 0:
+            ax.legend(fontsize="x-small")
+    caption = "Step responses per electrode and output, with the first-order fit and settling time"
+    return [Figure(section, caption, png(fig))], [table, *notes, *_capped(len(traces), "responses")]
+
+
+# -- HGE plan ------------------------------------------------------------------------------------
+
+PLAN_COLUMNS = {
+    "operating_point": "operating point [V]",
+    "tones": "tone [Hz]",
+    "amplitudes": "amplitude [V]",
+    "gradient": "gradient",
+    "noise_density": "noise density",
+    "predicted_se": "predicted SE",
+    "predicted_snr": "predicted SNR",
+}
+PLAN_SETTINGS = {
+    "target_snr": "target SNR per coordinate",
+    "window": "window T [s]",
+    "device_seconds_per_gradient": "device seconds per gradient",
+}
+
+
+def _per_control(data: JSONDict, key: str, n: int) -> list[Any]:
+    values = data.get(key)
+    if values is None and key not in ("tones", "amplitudes", "predicted_se", "measured_se"):
+        return [None] * n
+    if not isinstance(values, list) or len(values) != n:
+        raise ValueError(f"{key!r} does not have one value per control")
+    return values
+
+
+def _parse_plan(record: JSONDict) -> tuple[list[str], list[str], list[Any]]:
+    """The plan's HTML, its controls and the check's measured SE per control (or [])."""
+    controls = [str(c) for c in record["controls"]]
+    n = len(controls)
+    columns = [_per_control(record, key, n) for key in PLAN_COLUMNS]
+    head = ["control", *PLAN_COLUMNS.values()]
+    check = record.get("check") if isinstance(record.get("check"), dict) else None
+    measured = _per_control(check, "measured_se", n) if check else []
+    if check:
+        columns += [measured, _per_control(check, "ratio_per_control", n)]
+        head += ["measured SE", "measured / predicted"]
+    extra = _extra(record, {*PLAN_COLUMNS, *PLAN_SETTINGS, "controls", "check"})
+    per_control = [(k, v) for k, v in extra if isinstance(v, list) and len(v) == n]
+    columns += [v for _, v in per_control]
+    head += [k for k, _ in per_control]
+    settings = [(label, record.get(key)) for key, label in PLAN_SETTINGS.items()]
+    settings += [
+        ("check: repeats", check.get("repeats") if check else "not run"),
+        ("check: measured / predicted, pooled", check.get("ratio") if check else None),
+    ]
+    settings += [(k, v) for k, v in extra if (k, v) not in per_control]
+    rows = [[name, *(column[j] for column in columns)] for j, name in enumerate(controls)]
+    return [grid(head, rows), grid(["setting", "value"], settings)], controls, measured
+
+
+def _plan_chart(record: JSONDict, controls: list[str], measured: list[Any], section: str) -> Figure:
+    x = np.arange(len(controls))
+    fig, ax = pyplot().subplots(1, 1, figsize=(8, 3.2))
+    ax.bar(x - 0.2, np.asarray(record["predicted_se"], dtype=float), width=0.4, label="predicted")
+    ax.bar(x + 0.2, np.asarray(measured, dtype=float), width=0.4, label="measured")
+    ax.set_xticks(x, controls, rotation=45 if len(controls) > 8 else 0)
+    ax.set_ylabel("gradient standard error")
+    ax.legend(fontsize="small")
+    repeats = record["check"].get("repeats")
+    caption = f"HGE plan check: predicted and measured gradient SE per control ({repeats} repeats)"
+    return Figure(section, caption, png(fig))
+
+
+def _plan(records: Sequence[JSONDict], section: str) -> Rendered:
+    figures, parts, notes = [], [], []
+    for record in records:
+        try:
+            html, controls, measured = _parse_plan(record)
+            figures += [_plan_chart(record, controls, measured, section)] if measured else []
+            parts += html
+        except DAMAGE as exc:
+            notes.append(note(f"{_where(record)}: record damaged ({_why(exc)}); left out"))
+    return figures, parts + notes
+
+
+# -- crossbars -----------------------------------------------------------------------------------
+
+CONDUCTANCE_KEYS = ("reads", "min", "median", "max", "read_noise_median")
+PULSE_KEYS = ("pulses", "rounds", "requests", "max_pulses", "read_noise_median", "stuck_count")
+PULSE_MORE = ("return_offset_median", "threshold", "sigmas")
+
+
+def _conductance(records: Sequence[JSONDict], section: str) -> Rendered:
+    parsed, notes = _parsed(records, lambda r: (r, _map(r["mean"], r), _map(r["read_noise"], r)))
+    figures, parts = [], []
+    for record, mean, noise in parsed:
+        fig, (left, right) = pyplot().subplots(1, 2, figsize=(8, 3.4))
+        _heat(fig, left, mean, f"mean G over {record.get('reads')} reads")
+        _heat(fig, right, noise, "read noise σ", cmap="magma")
+        caption = f"Conductance map ({_where(record)}): mean of the reads and their spread"
+        figures.append(Figure(section, caption, png(fig)))
+        rows: list[tuple[str, Any]] = [("array", f"{record['rows']} × {record['cols']}")]
+        rows += [(k.replace("_", " "), record.get(k)) for k in CONDUCTANCE_KEYS]
+        parts.append(grid(["quantity", "value"], rows))
+    return figures, parts + notes
+
+
+@dataclass(frozen=True)
+class _Staircase:
+    record: JSONDict
+    states: FloatArray  # (rounds + 1) × rows × cols
+    counts: FloatArray  # signed pulses per round
+    weakest: FloatArray  # per device, the smaller response of the two polarities
+    stuck: list[tuple[int, int]]
+
+
+def _parse_pulses(record: JSONDict) -> _Staircase:
+    states, counts = np.asarray(record["states"], dtype=float), _array(record["counts"], 1)
+    if states.shape != (counts.size + 1, record["rows"], record["cols"]):
+        raise ValueError("the states do not fit the counts and the array size")
+    for side in (record["up"], record["down"]):
+        if not len(side["g"]) == len(side["dg"]) == len(side["dg_se"]):
+            raise ValueError("binned g, dg and dg_se differ in length")
+    up, down = (_map(record[side]["response"], record) for side in ("up", "down"))
+    stuck = [(int(i), int(j)) for i, j in record["stuck"]]
+    return _Staircase(record, states, counts, np.minimum(up, down), stuck)
+
+
+def _draw_pulses(fig: Any, left: Any, right: Any, s: _Staircase) -> None:
+    """ΔG per pulse against G (each device and round, binned means ± SE); the stuck map."""
+    per_pulse = np.diff(s.states, axis=0) / np.abs(s.counts)[:, None, None]
+    for side, sign, colour in (("up", 1, "C0"), ("down", -1, "C3")):
+        rounds = np.sign(s.counts) == sign
+        g, dg = s.states[:-1][rounds].ravel(), per_pulse[rounds].ravel()
+        left.scatter(g, dg, s=2, alpha=0.15, color=colour, rasterized=True)
+        binned = s.record[side]
+        left.errorbar(
+            binned["g"],
+            binned["dg"],
+            yerr=binned["dg_se"],
+            color=colour,
+            lw=1.4,
+            marker="o",
+            ms=3,
+            label=f"{side}: binned mean ± SE",
+        )
+    left.axhline(0.0, color="0.6", lw=0.6)
+    left.set_xlabel("G before the round")
+    left.set_ylabel("ΔG per pulse")
+    left.legend(fontsize="x-small")
+    _heat(fig, right, s.weakest, "response of the weaker polarity; × stuck")
+    if s.stuck:
+        rows, cols = zip(*s.stuck, strict=True)
+        right.scatter(cols, rows, marker="x", color="red", s=18, lw=1)
+
+
+def _pulses(records: Sequence[JSONDict], section: str) -> Rendered:
+    parsed, notes = _parsed(records, _parse_pulses)
+    figures, parts = [], []
+    for s in parsed:
+        r = s.record
+        fig, (left, right) = pyplot().subplots(1, 2, figsize=(8, 3.6))
+        _draw_pulses(fig, left, right, s)
+        caption = (
+            f"Pulse response ({_where(r)}): ΔG per pulse against G for both polarities (points: "
+            "each device and round), and the stuck-device map"
+        )
+        figures.append(Figure(section, caption, png(fig)))
+        rows: list[tuple[str, Any]] = [("array", f"{r['rows']} × {r['cols']}")]
+        rows += [(k.replace("_", " "), r.get(k)) for k in (*PULSE_KEYS, *PULSE_MORE)]
+        rows += [
+            (f"median response {side}", r[side].get("median_response")) for side in ("up", "down")
+        ]
+        listed = ", ".join(f"({i}, {j})" for i, j in s.stuck[:64])
+        more = f" … and {len(s.stuck) - 64} more" if len(s.stuck) > 64 else ""
+        rows.append(("stuck devices (row, col)", (listed + more) or "none"))
+        parts.append(grid(["quantity", "value"], rows))
+    return figures, parts + notes
+
+
+# -- the page ------------------------------------------------------------------------------------
+
+RENDERERS: dict[str, Callable[[Sequence[JSONDict], str], Rendered]] = {
+    "iv": _iv,
+    "offset": _offset,
+    "noise": _noise,
+    "step": _step,
+    "plan": _plan,
+    "conductance": _conductance,
+    "pulses": _pulses,
+}
+
+
+def _by_kind(records: Sequence[JSONDict]) -> dict[str, list[JSONDict]]:
+    kinds: dict[str, list[JSONDict]] = {}
+    for record in records:
+        kinds.setdefault(str(record.get("measurement")), []).append(record)
+    return kinds
+
+
+def measurements(records: Sequence[JSONDict]) -> list[MeasurementSummary]:
+    """Per kind of measurement, in the order first measured: steps, channels, device seconds."""
+    return [
+        MeasurementSummary(
+            kind,
+            len(group),
+            list(dict.fromkeys(str(r["channel"]) for r in group if r.get("channel"))),
+            sum(_num(r.get("device_seconds")) or 0.0 for r in group),
+        )
+        for kind, group in _by_kind(records).items()
+    ]
+
+
+def _overview(records: Sequence[JSONDict]) -> str:
+    rows = []
+    for m in measurements(records):
+        shown = ", ".join(m.channels[:8]) + (
+            f" … ({len(m.channels)})" if len(m.channels) > 8 else ""
+        )
+        rows.append([TITLES.get(m.kind, m.kind), m.steps, shown or "—", m.device_seconds])
+    device_time = _num(records[-1].get("device_time")) if records else None
+    head = ["measurement", "steps", "channels", "device time [s]"]
+    return grid(head, rows) + note(f"device clock at the last step: {number(device_time)} s")
+
+
+def calibration_report(records: Sequence[JSONDict]) -> tuple[list[Figure], dict[str, str]]:
+    """The figures of a calibration run and, per section title in page order, its HTML (tables
+    and notes); the first section is the overview of what was measured."""
+    figures: list[Figure] = []
+    sections = {OVERVIEW: _overview(records)}
+    for kind, group in _by_kind(records).items():
+        section = TITLES.get(kind, f"Other records: {kind}")
+        renderer = RENDERERS.get(kind)
+        journaled = details(f"the {len(group)} records as journaled", group)
+        if renderer is None:
+            parts = [note(f"a measurement this report does not know ({kind})"), journaled]
+        else:
+            try:
+                drawn, parts = renderer(group, section)
+                figures += drawn
+            except DAMAGE as exc:  # a damage the parsers did not foresee
+                parts = [note(f"{section} could not be shown ({_why(exc)})"), journaled]
+        sections[section] = "".join(parts)
+    return figures, sections
