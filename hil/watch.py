@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console, Group, RenderableType
+from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
@@ -96,7 +96,8 @@ class RunProgress:
             if isinstance(record.get("total_steps"), int):
                 self.total = int(record["total_steps"])
         elif event == "step":
-            self.steps = int(record.get("step") or self.steps + 1)
+            number = _number(record.get("step"))
+            self.steps = self.steps + 1 if number is None else int(number)
             self.last = record
             self.segment_steps += 1
             self.segment_last = when
@@ -142,7 +143,6 @@ class Snapshot:
     status: str  # running | waiting | completed | paused | aborted | failed | gone
     reason: str = ""
     ended: bool = False
-    extra: list[str] = field(default_factory=list)
 
 
 class RunWatch:
@@ -183,8 +183,8 @@ class RunWatch:
             snap.reason = "no journal record yet"
         if snap.ended or not self._process_gone():
             return snap
-        summary = self.rundir.summary()  # the stop event may have failed where the summary did not
-        if summary is not None and summary.get("status"):
+        summary = self._latest_summary()  # the stop event may fail where the summary did not
+        if summary is not None:
             snap.status, snap.reason = str(summary["status"]), str(summary.get("reason") or "")
         else:
             snap.status = "gone"
@@ -194,6 +194,17 @@ class RunWatch:
             )
         snap.ended = True
         return snap
+
+    def _latest_summary(self) -> JSONDict | None:
+        """summary.json if it tells how the latest segment ended (not an earlier pause)."""
+        try:
+            summary = self.rundir.summary()
+        except RunError:
+            return None
+        if summary is None or not summary.get("status"):
+            return None
+        ended, latest = _number(summary.get("ended_at")), self.progress.latest
+        return summary if ended is not None and (latest is None or ended >= latest) else None
 
     def _process_gone(self) -> bool:
         """Whether the process named in the run's lock file no longer exists (read, not locked)."""
@@ -263,7 +274,7 @@ def fields(snap: Snapshot) -> list[tuple[str, str]]:
 _COLOURS = {"completed": "green", "running": "cyan", "waiting": "cyan", "paused": "yellow"}
 
 
-def table(snap: Snapshot) -> RenderableType:
+def table(snap: Snapshot) -> Table:
     """The snapshot as a two-column rich grid."""
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
@@ -272,7 +283,7 @@ def table(snap: Snapshot) -> RenderableType:
     for label, text in fields(snap):
         shown = f"[{colour}]{escape(text)}[/]" if label == "status" else escape(text)
         grid.add_row(label, shown)
-    return Group(grid)
+    return grid
 
 
 def line(snap: Snapshot) -> str:

@@ -126,16 +126,30 @@ def test_a_finished_run_ends_the_watch_with_its_outcome(finished: Path, tmp_path
     assert f"completed: all {STEPS} steps done" in result.output
 
 
-def test_a_killed_run_ends_the_watch_with_how_to_resume(finished: Path, tmp_path: Path) -> None:
-    run = replay(finished, tmp_path / "run", 2)
-    dead = subprocess.run(
+def dead_pid() -> str:
+    """The id of a process that has ended (and was reaped)."""
+    child = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         check=True,
         capture_output=True,
         text=True,
         timeout=30,
     )
-    (run / LOCK_FILE).write_text(f"pid {dead.stdout.strip()}\n")
+    return child.stdout.strip()
+
+
+@pytest.mark.parametrize("paused_before", [False, True])
+def test_a_killed_run_ends_the_watch_with_how_to_resume(
+    finished: Path, tmp_path: Path, paused_before: bool
+) -> None:
+    """Killed (no stop event, its process gone); a summary.json of an earlier pause is stale."""
+    run = replay(finished, tmp_path / "run", 2)
+    if paused_before:
+        step = journal_steps(finished)[0]
+        stale = {"status": "paused", "reason": "paused by Ctrl-C", "ended_at": step["time"]}
+        (run / "summary.json").write_text(json.dumps(stale))
+        append(run, json.dumps({"event": "resume", "time": step["time"] + 1}) + "\n")
+    (run / LOCK_FILE).write_text(f"pid {dead_pid()}\n")
     result = runner.invoke(app, ["watch", str(run), "--interval", "0.05"])
     assert result.exit_code == 1, result.output
     assert "killed?" in result.output
