@@ -247,7 +247,7 @@ def report(
     live: Annotated[
         bool, typer.Option("--live", help="Serve the page on 127.0.0.1, updated as steps arrive.")
     ] = False,
-    port: Annotated[int, typer.Option(help="--live: port (0: a free one).", min=0)] = 0,
+    port: Annotated[int, typer.Option(help="--live: port (0: a free one).", min=0, max=65535)] = 0,
     interval: Annotated[
         float, typer.Option(help="--live: seconds between page reloads.", min=1)
     ] = 2.0,
