@@ -163,17 +163,35 @@ def build_run(resolved: ResolvedExperiment, entropy: int) -> BuiltRun:
     seeds = dict(
         zip(SEEDED_PARTS, np.random.SeedSequence(entropy).spawn(len(SEEDED_PARTS)), strict=True)
     )
+    _check_parts(resolved)
     guard = build_device(resolved.station, seeds["device"])
     try:
         parts = {
             key: _build_part(resolved, key, seeds[key])
             for key in ("task", "estimator", "optimizer")
+            if key in resolved.components
         }
         procedure = _build_part(resolved, "procedure", seeds["procedure"], device=guard, **parts)
     except BaseException:
         guard.close()
         raise
     return BuiltRun(guard=guard, procedure=procedure)
+
+
+def _check_parts(resolved: ResolvedExperiment) -> None:
+    """Every part the procedure takes without a default is in the experiment (a training
+    procedure needs task, estimator and optimizer; a calibration none of them)."""
+    procedure = resolved.components["procedure"]
+    params = inspect.signature(procedure.cls).parameters
+    for part in ("task", "estimator", "optimizer"):
+        param = params.get(part)
+        needed = param is not None and param.default is inspect.Parameter.empty
+        if needed and part not in resolved.components:
+            raise ConfigError(
+                f"{resolved.doc.where(())}: {part}: procedure {procedure.name!r} needs a "
+                f"`{part}:` section; add one (`hil list` shows the {part} types)",
+                key=(part,),
+            )
 
 
 def _build_part(

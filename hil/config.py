@@ -119,9 +119,9 @@ class ExperimentConfig(BaseModel):
         default=None, ge=0, description="root seed; omitted = fresh entropy, recorded in run.json"
     )
     procedure: Component = Field(default_factory=lambda: Component(type="train"))
-    task: Component
-    estimator: Component
-    optimizer: Component
+    task: Component | None = Field(default=None, description="what training scores")
+    estimator: Component | None = Field(default=None, description="how gradients are measured")
+    optimizer: Component | None = Field(default=None, description="how controls are updated")
     faults: FaultPolicy = Field(
         default_factory=FaultPolicy, description="retries of a step an instrument fault broke"
     )
@@ -356,8 +356,9 @@ def resolve_experiment(doc: YamlDocument) -> ResolvedExperiment:
     else:
         station = resolve_station(doc, config.station, ("station",))
     components = {
-        key: _resolve_component(kind, getattr(config, key), doc, (key,))
+        key: _resolve_component(kind, component, doc, (key,))
         for key, kind in COMPONENT_KINDS.items()
+        if (component := getattr(config, key)) is not None
     }
     return ResolvedExperiment(doc=doc, config=config, station=station, components=components)
 
@@ -372,8 +373,8 @@ def load_station(path: Path) -> ResolvedStation:
 
 
 def is_station_document(doc: YamlDocument) -> bool:
-    """A station file has a device and no task."""
-    return isinstance(doc.data, dict) and "device" in doc.data and "task" not in doc.data
+    """A station file has a device and no station of its own (an experiment names one)."""
+    return isinstance(doc.data, dict) and "device" in doc.data and "station" not in doc.data
 
 
 def json_schema(kind: str) -> dict[str, Any]:

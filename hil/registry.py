@@ -72,6 +72,7 @@ BUILTIN: dict[Kind, dict[str, str]] = {
     Kind.PROCEDURE: {
         "train": "protocols.training:TrainingProcedure",
         "pulse-train": "protocols.pulsed:PulseTrainingProcedure",
+        "calibrate": "protocols.bringup:CalibrationProcedure",
     },
 }
 

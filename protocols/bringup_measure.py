@@ -1,0 +1,241 @@
+"""The electrode measurements of a station's bring-up: IV sweeps, offset and gain, noise, steps.
+
+Each function takes the device (the safety guard in a run: every level it sends is checked) and
+returns one JSON record (the formats are listed in `protocols.bringup`):
+
+- `iv`: a sweep 0 → max → min → 0 over `points` levels per leg of one driven electrode, the
+  others at 0 V; the outputs at every level and the small-signal slope ∂y/∂V at 0 V fitted to
+  the points nearest it (both sweep directions, so hysteresis averages out).
+- `offset`: every electrode at 0 V, `repeats` plateaus: each output's offset with its standard
+  error and its plateau-to-plateau σ (zero input); then per data input (controls where the device
+  has none) ±`level` with the others at 0 V: the transfer ∂y/∂V = (y₊ − y₋)/2·level, the
+  amplification of the known input through the device and the output chain (known input).
+- `noise`: a stream of zeros for `seconds`, each output's spectrum fitted by
+  `protocols.noise_fit` (white floor, 1/f part, corner, mains lines), with the spectrum itself.
+- `step`: a stream holding 0 V, stepping one electrode to `fraction` of its range's top and
+  back; bandwidth and settling time per output by `protocols.step_response`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from hil.core import Channel, ConfigError, Device, FloatArray, JSONDict, Parking, Role, Streaming
+from protocols.noise_fit import fit_noise
+from protocols.step_response import fit_step
+
+MAX_POINTS = 500
+"""Most points of a spectrum or step trace kept in a record (for the report's plots)."""
+
+
+class IVSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    points: int = Field(default=11, ge=3, le=1001, description="levels per leg of the sweep")
+    fraction: float = Field(default=1.0, gt=0, le=1, description="of each range end")
+
+
+class OffsetSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    repeats: int = Field(default=20, ge=2, le=100_000, description="plateaus per level")
+    fraction: float = Field(
+        default=0.1, gt=0, le=1, description="known input: this fraction of the range's nearer end"
+    )
+
+
+class NoiseSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seconds: float = Field(default=4.0, gt=0, le=3600, description="s of record")
+    mains: float = Field(default=50.0, ge=0, le=1000, description="Hz; 0: no mains lines")
+
+
+class StepSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fraction: float = Field(default=0.25, gt=0, le=1, description="of the range's top")
+    before: float = Field(default=0.05, gt=0, le=60, description="s at 0 V before the step")
+    after: float = Field(default=0.2, gt=0, le=600, description="s at the level")
+    tolerance: float = Field(default=0.01, gt=0, lt=1, description="settled within this")
+
+
+def _output_names(device: Device) -> list[str]:
+    return [c.name for c in device.spec.outputs]
+
+
+def _thinned(values: FloatArray) -> list[float]:
+    """At most MAX_POINTS evenly spaced values (for plots in the report)."""
+    step = max(1, math.ceil(values.size / MAX_POINTS))
+    return [float(v) for v in values[::step]]
+
+
+def to_zero(device: Device) -> None:
+    """Every driven channel to 0 V (ramped within the limits where the device parks): a stream
+    starts from the levels held."""
+    if isinstance(device, Parking):
+        device.park()
+    else:
+        device.set_controls(np.zeros(len(device.spec.controls)))
+
+
+def _measure_with(device: Device, channel: Channel, levels: FloatArray) -> FloatArray:
+    """The outputs with `channel` at each level, every other driven channel at 0 V."""
+    spec = device.spec
+    n_in, controls = len(spec.inputs), [c.name for c in spec.controls]
+    if channel.role is Role.INPUT:
+        column = [c.name for c in spec.inputs].index(channel.name)
+        device.set_controls(np.zeros(len(controls)))
+        rows = np.zeros((levels.size, n_in))
+        rows[:, column] = levels
+        return np.asarray(device.measure(rows), dtype=float)
+    index, answered = controls.index(channel.name), []
+    for level in levels:
+        theta = np.zeros(len(controls))
+        theta[index] = level
+        device.set_controls(theta)
+        answered.append(device.measure(np.zeros((1, n_in)))[0])
+    device.set_controls(np.zeros(len(controls)))
+    return np.asarray(answered, dtype=float)
+
+
+def sweep_levels(channel: Channel, settings: IVSettings) -> FloatArray:
+    """0 → top → bottom → 0, `points` levels per leg (top and bottom: `fraction` of the ends)."""
+    n, f = settings.points, settings.fraction
+    top, bottom = f * channel.max, f * channel.min
+    up = np.linspace(0.0, top, n)
+    down = np.linspace(top, bottom, 2 * n - 1)[1:]
+    back = np.linspace(bottom, 0.0, n)[1:]
+    return np.concatenate([up, down, back])
+
+
+def iv(device: Device, channel: Channel, settings: IVSettings) -> JSONDict:
+    """The IV sweep of one driven electrode (the others at 0 V)."""
+    levels = sweep_levels(channel, settings)
+    y = _measure_with(device, channel, levels)
+    distinct = np.unique(levels)
+    nearest = distinct[np.argsort(np.abs(distinct))[: max(3, distinct.size // 4)]]
+    near = np.isin(levels, nearest)  # every visit of the levels nearest 0 V, both directions
+    slope = [float(np.polyfit(levels[near], y[near, k], 1)[0]) for k in range(y.shape[1])]
+    return {"levels": levels.tolist(), "outputs": y.tolist(), "slope_at_zero": slope}
+
+
+def _known_level(channel: Channel, fraction: float) -> float:
+    nearer = min(abs(channel.min), abs(channel.max))
+    if not (math.isfinite(nearer) and nearer > 0):
+        raise ConfigError(
+            f"procedure.offset: the known input on {channel.name!r} needs a range around 0 V, "
+            f"but it allows [{channel.min:g}, {channel.max:g}] {channel.unit}",
+            key=("procedure", "what"),
+        )
+    return fraction * nearer
+
+
+def offset(device: Device, settings: OffsetSettings) -> JSONDict:
+    """Output offset at zero input and the transfer of a known input per data input."""
+    spec, names, n = device.spec, _output_names(device), settings.repeats
+    driven = list(spec.inputs) or list(spec.controls)
+    zero = _measure_with(device, driven[0], np.zeros(n))
+    offsets = {
+        name: {
+            "mean": float(np.mean(zero[:, k])),
+            "se": float(np.std(zero[:, k], ddof=1) / math.sqrt(n)),
+            "sigma": float(np.std(zero[:, k], ddof=1)),
+        }
+        for k, name in enumerate(names)
+    }
+    levels = [_known_level(c, settings.fraction) for c in driven]
+    transfer: JSONDict = {}
+    for channel, level in zip(driven, levels, strict=True):
+        y = _measure_with(device, channel, np.repeat([level, -level], n))
+        up, down = y[:n], y[n:]
+        gain = (up.mean(axis=0) - down.mean(axis=0)) / (2 * level)
+        spread = np.sqrt(up.var(axis=0, ddof=1) / n + down.var(axis=0, ddof=1) / n)
+        transfer[channel.name] = {
+            name: {"gain": float(gain[k]), "gain_se": float(spread[k] / (2 * level))}
+            for k, name in enumerate(names)
+        }
+    return {
+        "offset": offsets,
+        "transfer": transfer,
+        "levels": dict(zip([c.name for c in driven], levels, strict=True)),
+    }
+
+
+def _streamer(device: Device, what: str) -> tuple[Streaming, float]:
+    rate = device.spec.sample_rate
+    if not isinstance(device, Streaming) or rate is None:
+        raise ConfigError(
+            f"procedure.what: {what!r} needs a streaming device; {device.spec.name!r} does not "
+            "stream (leave it out, or use a streaming rig)",
+            key=("procedure", "what"),
+        )
+    return device, float(rate)
+
+
+def noise(device: Device, settings: NoiseSettings) -> JSONDict:
+    """The output noise spectrum with every driven electrode at 0 V, fitted per output."""
+    streamer, rate = _streamer(device, "noise")
+    to_zero(device)
+    spec = device.spec
+    n = max(512, round(settings.seconds * rate))
+    names = [c.name for c in spec.inputs] or [spec.controls[0].name]
+    trace = streamer.stream(np.zeros((n, len(names))), names)
+    fits: JSONDict = {}
+    for k, name in enumerate(_output_names(device)):
+        fit = fit_noise(trace[:, k], rate, mains=settings.mains)
+        keep = fit.frequencies > 0
+        fits[name] = {
+            "white": fit.white,
+            "white_se": fit.white_se,
+            "flicker": fit.flicker,
+            "flicker_se": fit.flicker_se,
+            "alpha": fit.alpha,
+            "alpha_se": fit.alpha_se,
+            "corner": fit.corner,
+            "corner_se": fit.corner_se,
+            "f_ref": fit.f_ref,
+            "lines": [[line.frequency, line.excess] for line in fit.lines],
+            "frequencies": _thinned(fit.frequencies[keep]),
+            "psd": _thinned(fit.psd[keep]),
+        }
+    return {"samples": n, "sample_rate": rate, "noise": fits}
+
+
+def step(device: Device, channel: Channel, settings: StepSettings) -> JSONDict:
+    """The step response of every output to a jump of one electrode (the others at 0 V)."""
+    streamer, rate = _streamer(device, "step")
+    if math.isfinite(channel.max_slew):
+        raise ConfigError(
+            f"procedure.what: a step response of {channel.name!r} needs a jump, but the "
+            f"channel is slew-limited ({channel.max_slew:g} {channel.unit}/s); leave `step` out",
+            key=("procedure", "what"),
+        )
+    to_zero(device)
+    before, after = round(settings.before * rate), round(settings.after * rate)
+    size = settings.fraction * (channel.max if channel.max > 0 else channel.min)
+    wave = np.zeros((before + after + 1, 1))
+    wave[before : before + after, 0] = size
+    trace = streamer.stream(wave, [channel.name])
+    t = (np.arange(after) / rate).astype(float)
+    fits: JSONDict = {}
+    for k, name in enumerate(_output_names(device)):
+        y = np.asarray(trace[: before + after, k], dtype=float)
+        fit = fit_step(y, rate, before, size, tolerance=settings.tolerance)
+        start = float(np.mean(y[:before]))
+        model = start + fit.gain * size * (1 - np.exp(-t / fit.tau))
+        fits[name] = {
+            "tau": fit.tau,
+            "bandwidth": fit.bandwidth,
+            "bandwidth_se": fit.bandwidth_se,
+            "settling_time": None if math.isnan(fit.settling_time) else fit.settling_time,
+            "gain": fit.gain,
+            "residual_rms": fit.residual_rms,
+            "t": _thinned(t),
+            "y": _thinned(y[before:]),
+            "fit": _thinned(model),
+        }
+    return {"step_size": size, "response": fits}
