@@ -182,7 +182,7 @@ class RunWatch:
             snap.status = "waiting"
             snap.reason = "no journal record yet"
         if snap.ended or not self._process_gone():
-            return snap
+            return self._with_total(snap)
         summary = self._latest_summary()  # the stop event may fail where the summary did not
         if summary is not None:
             snap.status, snap.reason = str(summary["status"]), str(summary.get("reason") or "")
@@ -193,14 +193,24 @@ class RunWatch:
                 f"with: hil resume {self.rundir.path}"
             )
         snap.ended = True
+        return self._with_total(snap)
+
+    def _with_total(self, snap: Snapshot) -> Snapshot:
+        """An ended run's step total from its summary where the journal did not give one."""
+        if snap.ended and snap.progress.total is None:
+            total = _number((self._summary() or {}).get("total_steps"))
+            snap.progress.total = None if total is None else int(total)
         return snap
+
+    def _summary(self) -> JSONDict | None:
+        try:
+            return self.rundir.summary()
+        except RunError:
+            return None  # damaged: the journal still tells the story
 
     def _latest_summary(self) -> JSONDict | None:
         """summary.json if it tells how the latest segment ended (not an earlier pause)."""
-        try:
-            summary = self.rundir.summary()
-        except RunError:
-            return None
+        summary = self._summary()
         if summary is None or not summary.get("status"):
             return None
         ended, latest = _number(summary.get("ended_at")), self.progress.latest
