@@ -393,8 +393,10 @@ PLAN_SETTINGS = {
 
 
 def _per_control(data: JSONDict, key: str, n: int) -> list[Any]:
-    values = data.get(key)
-    if values is None and key not in ("tones", "amplitudes", "predicted_se", "measured_se"):
+    """One value per control: a required field must have them, another may be absent."""
+    if key in ("tones", "amplitudes", "predicted_se", "measured_se"):
+        values = data[key]
+    elif (values := data.get(key)) is None:
         return [None] * n
     if not isinstance(values, list) or len(values) != n:
         raise ValueError(f"{key!r} does not have one value per control")
