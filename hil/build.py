@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,10 +53,15 @@ _LIMIT_KEY = re.compile(r"^limits\.channels\.([^\s:]+?)(?:\.max_slew)?:")
 
 @dataclass
 class BuiltRun:
-    """Everything a run executes."""
+    """Everything a run executes, and the experiment it was built from (after `adjust`)."""
 
     guard: SafetyGuard
     procedure: Procedure
+    resolved: ResolvedExperiment
+
+
+Adjust = Callable[[ResolvedExperiment, SafetyGuard], ResolvedExperiment]
+"""A change to the experiment once its device is built (a calibration's settings)."""
 
 
 def fresh_entropy() -> int:
@@ -157,8 +163,9 @@ def _check_pulse_limits(resolved: ResolvedExperiment) -> None:
             )
 
 
-def build_run(resolved: ResolvedExperiment, entropy: int) -> BuiltRun:
-    """Instantiate and cross-check everything; errors name the file, line and key."""
+def build_run(resolved: ResolvedExperiment, entropy: int, adjust: Adjust | None = None) -> BuiltRun:
+    """Instantiate and cross-check everything; errors name the file, line and key. `adjust`
+    may change the experiment's settings once the device (behind its guard) exists."""
     _check_pulse_limits(resolved)
     seeds = dict(
         zip(SEEDED_PARTS, np.random.SeedSequence(entropy).spawn(len(SEEDED_PARTS)), strict=True)
@@ -166,6 +173,8 @@ def build_run(resolved: ResolvedExperiment, entropy: int) -> BuiltRun:
     _check_parts(resolved)
     guard = build_device(resolved.station, seeds["device"])
     try:
+        if adjust is not None:
+            resolved = adjust(resolved, guard)
         parts = {
             key: _build_part(resolved, key, seeds[key])
             for key in ("task", "estimator", "optimizer")
@@ -175,7 +184,7 @@ def build_run(resolved: ResolvedExperiment, entropy: int) -> BuiltRun:
     except BaseException:
         guard.close()
         raise
-    return BuiltRun(guard=guard, procedure=procedure)
+    return BuiltRun(guard=guard, procedure=procedure, resolved=resolved)
 
 
 def _check_parts(resolved: ResolvedExperiment) -> None:

@@ -212,6 +212,7 @@ def _finish(outcome: RunOutcome, signals: Signals) -> None:
     for problem in outcome.problems:
         stderr.print(f"[bold red]warning:[/] {escape(problem)}", highlight=False, soft_wrap=True)
     if outcome.status is RunStatus.COMPLETED:
+        _publish_calibration(outcome)
         _write_report(outcome, signals)
     elif (outcome.path / RUN_FILE).is_file():
         stderr.print(f"continue with: hil resume {outcome.path}", highlight=False, soft_wrap=True)
@@ -229,6 +230,59 @@ def run(
     """Run an experiment; Ctrl-C pauses at the next step (twice aborts), the device is made safe."""
     with signal_handling() as signals, _errors():
         _finish(start_run(config, out, console=None if quiet else stderr), signals)
+
+
+def _publish_calibration(outcome: RunOutcome) -> None:
+    """A completed calibration run writes its station's calibration file and shows its plan."""
+    from hil import calibrations
+
+    procedure = outcome.summary.get("calibration")
+    if not isinstance(procedure, list):
+        return
+    try:
+        path = calibrations.publish(outcome.path)
+    except HilError as exc:
+        stderr.print(
+            f"[bold red]calibration file not written:[/] {escape(str(exc))}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    stderr.print(f"calibration: {escape(str(path))}", highlight=False, soft_wrap=True)
+    for table in calibrations.tables(procedure):
+        stderr.print(table)
+
+
+@app.command()
+def calibrate(
+    station: Annotated[Path, typer.Argument(help="Station YAML file.")],
+    what: Annotated[
+        str | None,
+        typer.Option(
+            "--what",
+            help="Comma-separated measurements: iv, offset, noise, step, plan, check, "
+            "conductance, pulses (default: what the device supports).",
+        ),
+    ] = None,
+    settings: Annotated[
+        Path | None,
+        typer.Option("--settings", help="YAML file of the measurements' settings (plan: …)."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Parent folder for run directories.")] = Path(
+        "runs"
+    ),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Bring a station up: measure it, write <station>.calibration.json, report in report.html.
+
+    A resumable run like any other (Ctrl-C pauses; continue with hil resume)."""
+    from hil import calibrations
+
+    with signal_handling() as signals, _errors():
+        chosen = None if what is None else [w.strip() for w in what.split(",") if w.strip()]
+        document = calibrations.experiment(station, chosen, settings)
+        console = None if quiet else stderr
+        _finish(start_run(station, out, console=console, document=document), signals)
 
 
 @app.command()

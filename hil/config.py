@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hil.core import ConfigError, RegistryError
-from hil.core.paths import UnreadableFile
+from hil.core.paths import ConfigPath, UnreadableFile
 from hil.registry import Kind, resolve
 from hil.safety import SafetyLimits
 from hil.yamlfile import KeyPath, YamlDocument, dotted, load_yaml, one_line
@@ -88,6 +88,21 @@ class RecordPolicy(BaseModel):
     max_mb: float = Field(default=200.0, gt=0, description="size cap of traces.h5 in MB")
 
 
+class CalibrationUse(BaseModel):
+    """Which station calibration a run uses (`hil calibrate` writes it beside the station file)
+    and when it is too old; a homodyne estimator takes the plan's settings it leaves unset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    use: bool = Field(default=True, description="load the station's calibration, if there is one")
+    file: ConfigPath | None = Field(
+        default=None, description="this calibration file instead of the station's own"
+    )
+    max_age_days: float = Field(
+        default=7.0, gt=0, le=36_500, description="older calibrations are warned about"
+    )
+
+
 class StationConfig(BaseModel):
     """One station: the device and the limits the safety guard enforces on it."""
 
@@ -127,6 +142,9 @@ class ExperimentConfig(BaseModel):
     )
     record: RecordPolicy = Field(
         default_factory=RecordPolicy, description="raw data kept in traces.h5 and its size cap"
+    )
+    calibration: CalibrationUse = Field(
+        default_factory=CalibrationUse, description="the station calibration this run uses"
     )
 
 

@@ -25,7 +25,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from hil.build import BuiltRun, build_run, fresh_entropy
+from hil import calibrations
+from hil.build import Adjust, BuiltRun, build_run, fresh_entropy
 from hil.config import (
     FaultPolicy,
     ResolvedExperiment,
@@ -33,7 +34,7 @@ from hil.config import (
     load_station,
     resolve_experiment,
 )
-from hil.core import HilError, JSONDict, RunError, SafetyViolation
+from hil.core import HilError, JSONDict, Role, RunError, SafetyViolation
 from hil.interrupts import Phase, Signals, signal_handling, signal_name
 from hil.interrupts import RunStatus as RunStatus  # re-exported: callers read outcomes here
 from hil.provenance import environment
@@ -49,7 +50,7 @@ from hil.rundir import (
     VerifiedRun,
     digest,
 )
-from hil.safety import SafetyLimits, Terminated, stricter_limits
+from hil.safety import SafetyGuard, SafetyLimits, Terminated, stricter_limits
 from hil.traces import FINAL_STEP, TRACES_FILE, TraceWriter
 from hil.yamlfile import YamlDocument
 
@@ -139,8 +140,8 @@ class _Result:
     final: JSONDict = field(default_factory=dict)
 
 
-def _start_event(ident: _Identity) -> JSONDict:
-    """The journal's first record: which run, which schema, which config."""
+def _start_event(ident: _Identity, total: int) -> JSONDict:
+    """The journal's first record: which run, which schema, which config, how many steps."""
     return {
         "event": "start",
         "time": time.time(),
@@ -148,6 +149,7 @@ def _start_event(ident: _Identity) -> JSONDict:
         "run_id": ident.run_id,
         "config_digest": ident.config_digest,
         "steps_done": 0,
+        "total_steps": total,
     }
 
 
@@ -357,15 +359,51 @@ def _station_file(resolved: ResolvedExperiment) -> str | None:
     return str((resolved.doc.path.parent / station).resolve()) if isinstance(station, str) else None
 
 
+def _calibrated(loaded: calibrations.Loaded | None) -> Adjust | None:
+    """The experiment with the calibration's settings applied, once the device exists."""
+    if loaded is None:
+        return None
+
+    def adjust(resolved: ResolvedExperiment, guard: SafetyGuard) -> ResolvedExperiment:
+        lower, upper = guard.spec.bounds(Role.CONTROL)
+        controls = [c.name for c in guard.spec.controls]
+        return calibrations.apply(resolved, loaded, upper - lower, controls)
+
+    return adjust
+
+
+def _announce(loaded: calibrations.Loaded | None, console: Console | None) -> None:
+    """The calibration in use, its age and what it set, in the run log and on the console;
+    its warnings as warnings."""
+    if loaded is None:
+        return
+    applied = f"; estimator settings from it: {', '.join(loaded.applied)}" if loaded.applied else ""
+    log.info("%s%s", loaded.line(), applied)
+    if console is not None:
+        console.print(loaded.line() + applied, highlight=False, soft_wrap=True, markup=False)
+    for warning in loaded.warnings:
+        log.warning("%s", warning)
+
+
 def start_run(
-    config_path: Path, out: Path = Path("runs"), *, console: Console | None = None
+    config_path: Path,
+    out: Path = Path("runs"),
+    *,
+    console: Console | None = None,
+    document: YamlDocument | None = None,
 ) -> RunOutcome:
-    """Validate and build everything, then create the run directory and execute."""
+    """Validate and build everything, then create the run directory and execute. The
+    experiment is `config_path`'s, or `document` (composed by a command, e.g. hil calibrate;
+    `config_path` is then the file it was made from)."""
     with signal_handling() as signals, ExitStack() as stack:
         signals.phase = Phase.SETUP
-        resolved = load_experiment(config_path)
+        resolved = (
+            load_experiment(config_path) if document is None else resolve_experiment(document)
+        )
         entropy = resolved.config.seed if resolved.config.seed is not None else fresh_entropy()
-        built = build_run(resolved, entropy)
+        calibration = calibrations.load(resolved, _station_file(resolved))
+        built = build_run(resolved, entropy, _calibrated(calibration))
+        resolved = built.resolved
         try:
             signals.stop_if_requested(
                 pause_status=RunStatus.ABORTED, what="before the run started; nothing was written"
@@ -384,6 +422,7 @@ def start_run(
                 "seed_entropy": entropy,
                 "station_snapshot": built.guard.spec.model_dump(mode="json"),
                 "environment": environment(),
+                "calibration": None if calibration is None else calibration.record(),
             }
             stack.enter_context(rundir.lock())
         except BaseException:
@@ -395,7 +434,7 @@ def start_run(
         def prepare() -> None:
             rundir.write_run_info(info)
             traces.create(ident.run_id, config)
-            journal.append(_start_event(ident))
+            journal.append(_start_event(ident, built.procedure.total_steps))
             log.info(
                 "run %s started from %s; config digest %s, seed entropy %d",
                 rundir.path,
@@ -403,6 +442,7 @@ def start_run(
                 ident.config_digest,
                 entropy,
             )
+            _announce(calibration, console)
 
         faults = resolved.config.faults
         return _execute(rundir, built, journal, ident, signals, console, faults, traces, prepare)
@@ -545,7 +585,7 @@ def _resume_locked(rundir: RunDirectory, signals: Signals, console: Console | No
                 f"dropped a torn last line of events.jsonl ({len(torn)} bytes: {shown!r})"
             )
         if not verified.journal.records:
-            journal.append(_start_event(ident))
+            journal.append(_start_event(ident, built.procedure.total_steps))
         if verified.missing_step is not None:
             journal.append(verified.missing_step)
             repairs.append(

@@ -3,11 +3,14 @@
 `CalibrationProcedure` runs its measurements one step each, through whatever device it is given
 (the safety guard in a run), and keeps their results in its state, so the run engine journals,
 checkpoints, records traces of and resumes it like a training run. What each measures is in
-`protocols.bringup_measure` (iv, offset, noise, step) and `protocols.hge_plan` (plan, check).
-The steps, in the order given by `what`:
+`protocols.bringup_measure` (iv, offset, noise, step), `protocols.hge_plan` (plan, check) and
+`protocols.bringup_crossbar` (conductance, pulses). The steps, in the order given by `what`:
 
-- `iv` and `step`: one step per driven electrode; `offset`, `noise`, `plan`, `check`: one step.
+- `iv` and `step`: one step per driven electrode; every other measurement: one step.
 - `check` plays the plan of this calibration (so `plan` must come before it).
+- Without `what`, the device decides: a streaming device gets iv, offset, noise, step and plan;
+  one with programmable weights (a crossbar) conductance, pulses and offset; any other iv and
+  offset.
 
 Every step record carries `measurement`, `channel` (or null), `output_names`, the device seconds
 it took and the device time it ended at, plus the measurement's own keys.
@@ -19,13 +22,27 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hil.core import ConfigError, Device, JSONDict, Role
+from hil.core import ConfigError, Device, JSONDict, ProgrammableState, Role
+from protocols import bringup_crossbar as crossbar
 from protocols import bringup_measure as measure
 from protocols.hge_plan import PlanSettings, check_plan, make_plan
 
-Measurement = Literal["iv", "offset", "noise", "step", "plan", "check"]
-DEFAULT: tuple[Measurement, ...] = ("iv", "offset", "noise", "step", "plan")
+Measurement = Literal["iv", "offset", "noise", "step", "plan", "check", "conductance", "pulses"]
+STREAMING: tuple[Measurement, ...] = ("iv", "offset", "noise", "step", "plan")
+PROGRAMMABLE: tuple[Measurement, ...] = ("conductance", "pulses", "offset")
+PLATEAUS: tuple[Measurement, ...] = ("iv", "offset")
 PER_ELECTRODE: frozenset[str] = frozenset({"iv", "step"})
+NEEDS_STREAM: frozenset[str] = frozenset({"noise", "step", "plan", "check"})
+NEEDS_WEIGHTS: frozenset[str] = frozenset({"conductance", "pulses"})
+
+
+def default_measurements(device: Device) -> tuple[Measurement, ...]:
+    """What a bring-up measures on `device` when `what` is not given."""
+    if device.spec.sample_rate is not None:
+        return STREAMING
+    if isinstance(device, ProgrammableState):
+        return PROGRAMMABLE
+    return PLATEAUS
 
 
 class CalibrationProcedure:
@@ -34,16 +51,22 @@ class CalibrationProcedure:
     class Settings(BaseModel):
         model_config = ConfigDict(extra="forbid", frozen=True)
 
-        what: list[Measurement] = Field(default_factory=lambda: list(DEFAULT), min_length=1)
+        what: list[Measurement] | None = Field(
+            default=None, min_length=1, description="measurements in order; default: by device"
+        )
         iv: measure.IVSettings = Field(default_factory=measure.IVSettings)
         offset: measure.OffsetSettings = Field(default_factory=measure.OffsetSettings)
         noise: measure.NoiseSettings = Field(default_factory=measure.NoiseSettings)
         step: measure.StepSettings = Field(default_factory=measure.StepSettings)
         plan: PlanSettings = Field(default_factory=PlanSettings)
+        conductance: crossbar.ConductanceSettings = Field(
+            default_factory=crossbar.ConductanceSettings
+        )
+        pulses: crossbar.PulseSettings = Field(default_factory=crossbar.PulseSettings)
 
         @model_validator(mode="after")
         def _check_after_plan(self) -> CalibrationProcedure.Settings:
-            what = list(dict.fromkeys(self.what))
+            what = list(dict.fromkeys(self.what or ()))
             if "check" in what and ("plan" not in what or what.index("plan") > what.index("check")):
                 raise ValueError("'check' plays the plan of this calibration: put 'plan' before it")
             return self
@@ -54,12 +77,14 @@ class CalibrationProcedure:
         spec = device.spec
         driven = [c.name for c in spec.channels if c.role is not Role.OUTPUT]
         streams = spec.sample_rate is not None
+        weights = isinstance(device, ProgrammableState)
         plan: list[tuple[Measurement, str]] = []
-        for what in dict.fromkeys(settings.what):
-            if what in ("noise", "step", "plan", "check") and not streams:
+        for what in dict.fromkeys(settings.what or default_measurements(device)):
+            if (what in NEEDS_STREAM and not streams) or (what in NEEDS_WEIGHTS and not weights):
+                needs = "a streaming device" if what in NEEDS_STREAM else "programmable weights"
                 raise ConfigError(
-                    f"procedure.what: {what!r} needs a streaming device; {spec.name!r} does "
-                    "not stream (leave it out, or use a streaming rig)",
+                    f"procedure.what: {what!r} needs {needs}; {spec.name!r} has none (leave "
+                    f"it out; this device measures {list(default_measurements(device))})",
                     key=("procedure", "what"),
                 )
             if what in PER_ELECTRODE:
@@ -126,6 +151,10 @@ class CalibrationProcedure:
             return measure.noise(device, s.noise)
         if what == "plan":
             return make_plan(device, s.plan)
+        if what == "conductance":
+            return crossbar.conductance_map(device, s.conductance)
+        if what == "pulses":
+            return crossbar.pulse_response(device, s.pulses)
         plan = next(r for r in reversed(self._results) if r["measurement"] == "plan")
         checked = check_plan(device, s.plan, plan)
         return {"plan_step": plan["step"], "check": checked}

@@ -12,8 +12,10 @@ returns one JSON record (the formats are listed in `protocols.bringup`):
   amplification of the known input through the device and the output chain (known input).
 - `noise`: a stream of zeros for `seconds`, each output's spectrum fitted by
   `protocols.noise_fit` (white floor, 1/f part, corner, mains lines), with the spectrum itself.
-- `step`: a stream holding 0 V, stepping one electrode to `fraction` of its range's top and
-  back; bandwidth and settling time per output by `protocols.step_response`.
+- `step`: a stream holding 0 V, stepping one electrode by `fraction` of its range and back,
+  `repeats` times (alternating ± where the range allows, so slow drift cancels); the responses,
+  each from its own baseline, averaged; bandwidth and settling time per output by
+  `protocols.step_response`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from protocols.step_response import fit_step
 
 MAX_POINTS = 500
 """Most points of a spectrum or step trace kept in a record (for the report's plots)."""
+
+RESOLVED = 3.0
+"""A bandwidth counts as measured when it stands this many standard errors above zero."""
 
 
 class IVSettings(BaseModel):
@@ -61,6 +66,9 @@ class StepSettings(BaseModel):
     before: float = Field(default=0.05, gt=0, le=60, description="s at 0 V before the step")
     after: float = Field(default=0.2, gt=0, le=600, description="s at the level")
     tolerance: float = Field(default=0.01, gt=0, lt=1, description="settled within this")
+    repeats: int = Field(
+        default=8, ge=1, le=10_000, description="steps averaged (noise falls as 1/√repeats)"
+    )
 
 
 def _output_names(device: Device) -> list[str]:
@@ -216,26 +224,66 @@ def step(device: Device, channel: Channel, settings: StepSettings) -> JSONDict:
         )
     to_zero(device)
     before, after = round(settings.before * rate), round(settings.after * rate)
-    size = settings.fraction * (channel.max if channel.max > 0 else channel.min)
-    wave = np.zeros((before + after + 1, 1))
-    wave[before : before + after, 0] = size
-    trace = streamer.stream(wave, [channel.name])
+    period, n = before + after, settings.repeats
+    # Both polarities where the range allows (alternating, same size): slow drift cancels in
+    # the sign-corrected average; the gain is then the mean slope over ±size.
+    both = channel.min < 0 < channel.max
+    if both:
+        size = settings.fraction * min(channel.max, -channel.min)
+        levels = size * np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
+    else:
+        size = settings.fraction * (channel.max if channel.max > 0 else channel.min)
+        levels = np.full(n, size)
+    wave = np.zeros((n * period + 1, 1))
+    for r in range(n):
+        wave[r * period + before : (r + 1) * period, 0] = levels[r]
+    trace = np.asarray(streamer.stream(wave, [channel.name]), dtype=float)
+    segments = trace[: n * period].reshape(n, period, -1)
+    baselines = segments[:, :before].mean(axis=1, keepdims=True)
+    # each repeat from its own baseline, turned to the polarity of `size`
+    polarity = np.sign(levels / size)[:, np.newaxis, np.newaxis]
+    averaged = ((segments - baselines) * polarity).mean(axis=0)
+    signed = (segments - baselines) * polarity
     t = (np.arange(after) / rate).astype(float)
     fits: JSONDict = {}
     for k, name in enumerate(_output_names(device)):
-        y = np.asarray(trace[: before + after, k], dtype=float)
+        y = averaged[:, k]
         fit = fit_step(y, rate, before, size, tolerance=settings.tolerance)
-        start = float(np.mean(y[:before]))
-        model = start + fit.gain * size * (1 - np.exp(-t / fit.tau))
+        bandwidth_se = _jackknife_bandwidth(signed[:, :, k], rate, before, size, settings)
+        if bandwidth_se is None:
+            bandwidth_se = fit.bandwidth_se
+        model = fit.initial + fit.jump * (1 - np.exp(-t / fit.tau))
         fits[name] = {
             "tau": fit.tau,
             "bandwidth": fit.bandwidth,
-            "bandwidth_se": fit.bandwidth_se,
+            "bandwidth_se": bandwidth_se,
+            "resolved": bool(bandwidth_se < fit.bandwidth / RESOLVED),
             "settling_time": None if math.isnan(fit.settling_time) else fit.settling_time,
+            "settling_from_model": fit.settling_from_model,
             "gain": fit.gain,
             "residual_rms": fit.residual_rms,
             "t": _thinned(t),
             "y": _thinned(y[before:]),
             "fit": _thinned(model),
         }
-    return {"step_size": size, "response": fits}
+    return {"step_size": size, "repeats": n, "response": fits}
+
+
+def _jackknife_bandwidth(
+    signed: FloatArray, rate: float, before: int, size: float, settings: StepSettings
+) -> float | None:
+    """The bandwidth's standard error from the spread of leave-one-repeat-out fits: unlike the
+    fit's own (white residuals), it holds under 1/f noise and drift. None below 4 repeats."""
+    n = signed.shape[0]
+    if n < 4:
+        return None
+    total = signed.sum(axis=0)
+    values = []
+    for r in range(n):
+        y = (total - signed[r]) / (n - 1)
+        try:
+            values.append(fit_step(y, rate, before, size, tolerance=settings.tolerance).bandwidth)
+        except ValueError:
+            return math.inf
+    b = np.asarray(values)
+    return float(math.sqrt((n - 1) / n * np.sum((b - b.mean()) ** 2)))

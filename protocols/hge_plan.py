@@ -226,6 +226,7 @@ def make_plan(device: Device, settings: PlanSettings) -> JSONDict:
         "output": objective.task.mapping.output_channels,
         "operating_point": theta.tolist(),
         "target_snr": settings.target_snr,
+        "settings": settings.model_dump(mode="json"),
         "window": window,
         "pilot_window": t0,
         "tones": [float(f) for f in tones],

@@ -3,13 +3,18 @@
 The station holds an electrode at 0 V, steps it to a level and records the output (issue 10,
 "step response"). The response after the step is fitted with a first-order model,
 
-    y(t) = y₀ + Δ · (1 − exp(−(t − t₀)/τ)),
+    y(t) = y₀ + Δ · (1 − exp(−t/τ)),
 
-by least squares on τ, y₀ and Δ (t₀ is the first sample of the new level), which gives the −3 dB
-bandwidth f = 1/(2πτ) with its standard error from the fit's covariance scaled by the residual
-noise. The settling time is model-free: the first time after which the measured response,
-smoothed over `smooth` samples, stays within `tolerance` of its final value (the mean of the last
-fifth of the record).
+by least squares on τ, y₀ and Δ (t = 0 at the first sample of the new level; a free y₀ absorbs
+where within a sample period the output was read), started from several τ because one below a
+sample period lies in a flat valley. This gives the −3 dB bandwidth f = 1/(2πτ) with its
+standard error from the fit's covariance scaled by the residual noise (white residuals; the
+bring-up's jackknife over repeated steps also holds under 1/f noise). The settling time is
+model-free where the noise allows: the first time after which the measured response, smoothed
+over `smooth` samples, stays within `tolerance` of its final value (the mean of the last fifth
+of the record). When that band is narrower than three standard
+deviations of the smoothed noise, no sample can show it is inside; the settling time is then the
+model's, τ·ln(1/tolerance), and `settling_from_model` says so.
 """
 
 from __future__ import annotations
@@ -32,9 +37,12 @@ class StepResponse:
     bandwidth: float  # Hz, 1/(2πτ)
     bandwidth_se: float
     gain: float  # output units per unit of the step
+    initial: float  # y₀ and
+    jump: float  # Δ of the fitted model y₀ + Δ·(1 − exp(−t/τ)) (for drawing it)
     settling_time: float  # s to stay within `tolerance` of the final value (nan: never)
     tolerance: float  # relative to the step's output change
     residual_rms: float  # output units: the noise left after the fit
+    settling_from_model: bool  # the band was below the noise: τ·ln(1/tolerance)
 
 
 def fit_step(
@@ -66,21 +74,47 @@ def fit_step(
     def model(tt: FloatArray, y0: float, d: float, log_tau: float) -> FloatArray:
         return np.asarray(y0 + d * (1 - np.exp(-tt / math.exp(log_tau))), dtype=float)
 
-    params, cov = curve_fit(model, t, after, p0=(before, delta, math.log(tau0)), maxfev=20_000)
-    y0, d, log_tau = (float(p) for p in params)
+    # τ below a sample period sits in a flat valley of the least squares (the model is a jump
+    # after the first sample): start from several τ and keep the best fit.
+    span = t[-1] + dt
+    bounds = ([-np.inf, -np.inf, math.log(dt / 20)], [np.inf, np.inf, math.log(span)])
+    best: tuple[float, FloatArray, FloatArray] | None = None
+    for start in sorted({dt / 2, dt, 3 * dt, tau0, 10 * tau0}):
+        p0 = (before, delta, math.log(min(max(start, dt / 20), span / 2)))
+        try:
+            params, cov = curve_fit(model, t, after, p0=p0, bounds=bounds, maxfev=20_000)
+        except RuntimeError:
+            continue
+        sse = float(np.sum((after - model(t, *params)) ** 2))
+        if best is None or sse < best[0]:
+            best = (sse, params, cov)
+    if best is None:
+        raise ValueError("no first-order step response fits this record")
+    y0, d, log_tau = (float(p) for p in best[1])
+    cov = best[2]
     residual = after - model(t, y0, d, log_tau)
     tau = math.exp(log_tau)
     tau_se = tau * math.sqrt(max(float(cov[2, 2]), 0.0))
     bandwidth = 1.0 / (2 * math.pi * tau)
+    rms = float(np.sqrt(np.mean(residual**2)))
+    from_model = tolerance * abs(d) < 3.0 * rms / math.sqrt(smooth)
+    settling = (
+        tau * math.log(1.0 / tolerance)
+        if from_model
+        else _settling(after, final, delta, tolerance, smooth, dt)
+    )
     return StepResponse(
         tau=tau,
         tau_se=tau_se,
         bandwidth=bandwidth,
         bandwidth_se=bandwidth * tau_se / tau,
-        gain=d / step_size,
-        settling_time=_settling(after, final, delta, tolerance, smooth, dt),
+        gain=(y0 + d - before) / step_size,  # final level over the one before the step
+        initial=y0,
+        jump=d,
+        settling_time=settling,
         tolerance=tolerance,
-        residual_rms=float(np.sqrt(np.mean(residual**2))),
+        residual_rms=rms,
+        settling_from_model=from_model,
     )
 
 

@@ -107,7 +107,7 @@ def test_the_state_resumes_where_it_stopped() -> None:
 
 def test_streaming_measurements_on_a_device_that_does_not_stream_are_a_config_error() -> None:
     device = LandscapeDevice(LandscapeDevice.Settings.model_validate({"dim": 2}), seed=0)
-    with pytest.raises(ConfigError, match="streaming"):
+    with pytest.raises(ConfigError, match="needs a streaming device"):
         procedure(device, what=["noise"])  # type: ignore[arg-type]
 
 
