@@ -1,16 +1,14 @@
 """The calibration pages of `report.html`: what a bring-up (`hil calibrate`) measured (issue 10).
 
-A calibration run journals one step record per measurement (formats in `protocols.bringup` and,
-for crossbars, `protocols.bringup_crossbar`): IV sweeps, offset and gain, output noise, step
-responses, the HGE plan, conductance maps and pulse responses. `calibration_report` turns them
-into PNG figures and HTML sections for `hil.report_html.render_html`: per measurement the
-pictures an operator checks a station by (curves, spectra with the fitted model, responses with
-their fit, maps) and tables of the fitted values with their standard errors.
+A calibration run journals one step record per measurement (formats in `protocols.bringup`,
+`protocols.hge_plan` and `protocols.bringup_crossbar`). `calibration_report` turns them into PNG
+figures and HTML sections for `hil.report_html.render_html`: IV curves, offset and gain, noise
+spectra with the fitted model, step responses with their fit, the HGE plan and its check,
+conductance and stuck-device maps, and tables of the fitted values with their standard errors.
 
 A journal may be damaged or older than this module: a record that lacks what its figure or table
 needs is left out with a note naming the step and what is missing, fields this module does not
 know are listed rather than dropped, and a measurement it does not know is shown as its record.
-Nothing here raises on a record's content.
 """
 
 from __future__ import annotations
@@ -41,6 +39,7 @@ TITLES = {
     "noise": "Output noise",
     "step": "Step response",
     "plan": "HGE plan",
+    "check": "HGE plan check",
     "conductance": "Conductance map",
     "pulses": "Pulse response",
 }
@@ -63,9 +62,8 @@ class MeasurementSummary:
 
 def _num(value: Any) -> float | None:
     """A JSON number as a float; None for null (a non-finite value) and anything else."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
+    number_type = isinstance(value, int | float) and not isinstance(value, bool)
+    return float(value) if number_type else None
 
 
 def _pm(value: Any, se: Any) -> str:
@@ -115,9 +113,10 @@ def _parsed(
 
 
 def _extra(record: JSONDict, known: set[str]) -> list[tuple[str, Any]]:
-    """Fields a newer record has that this module does not draw: listed, one level deep."""
+    """A record's fields but `known` ones and bookkeeping, as labelled values, one level deep:
+    what a newer record adds is listed, not lost."""
     return [
-        (f"{key.replace('_', ' ')}{f': {sub}' if sub else ''}", value)
+        ((f"{key}: {sub}" if sub else key).replace("_", " "), value)
         for key in record
         if key not in known and key not in BOOKKEEPING
         for sub, value in (
@@ -148,6 +147,7 @@ def _capped(n: int, what: str) -> list[str]:
 def _heat(fig: Any, ax: Any, values: FloatArray, title: str, cmap: str = "viridis") -> None:
     image = ax.imshow(values, cmap=cmap, aspect="auto", interpolation="nearest")
     fig.colorbar(image, ax=ax, shrink=0.85)
+    ax.locator_params(integer=True)
     ax.set_title(title, fontsize="small")
     ax.set_xlabel("column")
     ax.set_ylabel("row")
@@ -203,14 +203,9 @@ def _parse_offset(record: JSONDict) -> list[str]:
     offsets = [
         [name, _pm(v["mean"], v.get("se")), v.get("sigma")] for name, v in record["offset"].items()
     ]
-    levels = record.get("levels")
+    known = record["levels"] if isinstance(record.get("levels"), dict) else {}
     transfer = [
-        [
-            channel,
-            output,
-            _pm(g["gain"], g.get("gain_se")),
-            levels.get(channel) if isinstance(levels, dict) else record.get("level"),
-        ]
+        [channel, output, _pm(g["gain"], g.get("gain_se")), known.get(channel, record.get("level"))]
         for channel, gains in record.get("transfer", {}).items()
         for output, g in gains.items()
     ]
@@ -231,7 +226,6 @@ def _offset(records: Sequence[JSONDict], section: str) -> Rendered:
 # -- output noise --------------------------------------------------------------------------------
 
 NOISE_HEAD = "output|white floor|flicker at f_ref|f_ref [Hz]|α|corner [Hz]|mains lines: Hz (excess)"
-NOISE_KEYS = {"white", "flicker", "alpha", "corner", "f_ref"}
 
 
 @dataclass(frozen=True)
@@ -239,8 +233,7 @@ class _Spectrum:
     output: str
     fit: dict[str, float | None]
     lines: list[tuple[float, float]]
-    frequencies: FloatArray | None  # None: only the fit was recorded
-    psd: FloatArray | None
+    spectrum: tuple[FloatArray, FloatArray] | None  # frequencies, PSD; None: only the fit
 
 
 def _parse_noise(record: JSONDict) -> tuple[JSONDict, list[_Spectrum]]:
@@ -254,7 +247,7 @@ def _parse_noise(record: JSONDict) -> tuple[JSONDict, list[_Spectrum]]:
         arrays = (_array(f, 1), _array(psd, 1)) if f is not None and psd is not None else None
         if arrays is not None and arrays[0].size != arrays[1].size:
             raise ValueError("frequencies and psd differ in length")
-        spectra.append(_Spectrum(str(name), fit, lines, *(arrays or (None, None))))
+        spectra.append(_Spectrum(str(name), fit, lines, arrays))
     return record, spectra
 
 
@@ -296,7 +289,7 @@ def _draw_spectrum(ax: Any, s: _Spectrum, f: FloatArray, psd: FloatArray) -> Non
 def _noise(records: Sequence[JSONDict], section: str) -> Rendered:
     parsed, notes = _parsed(records, _parse_noise)
     parts: list[str] = []
-    drawn: list[_Spectrum] = []
+    drawn: list[tuple[_Spectrum, FloatArray, FloatArray]] = []
     for record, spectra in parsed:
         rate, samples = _num(record.get("sample_rate")), _num(record.get("samples"))
         seconds = samples / rate if samples is not None and rate else None
@@ -309,29 +302,22 @@ def _noise(records: Sequence[JSONDict], section: str) -> Rendered:
             grid(NOISE_HEAD.split("|"), [_noise_row(s) for s in spectra]),
             grid(["also recorded", "value"], _extra(record, {"noise", "samples", "sample_rate"})),
         ]
-        drawn += [s for s in spectra if s.frequencies is not None]
-        missing = [s.output for s in spectra if s.frequencies is None]
+        drawn += [(s, *s.spectrum) for s in spectra if s.spectrum is not None]
+        missing = [s.output for s in spectra if s.spectrum is None]
         if missing:
             notes.append(note(f"{_where(record)}: no spectrum recorded for {', '.join(missing)}"))
     if not drawn:
         return [], parts + notes
     fig, axes = _panels(len(drawn), height=3.2)
-    for ax, s in zip(axes, drawn, strict=False):
-        assert s.frequencies is not None
-        assert s.psd is not None
-        _draw_spectrum(ax, s, s.frequencies, s.psd)
-    caption = (
-        "Output noise spectra with the fitted model (white floor + 1/f), the white floor, "
-        "the 1/f corner and the mains lines found"
-    )
+    for ax, (s, f, psd) in zip(axes, drawn, strict=False):
+        _draw_spectrum(ax, s, f, psd)
+    caption = "Output noise spectra, the fitted model, its white floor and 1/f corner, mains lines"
     return [Figure(section, caption, png(fig))], parts + notes + _capped(len(drawn), "spectra")
 
 
 # -- step responses ------------------------------------------------------------------------------
 
-STEP_HEAD = (
-    "electrode|output|step [V]|bandwidth [Hz] ± SE|τ [s]|settling time [s]|gain|residual rms"
-)
+STEP_HEAD = "electrode|output|step [V]|bandwidth [Hz] ± SE|τ [s]|settling [s]|gain|residual rms"
 Trace = tuple[str, FloatArray, FloatArray, FloatArray, float | None]  # title, t, y, fit, settled
 
 
@@ -403,25 +389,32 @@ def _per_control(data: JSONDict, key: str, n: int) -> list[Any]:
     return values
 
 
+CHECK_KNOWN = {"repeats", "measured_se", "ratio_per_control", "ratio", "ratio_se", "predicted_se"}
+
+
 def _parse_plan(record: JSONDict) -> tuple[list[str], list[str], list[Any]]:
     """The plan's HTML, its controls and the check's measured SE per control (or [])."""
     controls = [str(c) for c in record["controls"]]
     n = len(controls)
     columns = [_per_control(record, key, n) for key in PLAN_COLUMNS]
     head = ["control", *PLAN_COLUMNS.values()]
+    extra = _extra(record, {*PLAN_COLUMNS, *PLAN_SETTINGS, "controls", "check"})
     check = record.get("check") if isinstance(record.get("check"), dict) else None
     measured = _per_control(check, "measured_se", n) if check else []
     if check:
         columns += [measured, _per_control(check, "ratio_per_control", n)]
         head += ["measured SE", "measured / predicted"]
-    extra = _extra(record, {*PLAN_COLUMNS, *PLAN_SETTINGS, "controls", "check"})
+        extra += [(f"check: {k}", v) for k, v in _extra(check, CHECK_KNOWN)]
     per_control = [(k, v) for k, v in extra if isinstance(v, list) and len(v) == n]
     columns += [v for _, v in per_control]
     head += [k for k, _ in per_control]
     settings = [(label, record.get(key)) for key, label in PLAN_SETTINGS.items()]
     settings += [
         ("check: repeats", check.get("repeats") if check else "not run"),
-        ("check: measured / predicted, pooled", check.get("ratio") if check else None),
+        (
+            "check: measured / predicted, pooled ± SE",
+            _pm(check.get("ratio"), check.get("ratio_se")) if check else None,
+        ),
     ]
     settings += [(k, v) for k, v in extra if (k, v) not in per_control]
     rows = [[name, *(column[j] for column in columns)] for j, name in enumerate(controls)]
@@ -441,9 +434,27 @@ def _plan_chart(record: JSONDict, controls: list[str], measured: list[Any], sect
     return Figure(section, caption, png(fig))
 
 
+def _with_checks(records: Sequence[JSONDict]) -> tuple[list[JSONDict], list[str]]:
+    """The plan records, each with the `check` record that played it merged in."""
+    plans = {r.get("step"): dict(r) for r in records if r.get("measurement") == "plan"}
+    notes = []
+    for r in records:
+        if r.get("measurement") != "check":
+            continue
+        plan = plans.get(r.get("plan_step"))
+        if plan is not None and isinstance(r.get("check"), dict):
+            plan["check"] = r["check"]
+        else:
+            problem = "no result" if plan is not None else f"no plan at step {r.get('plan_step')}"
+            notes.append(note(f"{_where(r)}: a check of the plan with {problem}; left out"))
+    return list(plans.values()), notes
+
+
 def _plan(records: Sequence[JSONDict], section: str) -> Rendered:
-    figures, parts, notes = [], [], []
-    for record in records:
+    """The plans (and the checks of them) as tables, a bar chart for each checked plan."""
+    plans, notes = _with_checks(records)
+    figures, parts = [], []
+    for record in plans:
         try:
             html, controls, measured = _parse_plan(record)
             figures += [_plan_chart(record, controls, measured, section)] if measured else []
@@ -455,9 +466,10 @@ def _plan(records: Sequence[JSONDict], section: str) -> Rendered:
 
 # -- crossbars -----------------------------------------------------------------------------------
 
-CONDUCTANCE_KEYS = ("reads", "min", "median", "max", "read_noise_median")
-PULSE_KEYS = ("pulses", "rounds", "requests", "max_pulses", "read_noise_median", "stuck_count")
-PULSE_MORE = ("return_offset_median", "threshold", "sigmas")
+
+def _scalars(record: JSONDict) -> list[tuple[str, Any]]:
+    """A record's single values (settings, counts, medians); its maps are in the figures."""
+    return [(key, value) for key, value in _extra(record, set()) if not isinstance(value, list)]
 
 
 def _conductance(records: Sequence[JSONDict], section: str) -> Rendered:
@@ -469,9 +481,7 @@ def _conductance(records: Sequence[JSONDict], section: str) -> Rendered:
         _heat(fig, right, noise, "read noise σ", cmap="magma")
         caption = f"Conductance map ({_where(record)}): mean of the reads and their spread"
         figures.append(Figure(section, caption, png(fig)))
-        rows: list[tuple[str, Any]] = [("array", f"{record['rows']} × {record['cols']}")]
-        rows += [(k.replace("_", " "), record.get(k)) for k in CONDUCTANCE_KEYS]
-        parts.append(grid(["quantity", "value"], rows))
+        parts.append(grid(["quantity", "value"], _scalars(record)))
     return figures, parts + notes
 
 
@@ -499,21 +509,13 @@ def _parse_pulses(record: JSONDict) -> _Staircase:
 def _draw_pulses(fig: Any, left: Any, right: Any, s: _Staircase) -> None:
     """ΔG per pulse against G (each device and round, binned means ± SE); the stuck map."""
     per_pulse = np.diff(s.states, axis=0) / np.abs(s.counts)[:, None, None]
-    for side, sign, colour in (("up", 1, "C0"), ("down", -1, "C3")):
+    for side, sign, points, line in (("up", 1, "C0", "navy"), ("down", -1, "C3", "darkred")):
         rounds = np.sign(s.counts) == sign
         g, dg = s.states[:-1][rounds].ravel(), per_pulse[rounds].ravel()
-        left.scatter(g, dg, s=2, alpha=0.15, color=colour, rasterized=True)
-        binned = s.record[side]
-        left.errorbar(
-            binned["g"],
-            binned["dg"],
-            yerr=binned["dg_se"],
-            color=colour,
-            lw=1.4,
-            marker="o",
-            ms=3,
-            label=f"{side}: binned mean ± SE",
-        )
+        left.scatter(g, dg, s=2, alpha=0.15, color=points, rasterized=True)
+        b = s.record[side]
+        label = f"{side}: binned mean ± SE"
+        left.errorbar(b["g"], b["dg"], b["dg_se"], color=line, marker="o", ms=3, label=label)
     left.axhline(0.0, color="0.6", lw=0.6)
     left.set_xlabel("G before the round")
     left.set_ylabel("ΔG per pulse")
@@ -531,16 +533,9 @@ def _pulses(records: Sequence[JSONDict], section: str) -> Rendered:
         r = s.record
         fig, (left, right) = pyplot().subplots(1, 2, figsize=(8, 3.6))
         _draw_pulses(fig, left, right, s)
-        caption = (
-            f"Pulse response ({_where(r)}): ΔG per pulse against G for both polarities (points: "
-            "each device and round), and the stuck-device map"
-        )
+        caption = f"Pulse response ({_where(r)}): ΔG per pulse against G, and the stuck devices"
         figures.append(Figure(section, caption, png(fig)))
-        rows: list[tuple[str, Any]] = [("array", f"{r['rows']} × {r['cols']}")]
-        rows += [(k.replace("_", " "), r.get(k)) for k in (*PULSE_KEYS, *PULSE_MORE)]
-        rows += [
-            (f"median response {side}", r[side].get("median_response")) for side in ("up", "down")
-        ]
+        rows = _scalars(r)
         listed = ", ".join(f"({i}, {j})" for i, j in s.stuck[:64])
         more = f" … and {len(s.stuck) - 64} more" if len(s.stuck) > 64 else ""
         rows.append(("stuck devices (row, col)", (listed + more) or "none"))
@@ -561,10 +556,12 @@ RENDERERS: dict[str, Callable[[Sequence[JSONDict], str], Rendered]] = {
 }
 
 
-def _by_kind(records: Sequence[JSONDict]) -> dict[str, list[JSONDict]]:
+def _by_kind(records: Sequence[JSONDict], fold: bool = False) -> dict[str, list[JSONDict]]:
+    """Records per measurement in the order first measured; `fold`: checks with their plans."""
     kinds: dict[str, list[JSONDict]] = {}
     for record in records:
-        kinds.setdefault(str(record.get("measurement")), []).append(record)
+        kind = str(record.get("measurement"))
+        kinds.setdefault("plan" if fold and kind == "check" else kind, []).append(record)
     return kinds
 
 
@@ -598,7 +595,7 @@ def calibration_report(records: Sequence[JSONDict]) -> tuple[list[Figure], dict[
     and notes); the first section is the overview of what was measured."""
     figures: list[Figure] = []
     sections = {OVERVIEW: _overview(records)}
-    for kind, group in _by_kind(records).items():
+    for kind, group in _by_kind(records, fold=True).items():
         section = TITLES.get(kind, f"Other records: {kind}")
         renderer = RENDERERS.get(kind)
         journaled = details(f"the {len(group)} records as journaled", group)

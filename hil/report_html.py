@@ -29,7 +29,7 @@ table { border-collapse: collapse; margin: 0.5rem 0; }
 th, td { text-align: left; padding: 0.15rem 0.8rem 0.15rem 0; vertical-align: top; }
 th { font-weight: 600; }
 td.num { font-variant-numeric: tabular-nums; }
-.wide { overflow-x: auto; } .wide td.num { white-space: nowrap; }
+.wide { overflow-x: auto; }
 .status-completed { color: #17612a; } .status-paused, .status-running { color: #8a5a00; }
 .status-aborted, .status-failed { color: #a11; }
 figure { margin: 0.8rem 0; } figure img { max-width: 100%; height: auto; }

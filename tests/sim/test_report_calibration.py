@@ -100,7 +100,7 @@ def _step() -> JSONDict:
     }
 
 
-PLAN = {
+PLAN: JSONDict = {
     "measurement": "plan",
     "channel": None,
     "controls": ["E0", "E2", "E3"],
@@ -116,11 +116,21 @@ PLAN = {
     "device_seconds_per_gradient": 0.6,
     "pilot_se": [0.27, 0.28, 0.5],
     "noise_model": {"white": 4.47e-6, "alpha": 1.03},
+    "check": None,
+}
+CHECK: JSONDict = {  # the plan played `repeats` times: a record of its own, naming the plan's step
+    "measurement": "check",
+    "channel": None,
+    "plan_step": 7,
     "check": {
         "repeats": 8,
         "measured_se": [0.113, 0.117, 0.0987],
-        "ratio": 1.023,
+        "reported_se": [0.1, 0.12, 0.1],
+        "predicted_se": [0.101, 0.121, 0.111],
         "ratio_per_control": [1.119, 0.967, 0.889],
+        "ratio": 1.023,
+        "ratio_se": 0.09,
+        "device_seconds_per_gradient": 0.61,
     },
 }
 
@@ -197,7 +207,7 @@ def calibration_records() -> list[JSONDict]:
     del damaged["outputs"]
     unknown = {"measurement": "thermal", "channel": None, "temperature": 301.5}
     raw = [_iv("E0", [2.0, -1.0]), _iv(SNEAKY, [0.5, 0.25]), damaged, offset, _noise(), _step()]
-    raw += [PLAN, *_crossbar(), unknown]
+    raw += [PLAN, CHECK, *_crossbar(), unknown]
     return [
         {
             "event": "step",
@@ -342,15 +352,19 @@ def test_tables_show_the_journaled_values(run: Path) -> None:
     assert "E0 | Vmon | 0.1 |" in step
     assert "1 responses have no recorded trace" in step
     plan = text["HGE plan"]
-    assert "E2 | 0.1 | 55 | 0.05 | -2 | 0.0002 | 0.121 | 16.53 | 0.117 | 0.967 | 0.28 |" in plan
-    assert "check: measured / predicted, pooled | 1.023" in plan
+    assert (
+        "E2 | 0.1 | 55 | 0.05 | -2 | 0.0002 | 0.121 | 16.53 | 0.117 | 0.967 | 0.28 | 0.12 |" in plan
+    )
+    assert "check: measured / predicted, pooled ± SE | 1.023 ± 0.09" in plan
+    assert "check: device seconds per gradient | 0.61" in plan
     assert "window T [s] | 0.4" in plan
     assert "noise model: alpha | 1.03" in plan
-    assert "3 × 4" in text["Conductance map"]
+    assert "rows | 3 | cols | 4 | reads | 5 |" in text["Conductance map"]
     assert "read noise median | 0.0001" in text["Conductance map"]
     pulses = text["Pulse response"]
     assert "stuck devices (row, col) | (1, 2)" in pulses
     assert "stuck count | 1" in pulses
+    assert "up: median response | 0.2" in pulses
 
 
 def test_figures_are_embedded_and_written_beside_the_page(run: Path) -> None:
@@ -425,6 +439,7 @@ def test_no_damage_to_a_record_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     for record in (r for r in records if r["channel"] != "E9"):  # E9: damaged already
         kind = record["measurement"]
         title = report_calibration.TITLES.get(kind, f"Other records: {kind}")
+        title = "HGE plan" if kind == "check" else title  # shown with the plan it checked
         for key in set(record) - {"event", "step", "measurement"}:
             scalar = not isinstance(record[key], list | dict)
             for damage in ("remove", "garbage", *([None] if scalar else [])):
@@ -441,11 +456,24 @@ def test_no_damage_to_a_record_raises(monkeypatch: pytest.MonkeyPatch) -> None:
                 assert title in html_sections, (kind, key, damage)
     nested = copy.deepcopy(records)
     nested[4]["noise"]["Iout"]["psd"] = [1.0]  # a spectrum shorter than its frequencies
-    nested[8]["up"]["g"] = [0.1]  # binned curve lengths disagree
+    nested[9]["up"]["g"] = [0.1]  # binned curve lengths disagree
+    nested[7]["plan_step"] = 99  # a check whose plan is not in the journal
     _, html_sections = report_calibration.calibration_report(nested)
     noise, pulses = (html.unescape(html_sections[t]) for t in ("Output noise", "Pulse response"))
     assert "step 5: record damaged (ValueError: frequencies and psd differ in length)" in noise
-    assert "step 9: record damaged (ValueError: binned g, dg and dg_se differ" in pulses
+    assert "step 10: record damaged (ValueError: binned g, dg and dg_se differ" in pulses
+    plan = html.unescape(html_sections["HGE plan"])
+    assert "step 8: a check of the plan with no plan at step 99; left out" in plan
+
+
+def test_a_check_inside_its_plan_record_reads_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check as a record of its own (`hil calibrate`) or inside the plan's record."""
+    monkeypatch.setattr(report_calibration, "png", _fast_png)
+    inline = [{**PLAN, "step": 7, "check": CHECK["check"]}]
+    separate = [{**PLAN, "step": 7}, {**CHECK, "step": 8}]
+    figures, page = report_calibration.calibration_report(inline)
+    assert [f.section for f in figures] == ["HGE plan"]  # predicted against measured
+    assert page["HGE plan"] == report_calibration.calibration_report(separate)[1]["HGE plan"]
 
 
 def test_crossbar_records_of_the_bring_up_helper_are_drawn(
