@@ -213,7 +213,9 @@ def _calibration_page(
     info: JSONDict, summary: JSONDict | None, records: list[JSONDict]
 ) -> tuple[str, list[Figure]]:
     """report.html of a calibration run, and its figures (also written as PNGs beside it)."""
-    figures, sections = calibration_report(records)
+    channels = (info.get("station_snapshot") or {}).get("channels") or []
+    units = {str(c.get("name")): str(c.get("unit") or "") for c in channels}
+    figures, sections = calibration_report(records, units)
     return render_html(info, summary, records, figures, calibration=sections), figures
 
 

@@ -14,7 +14,7 @@ know are listed rather than dropped, and a measurement it does not know is shown
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -27,6 +27,7 @@ from hil.report_html import Figure, details, grid, note, number, png, pyplot
 FloatArray = NDArray[np.float64]
 T = TypeVar("T")
 Rendered = tuple[list[Figure], list[str]]  # a section's figures and its HTML (tables, notes)
+Units = Mapping[str, str]  # channel name → unit (the station's), for the axes
 
 DAMAGE = (KeyError, TypeError, ValueError, IndexError, AttributeError)
 """What reading a record with missing or malformed fields raises."""
@@ -87,6 +88,11 @@ def _map(value: Any, record: JSONDict) -> FloatArray:
             f"a map of shape {array.shape} in a {record['rows']}×{record['cols']} array"
         )
     return array
+
+
+def _unit(units: Units, channel: str, power: str = "") -> str:
+    """` [unit]` for an axis label (`power`: e.g. "²/Hz"), empty where the unit is unknown."""
+    return f" [{units[channel]}{power}]" if units.get(channel) else ""
 
 
 def _where(record: JSONDict) -> str:
@@ -167,7 +173,7 @@ def _parse_iv(record: JSONDict) -> Sweep:
     return str(record.get("channel")), [str(n) for n in names], levels, y, slope
 
 
-def _iv(records: Sequence[JSONDict], section: str) -> Rendered:
+def _iv(records: Sequence[JSONDict], section: str, units: Units) -> Rendered:
     sweeps, notes = _parsed(records, _parse_iv)
     if not sweeps:
         return [], notes
@@ -179,8 +185,8 @@ def _iv(records: Sequence[JSONDict], section: str) -> Rendered:
                 ax.plot(levels, y[:, names.index(name)], marker=".", ms=3, lw=1, label=channel)
         ax.axhline(0.0, color="0.8", lw=0.6)
         ax.axvline(0.0, color="0.8", lw=0.6)
-        ax.set_xlabel("level of the swept electrode [V]")
-        ax.set_ylabel(name)
+        ax.set_xlabel(f"level of the swept electrode{_unit(units, sweeps[0][0])}")
+        ax.set_ylabel(f"{name}{_unit(units, name)}")
         if len(sweeps) <= 12:
             ax.legend(fontsize="x-small", title="swept", title_fontsize="x-small")
     caption = "IV sweeps: each output against the level of each swept electrode (others at 0 V)"
@@ -218,7 +224,7 @@ def _parse_offset(record: JSONDict) -> list[str]:
     ]
 
 
-def _offset(records: Sequence[JSONDict], section: str) -> Rendered:
+def _offset(records: Sequence[JSONDict], section: str, units: Units) -> Rendered:
     parsed, notes = _parsed(records, _parse_offset)
     return [], [part for parts in parsed for part in parts] + notes
 
@@ -264,7 +270,7 @@ def _noise_row(s: _Spectrum) -> list[Any]:
     ]
 
 
-def _draw_spectrum(ax: Any, s: _Spectrum, f: FloatArray, psd: FloatArray) -> None:
+def _draw_spectrum(ax: Any, s: _Spectrum, f: FloatArray, psd: FloatArray, unit: str) -> None:
     """The measured PSD, the model S(f) = white + flicker·(f_ref/f)^α, floor, corner, lines."""
     keep = (f > 0) & (psd > 0)
     f, psd = f[keep], psd[keep]
@@ -278,15 +284,15 @@ def _draw_spectrum(ax: Any, s: _Spectrum, f: FloatArray, psd: FloatArray) -> Non
         ax.axhline(white, color="C2", ls="--", lw=1, label="white floor")
     corner = s.fit["corner"]
     if corner is not None and corner > 0:
-        ax.axvline(corner, color="C3", ls=":", lw=1.2, label=f"1/f corner {corner:.3g} Hz")
+        ax.axvline(corner, color="C3", ls=":", lw=1.2, label=f"1/f corner {corner:.4g} Hz")
     for k, (frequency, _) in enumerate(s.lines):
         ax.axvline(frequency, color="C4", lw=0.8, alpha=0.6, label=None if k else "mains lines")
     ax.set_xlabel("frequency [Hz]")
-    ax.set_ylabel(f"PSD of {s.output} [unit²/Hz]")
+    ax.set_ylabel(f"PSD of {s.output}{unit}")
     ax.legend(fontsize="x-small")
 
 
-def _noise(records: Sequence[JSONDict], section: str) -> Rendered:
+def _noise(records: Sequence[JSONDict], section: str, units: Units) -> Rendered:
     parsed, notes = _parsed(records, _parse_noise)
     parts: list[str] = []
     drawn: list[tuple[_Spectrum, FloatArray, FloatArray]] = []
@@ -310,7 +316,7 @@ def _noise(records: Sequence[JSONDict], section: str) -> Rendered:
         return [], parts + notes
     fig, axes = _panels(len(drawn), height=3.2)
     for ax, (s, f, psd) in zip(axes, drawn, strict=False):
-        _draw_spectrum(ax, s, f, psd)
+        _draw_spectrum(ax, s, f, psd, _unit(units, s.output, "²/Hz"))
     caption = "Output noise spectra, the fitted model, its white floor and 1/f corner, mains lines"
     return [Figure(section, caption, png(fig))], parts + notes + _capped(len(drawn), "spectra")
 
@@ -318,7 +324,8 @@ def _noise(records: Sequence[JSONDict], section: str) -> Rendered:
 # -- step responses ------------------------------------------------------------------------------
 
 STEP_HEAD = "electrode|output|step [V]|bandwidth [Hz] ± SE|τ [s]|settling [s]|gain|residual rms"
-Trace = tuple[str, FloatArray, FloatArray, FloatArray, float | None]  # title, t, y, fit, settled
+# electrode, output, t, y, fit, settling time
+Trace = tuple[str, str, FloatArray, FloatArray, FloatArray, float | None]
 
 
 def _parse_step(record: JSONDict) -> tuple[list[list[Any]], list[Trace]]:
@@ -333,11 +340,11 @@ def _parse_step(record: JSONDict) -> tuple[list[list[Any]], list[Trace]]:
             t, y, fit = (_array(r[k], 1) for k in ("t", "y", "fit"))
             if not t.size == y.size == fit.size:
                 raise ValueError("t, y and fit differ in length")
-            traces.append((f"{channel} → {output}", t, y, fit, _num(r.get("settling_time"))))
+            traces.append((channel, output, t, y, fit, _num(r.get("settling_time"))))
     return rows, traces
 
 
-def _step(records: Sequence[JSONDict], section: str) -> Rendered:
+def _step(records: Sequence[JSONDict], section: str, units: Units) -> Rendered:
     parsed, notes = _parsed(records, _parse_step)
     rows = [row for group, _ in parsed for row in group]
     traces = [trace for _, group in parsed for trace in group]
@@ -347,12 +354,14 @@ def _step(records: Sequence[JSONDict], section: str) -> Rendered:
     if not traces:
         return [], [table, *notes]
     fig, axes = _panels(len(traces), height=2.4, columns=3)
-    for k, (ax, (title, t, y, fit, settled)) in enumerate(zip(axes, traces, strict=False)):
+    for k, (ax, (channel, output, t, y, fit, settled)) in enumerate(
+        zip(axes, traces, strict=False)
+    ):
         ax.plot(t, y, lw=0.8, color="C0", label="measured")
         ax.plot(t, fit, lw=1.2, ls="--", color="C1", label="first-order fit")
         if settled is not None:
             ax.axvline(settled, color="C2", ls=":", lw=1, label="settled")
-        ax.set_title(title, fontsize="small")
+        ax.set_title(f"{channel} → {output}{_unit(units, output)}", fontsize="small")
         ax.set_xlabel("time after the step [s]", fontsize="small")
         if k == 0:
             ax.legend(fontsize="x-small")
@@ -450,7 +459,7 @@ def _with_checks(records: Sequence[JSONDict]) -> tuple[list[JSONDict], list[str]
     return list(plans.values()), notes
 
 
-def _plan(records: Sequence[JSONDict], section: str) -> Rendered:
+def _plan(records: Sequence[JSONDict], section: str, units: Units) -> Rendered:
     """The plans (and the checks of them) as tables, a bar chart for each checked plan."""
     plans, notes = _with_checks(records)
     figures, parts = [], []
@@ -472,7 +481,7 @@ def _scalars(record: JSONDict) -> list[tuple[str, Any]]:
     return [(key, value) for key, value in _extra(record, set()) if not isinstance(value, list)]
 
 
-def _conductance(records: Sequence[JSONDict], section: str) -> Rendered:
+def _conductance(records: Sequence[JSONDict], section: str, units: Units) -> Rendered:
     parsed, notes = _parsed(records, lambda r: (r, _map(r["mean"], r), _map(r["read_noise"], r)))
     figures, parts = [], []
     for record, mean, noise in parsed:
@@ -526,7 +535,7 @@ def _draw_pulses(fig: Any, left: Any, right: Any, s: _Staircase) -> None:
         right.scatter(cols, rows, marker="x", color="red", s=18, lw=1)
 
 
-def _pulses(records: Sequence[JSONDict], section: str) -> Rendered:
+def _pulses(records: Sequence[JSONDict], section: str, units: Units) -> Rendered:
     parsed, notes = _parsed(records, _parse_pulses)
     figures, parts = [], []
     for s in parsed:
@@ -545,7 +554,7 @@ def _pulses(records: Sequence[JSONDict], section: str) -> Rendered:
 
 # -- the page ------------------------------------------------------------------------------------
 
-RENDERERS: dict[str, Callable[[Sequence[JSONDict], str], Rendered]] = {
+RENDERERS: dict[str, Callable[[Sequence[JSONDict], str, Units], Rendered]] = {
     "iv": _iv,
     "offset": _offset,
     "noise": _noise,
@@ -590,9 +599,12 @@ def _overview(records: Sequence[JSONDict]) -> str:
     return grid(head, rows) + note(f"device clock at the last step: {number(device_time)} s")
 
 
-def calibration_report(records: Sequence[JSONDict]) -> tuple[list[Figure], dict[str, str]]:
+def calibration_report(
+    records: Sequence[JSONDict], units: Units | None = None
+) -> tuple[list[Figure], dict[str, str]]:
     """The figures of a calibration run and, per section title in page order, its HTML (tables
-    and notes); the first section is the overview of what was measured."""
+    and notes); the first section is the overview of what was measured. `units`: the unit of
+    each channel, for the axes (unlabelled without)."""
     figures: list[Figure] = []
     sections = {OVERVIEW: _overview(records)}
     for kind, group in _by_kind(records, fold=True).items():
@@ -603,7 +615,7 @@ def calibration_report(records: Sequence[JSONDict]) -> tuple[list[Figure], dict[
             parts = [note(f"a measurement this report does not know ({kind})"), journaled]
         else:
             try:
-                drawn, parts = renderer(group, section)
+                drawn, parts = renderer(group, section, units or {})
                 figures += drawn
             except DAMAGE as exc:  # a damage the parsers did not foresee
                 parts = [note(f"{section} could not be shown ({_why(exc)})"), journaled]
