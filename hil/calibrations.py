@@ -11,6 +11,9 @@ digest of what later runs use:
 - `settling`: the longest settling time and the lowest bandwidth of the step responses;
 - `plan`: the HGE plan (window, tones, amplitudes, timing) and its check.
 
+Each part carries its own date: a calibration of some measurements (`--what step`) keeps the
+other parts of the previous file of the same station, and a run's age is its oldest part's.
+
 `hil run` loads the file of its station by default (`calibration:` in the experiment chooses
 another file, a maximum age, or none), shows its age, and warns when it is stale or was made on
 another station (`Loaded.warnings`). A homodyne estimator takes the plan's window, tones,
@@ -48,7 +51,7 @@ HOMODYNE = "protocols.homodyne.Homodyne"
 
 
 def experiment(
-    station_file: Path, what: list[str] | None, settings_file: Path | None
+    station_file: Path, what: list[str] | None, settings_file: Path | None, seed: int | None
 ) -> YamlDocument:
     """The experiment `hil calibrate` runs: the station, the `calibrate` procedure with the
     settings file's keys (iv:, noise:, plan: …) and `what`. Errors in the settings point into
@@ -77,6 +80,7 @@ def experiment(
         "station": str(station_file.resolve()),
         "procedure": procedure,
         "calibration": {"use": False},
+        **({} if seed is None else {"seed": seed}),
     }
     return YamlDocument(path=source, data=data, lines=lines, strict=True)
 
@@ -152,32 +156,43 @@ def publish(run_path: Path) -> Path:
     if not isinstance(results, list):
         raise RunError(f"{run_path}: summary.json holds no calibration results (damaged)")
     path = path_for(Path(station_file))
-    version = 1
+    station = identity(config["station"])
+    now = time.time()
+    stamp = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "created_unix": now}
+    use = {part: {**value, **stamp} for part, value in _digest(results).items()}
+    version, kept = 1, {}
     if path.exists():
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-            version = int(old["version"]) + 1
-        except (OSError, ValueError, KeyError, TypeError):
-            version = 1 + max((v for v in _versions(path)), default=0)
+        old = _readable(path)
+        version = 1 + (int(old["version"]) if old else max(_versions(path), default=0))
+        if old and old.get("station") == station:
+            kept = {k: v for k, v in old.get("use", {}).items() if k not in use}
         path.replace(
-            path.with_name(
-                f"{path.stem.removesuffix('.calibration')}.calibration.v{version - 1}.json"
-            )
+            path.with_name(f"{path.name.removesuffix(SUFFIX)}.calibration.v{version - 1}.json")
         )
     data: JSONDict = {
         "schema": SCHEMA,
         "version": version,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "created_unix": time.time(),
+        **stamp,
         "run": str(rundir.path.resolve()),
-        "station": identity(config["station"]),
+        "station": station,
         "station_file": station_file,
         "procedure": config["procedure"],
-        "use": _digest(results),
+        "use": {**kept, **use},
         "results": results,
     }
     write_json_atomic(path, data)
     return path
+
+
+def _readable(path: Path) -> JSONDict | None:
+    """A previous calibration file's content, or None when it cannot be read (it is kept as a
+    numbered version all the same)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        int(data["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _versions(path: Path) -> list[int]:
@@ -244,7 +259,9 @@ def load(resolved: ResolvedExperiment, station_file: str | None) -> Loaded | Non
             f"{path}: cannot use this calibration file ({exc}); recalibrate with hil calibrate, "
             "or set calibration.use: false in the experiment"
         ) from None
-    age = max(0.0, (time.time() - created) / SECONDS_PER_DAY)
+    parts = [p.get("created_unix", created) for p in data.get("use", {}).values()]
+    oldest = min([created, *[float(p) for p in parts if isinstance(p, int | float)]])
+    age = max(0.0, (time.time() - oldest) / SECONDS_PER_DAY)
     mine = identity(resolved.station)
     same = data.get("station") == mine
     loaded = Loaded(path=path, data=data, age_days=age, same_station=same)

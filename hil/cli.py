@@ -268,6 +268,10 @@ def calibrate(
         Path | None,
         typer.Option("--settings", help="YAML file of the measurements' settings (plan: …)."),
     ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option("--seed", min=0, help="Root seed (default: fresh, recorded in run.json)."),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", help="Parent folder for run directories.")] = Path(
         "runs"
     ),
@@ -280,7 +284,7 @@ def calibrate(
 
     with signal_handling() as signals, _errors():
         chosen = None if what is None else [w.strip() for w in what.split(",") if w.strip()]
-        document = calibrations.experiment(station, chosen, settings)
+        document = calibrations.experiment(station, chosen, settings, seed)
         console = None if quiet else stderr
         _finish(start_run(station, out, console=console, document=document), signals)
 

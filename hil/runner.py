@@ -110,12 +110,21 @@ def _progress_bar(console: Console | None) -> Progress | nullcontext[None]:
         TextColumn("[bold]step"),
         MofNCompleteColumn(),
         BarColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TextColumn("best {task.fields[best]}"),
+        TextColumn("{task.fields[loss]}"),
+        TextColumn("{task.fields[best]}"),
         TextColumn("device {task.fields[device_time]}"),
         TimeElapsedColumn(),
         console=console,
     )
+
+
+def _shown(record: JSONDict) -> tuple[str, str]:
+    """The progress bar's two text fields for a step: loss and best, or, for a calibration,
+    the measurement just made."""
+    if "measurement" in record and "loss" not in record:
+        where = f" {record['channel']}" if record.get("channel") else ""
+        return f"measured {record['measurement']}{where}", ""
+    return f"loss {_fmt(record.get('loss'))}", f"best {_fmt(record.get('best_loss'))}"
 
 
 def _fmt(value: Any) -> str:
@@ -140,7 +149,7 @@ class _Result:
     final: JSONDict = field(default_factory=dict)
 
 
-def _start_event(ident: _Identity, total: int) -> JSONDict:
+def _start_event(ident: _Identity, total: int | None) -> JSONDict:
     """The journal's first record: which run, which schema, which config, how many steps."""
     return {
         "event": "start",
@@ -186,8 +195,8 @@ def _loop(
                 "train",
                 total=procedure.total_steps,
                 completed=procedure.steps_done,
-                loss="—",
-                best="—",
+                loss="loss —",
+                best="best —",
                 device_time="—",
             )
         while not procedure.done:
@@ -207,11 +216,12 @@ def _loop(
             retrier.mark(state["procedure"], state["device"])
             journal.append(entry)
             if isinstance(bar, Progress) and task is not None:
+                fields = _shown(record)
                 bar.update(
                     task,
                     completed=procedure.steps_done,
-                    loss=_fmt(record.get("loss")),
-                    best=_fmt(record.get("best_loss")),
+                    loss=fields[0],
+                    best=fields[1],
                     device_time=f"{_fmt(record.get('device_time'))} s",
                 )
         result.final = retrier.call(
