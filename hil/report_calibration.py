@@ -328,14 +328,19 @@ STEP_HEAD = "electrode|output|step [V]|bandwidth [Hz] ± SE|τ [s]|settling [s]|
 Trace = tuple[str, str, FloatArray, FloatArray, FloatArray, float | None]
 
 
-def _parse_step(record: JSONDict) -> tuple[list[list[Any]], list[Trace]]:
+STEP_KNOWN_ORDER = ("tau", "settling_time", "gain", "residual_rms")
+STEP_KNOWN = {"bandwidth", "bandwidth_se", *STEP_KNOWN_ORDER}
+
+
+def _parse_step(record: JSONDict) -> tuple[list[tuple[list[Any], dict[str, Any]]], list[Trace]]:
+    """Per output a table row (with the fields this module does not know) and the trace."""
     channel, size = str(record.get("channel")), _num(record.get("step_size"))
+    shared = dict(_extra(record, {"response", "step_size"}))  # e.g. repeats averaged
     rows, traces = [], []
     for output, r in record["response"].items():
-        rows.append(
-            [channel, output, size, _pm(r["bandwidth"], r.get("bandwidth_se"))]
-            + [r.get(k) for k in ("tau", "settling_time", "gain", "residual_rms")]
-        )
+        extra = {k: v for k, v in _extra(r, STEP_KNOWN | {"t", "y", "fit"}) if k not in shared}
+        row = [channel, output, size, _pm(r["bandwidth"], r.get("bandwidth_se"))]
+        rows.append((row + [r.get(k) for k in STEP_KNOWN_ORDER], shared | extra))
         if all(r.get(k) is not None for k in ("t", "y", "fit")):
             t, y, fit = (_array(r[k], 1) for k in ("t", "y", "fit"))
             if not t.size == y.size == fit.size:
@@ -346,9 +351,11 @@ def _parse_step(record: JSONDict) -> tuple[list[list[Any]], list[Trace]]:
 
 def _step(records: Sequence[JSONDict], section: str, units: Units) -> Rendered:
     parsed, notes = _parsed(records, _parse_step)
-    rows = [row for group, _ in parsed for row in group]
+    known = [(row, extra) for group, _ in parsed for row, extra in group]
     traces = [trace for _, group in parsed for trace in group]
-    table = grid(STEP_HEAD.split("|"), rows)
+    other = list(dict.fromkeys(k for _, extra in known for k in extra))
+    rows = [row + [extra.get(k) for k in other] for row, extra in known]
+    table = grid([*STEP_HEAD.split("|"), *other], rows)
     if len(traces) < len(rows):
         notes.append(note(f"{len(rows) - len(traces)} responses have no recorded trace"))
     if not traces:
@@ -590,9 +597,8 @@ def measurements(records: Sequence[JSONDict]) -> list[MeasurementSummary]:
 def _overview(records: Sequence[JSONDict]) -> str:
     rows = []
     for m in measurements(records):
-        shown = ", ".join(m.channels[:8]) + (
-            f" … ({len(m.channels)})" if len(m.channels) > 8 else ""
-        )
+        more = f" … ({len(m.channels)})" if len(m.channels) > 8 else ""
+        shown = ", ".join(m.channels[:8]) + more
         rows.append([TITLES.get(m.kind, m.kind), m.steps, shown or "—", m.device_seconds])
     device_time = _num(records[-1].get("device_time")) if records else None
     head = ["measurement", "steps", "channels", "device time [s]"]

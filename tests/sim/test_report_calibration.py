@@ -85,6 +85,7 @@ def _step() -> JSONDict:
         "settling_time": 4.6e-3,
         "gain": 2.0,
         "residual_rms": 0.002,
+        "resolved": True,  # a field this report does not know: a column of its own
         "t": t.tolist(),
         "y": y.tolist(),
         "fit": fit.tolist(),
@@ -96,6 +97,7 @@ def _step() -> JSONDict:
         "measurement": "step",
         "channel": "E0",
         "step_size": 0.1,
+        "repeats": 4,
         "response": {"Iout": response, "Vmon": no_trace},
     }
 
@@ -347,8 +349,10 @@ def test_tables_show_the_journaled_values(run: Path) -> None:
     assert "40000 samples at 10000 Hz (4 s)" in noise
     step = text["Step response"]
     assert (
-        f"E0 | Iout | 0.1 | {number(1 / (2 * math.pi * TAU))} ± 2.5 | 0.001 | 0.0046 | 2 |" in step
+        f"E0 | Iout | 0.1 | {number(1 / (2 * math.pi * TAU))} ± 2.5 | 0.001 | 0.0046 | 2 | "
+        "0.002 | 4 | True |" in step
     )
+    assert "residual rms | repeats | resolved |" in step
     assert "E0 | Vmon | 0.1 |" in step
     assert "1 responses have no recorded trace" in step
     plan = text["HGE plan"]
