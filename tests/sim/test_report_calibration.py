@@ -20,11 +20,13 @@ from test_report_html import PNG_SIGNATURE, PROBE, Page, _browser, _chromium
 
 import hil.report_calibration as report_calibration
 from hil.core import JSONDict
-from hil.registry import BUILTIN, Kind
 from hil.report import write_report
 from hil.report_html import number, pyplot
 from hil.rundir import RunDirectory
 from hil.runner import RunStatus, start_run
+from hil.safety import SafetyGuard, SafetyLimits
+from protocols import bringup_crossbar as bringup
+from simulators.crossbar import CrossbarDevice, CrossbarSettings
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -484,10 +486,6 @@ def test_crossbar_records_of_the_bring_up_helper_are_drawn(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The records protocols.bringup_crossbar makes (not hand-written ones) fit this report."""
-    bringup = pytest.importorskip("protocols.bringup_crossbar")
-    from hil.safety import SafetyGuard, SafetyLimits
-    from simulators.crossbar import CrossbarDevice, CrossbarSettings
-
     monkeypatch.setattr(report_calibration, "png", _fast_png)
     settings = CrossbarSettings.model_validate(
         {"rows": 8, "cols": 6, "construction_seed": 3, "corrupt_devices_prob": 0.1}
@@ -510,8 +508,6 @@ def test_crossbar_records_of_the_bring_up_helper_are_drawn(
 def test_a_real_calibration_run_is_reported(tmp_path: Path) -> None:
     """`hil calibrate`'s procedure on the simulated DNPU station, reported: each measured
     value of the journal appears in its table."""
-    if "calibrate" not in BUILTIN[Kind.PROCEDURE]:
-        pytest.skip("the calibrate procedure is not registered in this tree")
     station = Path(__file__).resolve().parents[2] / "configs" / "stations" / "sim-dnpu.yaml"
     config = tmp_path / "cal.yaml"
     config.write_text(
