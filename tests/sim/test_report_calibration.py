@@ -410,6 +410,17 @@ def test_damaged_and_unknown_records_are_noted_not_fatal(run: Path) -> None:
     assert "temperature: 301.5" in other  # the record itself, collapsed
 
 
+def test_a_calibration_without_a_summary_is_running_or_killed(tmp_path: Path) -> None:
+    records = [r for r in calibration_records() if r["measurement"] in ("offset", "thermal")]
+    path = write_calibration_run(tmp_path, records)
+    (path / "summary.json").unlink()
+    write_report(path)
+    page = sections(path)
+    assert "running or killed" in page.text["Outcome"]
+    assert "Offset and gain | 1 |" in page.text["Calibration"]
+    assert "running or killed" in (path / "report" / "summary.md").read_text(encoding="utf-8")
+
+
 def test_the_page_stays_self_contained_and_escaped(run: Path) -> None:
     text = (run / "report" / "report.html").read_text(encoding="utf-8")
     page = Page()
