@@ -13,7 +13,6 @@ know are listed rather than dropped, and a measurement it does not know is shown
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -22,7 +21,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from hil.core import JSONDict
-from hil.report_html import Figure, details, grid, note, number, png, pyplot
+from hil.report_html import Figure, details, grid, note, number, panels, plus_minus, png, pyplot
 
 FloatArray = NDArray[np.float64]
 T = TypeVar("T")
@@ -65,11 +64,6 @@ def _num(value: Any) -> float | None:
     """A JSON number as a float; None for null (a non-finite value) and anything else."""
     number_type = isinstance(value, int | float) and not isinstance(value, bool)
     return float(value) if number_type else None
-
-
-def _pm(value: Any, se: Any) -> str:
-    """`value ± se` for a table cell; the value alone where there is no standard error."""
-    return number(value) if se is None else f"{number(value)} ± {number(se)}"
 
 
 def _array(value: Any, ndim: int) -> FloatArray:
@@ -134,18 +128,6 @@ def _extra(record: JSONDict, known: set[str]) -> list[tuple[str, Any]]:
 # -- drawing -------------------------------------------------------------------------------------
 
 
-def _panels(n: int, height: float, columns: int = 2) -> tuple[Any, list[Any]]:
-    """A figure with min(n, MAX_PANELS) panels, rows of at most `columns`, spare cells hidden."""
-    n = min(n, MAX_PANELS)
-    ncols = min(n, columns)
-    nrows = math.ceil(n / ncols)
-    fig, axes = pyplot().subplots(nrows, ncols, figsize=(8, height * nrows + 0.4), squeeze=False)
-    flat = list(axes.ravel())
-    for ax in flat[n:]:
-        ax.set_visible(False)
-    return fig, flat[:n]
-
-
 def _capped(n: int, what: str) -> list[str]:
     return [note(f"the first {MAX_PANELS} of {n} {what} are drawn")] if n > MAX_PANELS else []
 
@@ -173,22 +155,50 @@ def _parse_iv(record: JSONDict) -> Sweep:
     return str(record.get("channel")), [str(n) for n in names], levels, y, slope
 
 
+MAX_LINES = 12
+"""Most electrodes drawn as curves in one panel; more are drawn as a map (electrode × point)."""
+
+
+def _draw_iv(ax: Any, name: str, sweeps: list[Sweep], unit: str) -> None:
+    """Output `name` against the level, one curve per swept electrode."""
+    for channel, names, levels, y, _ in sweeps:
+        if name in names:
+            ax.plot(levels, y[:, names.index(name)], marker=".", ms=3, lw=1, label=channel)
+    ax.axhline(0.0, color="0.8", lw=0.6)
+    ax.axvline(0.0, color="0.8", lw=0.6)
+    ax.set_xlabel(f"level of the swept electrode{unit}")
+    ax.legend(fontsize="x-small", title="swept", title_fontsize="x-small")
+
+
+def _draw_iv_map(fig: Any, ax: Any, name: str, sweeps: list[Sweep], label: str) -> None:
+    """Output `name` along each electrode's sweep (0 → max → min → 0), electrodes as rows."""
+    shown = [
+        (channel, y[:, names.index(name)]) for channel, names, _, y, _ in sweeps if name in names
+    ]
+    values = np.full((len(shown), max(v.size for _, v in shown)), np.nan)
+    for i, (_, v) in enumerate(shown):
+        values[i, : v.size] = v
+    _heat(fig, ax, values, label, cmap="coolwarm")
+    ax.set_yticks(range(len(shown)), [c for c, _ in shown], fontsize=4 if len(shown) > 24 else 6)
+    ax.set_xlabel("sweep point: 0 → max → min → 0")
+    ax.set_ylabel("")
+
+
 def _iv(records: Sequence[JSONDict], section: str, units: Units) -> Rendered:
     sweeps, notes = _parsed(records, _parse_iv)
     if not sweeps:
         return [], notes
     outputs = list(dict.fromkeys(name for s in sweeps for name in s[1]))
-    fig, axes = _panels(len(outputs), height=3.0)
+    many = len(sweeps) > MAX_LINES
+    fig, axes = panels(
+        min(MAX_PANELS, len(outputs)), height=0.12 * len(sweeps) + 1.5 if many else 3.0
+    )
     for ax, name in zip(axes, outputs, strict=False):
-        for channel, names, levels, y, _ in sweeps:
-            if name in names:
-                ax.plot(levels, y[:, names.index(name)], marker=".", ms=3, lw=1, label=channel)
-        ax.axhline(0.0, color="0.8", lw=0.6)
-        ax.axvline(0.0, color="0.8", lw=0.6)
-        ax.set_xlabel(f"level of the swept electrode{_unit(units, sweeps[0][0])}")
-        ax.set_ylabel(f"{name}{_unit(units, name)}")
-        if len(sweeps) <= 12:
-            ax.legend(fontsize="x-small", title="swept", title_fontsize="x-small")
+        if many:
+            _draw_iv_map(fig, ax, name, sweeps, f"{name}{_unit(units, name)}")
+        else:
+            _draw_iv(ax, name, sweeps, _unit(units, sweeps[0][0]))
+            ax.set_ylabel(f"{name}{_unit(units, name)}")
     caption = "IV sweeps: each output against the level of each swept electrode (others at 0 V)"
     rows = [
         [
@@ -207,11 +217,17 @@ def _iv(records: Sequence[JSONDict], section: str, units: Units) -> Rendered:
 
 def _parse_offset(record: JSONDict) -> list[str]:
     offsets = [
-        [name, _pm(v["mean"], v.get("se")), v.get("sigma")] for name, v in record["offset"].items()
+        [name, plus_minus(v["mean"], v.get("se")), v.get("sigma")]
+        for name, v in record["offset"].items()
     ]
     known = record["levels"] if isinstance(record.get("levels"), dict) else {}
     transfer = [
-        [channel, output, _pm(g["gain"], g.get("gain_se")), known.get(channel, record.get("level"))]
+        [
+            channel,
+            output,
+            plus_minus(g["gain"], g.get("gain_se")),
+            known.get(channel, record.get("level")),
+        ]
         for channel, gains in record.get("transfer", {}).items()
         for output, g in gains.items()
     ]
@@ -261,11 +277,11 @@ def _noise_row(s: _Spectrum) -> list[Any]:
     fit = s.fit
     return [
         s.output,
-        _pm(fit["white"], fit["white_se"]),
-        _pm(fit["flicker"], fit["flicker_se"]),
+        plus_minus(fit["white"], fit["white_se"]),
+        plus_minus(fit["flicker"], fit["flicker_se"]),
         fit["f_ref"],
-        _pm(fit["alpha"], fit["alpha_se"]),
-        _pm(fit["corner"], fit["corner_se"]),
+        plus_minus(fit["alpha"], fit["alpha_se"]),
+        plus_minus(fit["corner"], fit["corner_se"]),
         "; ".join(f"{number(f)} ({number(e)})" for f, e in s.lines) or "none",
     ]
 
@@ -314,7 +330,7 @@ def _noise(records: Sequence[JSONDict], section: str, units: Units) -> Rendered:
             notes.append(note(f"{_where(record)}: no spectrum recorded for {', '.join(missing)}"))
     if not drawn:
         return [], parts + notes
-    fig, axes = _panels(len(drawn), height=3.2)
+    fig, axes = panels(min(MAX_PANELS, len(drawn)), height=3.2)
     for ax, (s, f, psd) in zip(axes, drawn, strict=False):
         _draw_spectrum(ax, s, f, psd, _unit(units, s.output, "²/Hz"))
     caption = "Output noise spectra, the fitted model, its white floor and 1/f corner, mains lines"
@@ -339,7 +355,7 @@ def _parse_step(record: JSONDict) -> tuple[list[tuple[list[Any], dict[str, Any]]
     rows, traces = [], []
     for output, r in record["response"].items():
         extra = {k: v for k, v in _extra(r, STEP_KNOWN | {"t", "y", "fit"}) if k not in shared}
-        row = [channel, output, size, _pm(r["bandwidth"], r.get("bandwidth_se"))]
+        row = [channel, output, size, plus_minus(r["bandwidth"], r.get("bandwidth_se"))]
         rows.append((row + [r.get(k) for k in STEP_KNOWN_ORDER], shared | extra))
         if all(r.get(k) is not None for k in ("t", "y", "fit")):
             t, y, fit = (_array(r[k], 1) for k in ("t", "y", "fit"))
@@ -360,7 +376,7 @@ def _step(records: Sequence[JSONDict], section: str, units: Units) -> Rendered:
         notes.append(note(f"{len(rows) - len(traces)} responses have no recorded trace"))
     if not traces:
         return [], [table, *notes]
-    fig, axes = _panels(len(traces), height=2.4, columns=3)
+    fig, axes = panels(min(MAX_PANELS, len(traces)), height=2.4, columns=3)
     for k, (ax, (channel, output, t, y, fit, settled)) in enumerate(
         zip(axes, traces, strict=False)
     ):
@@ -429,7 +445,7 @@ def _parse_plan(record: JSONDict) -> tuple[list[str], list[str], list[Any]]:
         ("check: repeats", check.get("repeats") if check else "not run"),
         (
             "check: measured / predicted, pooled ± SE",
-            _pm(check.get("ratio"), check.get("ratio_se")) if check else None,
+            plus_minus(check.get("ratio"), check.get("ratio_se")) if check else None,
         ),
     ]
     settings += [(k, v) for k, v in extra if (k, v) not in per_control]

@@ -72,6 +72,17 @@ def png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
+def panels(n: int, height: float, columns: int = 2) -> tuple[Any, list[Any]]:
+    """A figure 8 inches wide with `n` panels, rows of at most `columns`, spare cells hidden."""
+    ncols = min(n, columns)
+    nrows = math.ceil(n / ncols)
+    fig, axes = pyplot().subplots(nrows, ncols, figsize=(8, height * nrows + 0.4), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
 def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
@@ -85,6 +96,11 @@ def number(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(number(v) for v in value) + "]"
     return str(value)
+
+
+def plus_minus(value: Any, se: Any) -> str:
+    """`value ± se` for a table cell; the value alone where there is no standard error."""
+    return number(value) if se is None else f"{number(value)} ± {number(se)}"
 
 
 def _table(rows: Iterable[tuple[Any, Any]], head: tuple[str, str] | None = None) -> str:

@@ -483,6 +483,18 @@ def test_no_damage_to_a_record_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "step 8: a check of the plan with no plan at step 99; left out" in plan
 
 
+def test_many_electrodes_are_drawn_as_a_map() -> None:
+    """An analog chip's 48 weights: one map per output (electrode × sweep point), every slope
+    in the table."""
+    records = [{**_iv(f"w{k}", [0.1 * k, -0.1]), "step": k + 1} for k in range(48)]
+    figures, page = report_calibration.calibration_report(records)
+    assert len(figures) == 1
+    assert figures[0].png.startswith(PNG_SIGNATURE)
+    text = html.unescape(page["IV sweeps"])
+    assert all(f">w{k}</th>" in text for k in range(48))
+    assert f">{number(0.1 * 47)}</td>" in text
+
+
 def test_a_check_inside_its_plan_record_reads_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
     """The check as a record of its own (`hil calibrate`) or inside the plan's record."""
     monkeypatch.setattr(report_calibration, "png", _fast_png)
