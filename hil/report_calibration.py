@@ -203,12 +203,15 @@ def _iv(records: Sequence[JSONDict], section: str, units: Units) -> Rendered:
     rows = [
         [
             channel,
-            f"{number(float(np.nanmin(levels)))} to {number(float(np.nanmax(levels)))}",
+            f"{number(float(np.nanmin(levels)))} to {number(float(np.nanmax(levels)))}"
+            + _unit(units, channel),
             *(float(slope[names.index(n)]) if n in names else None for n in outputs),
         ]
         for channel, names, levels, _, slope in sweeps
     ]
-    table = grid(["electrode", "levels [V]", *(f"∂{n}/∂V at 0 V" for n in outputs)], rows)
+    per = f"/{units.get(sweeps[0][0]) or 'V'}"  # the slope's unit: output unit per level unit
+    slopes = [f"slope of {n} at 0{_unit(units, n, per)}" for n in outputs]
+    table = grid(["electrode", "levels", *slopes], rows)
     return [Figure(section, caption, png(fig))], [table, *notes, *_capped(len(outputs), "outputs")]
 
 
@@ -235,7 +238,7 @@ def _parse_offset(record: JSONDict) -> list[str]:
         "<h3>Offset: every electrode at 0 V</h3>",
         grid(["output", "offset ± SE", "σ (plateau to plateau)"], offsets),
         "<h3>Gain: the transfer of a known input</h3>" if transfer else "",
-        grid(["input", "output", "gain ∂y/∂V ± SE", "known level ±V"], transfer),
+        grid(["input", "output", "gain ∂y/∂V ± SE", "known level ±"], transfer),
         grid(["also recorded", "value"], _extra(record, {"offset", "transfer", "levels", "level"})),
     ]
 

@@ -35,6 +35,10 @@ OUTPUTS = ["Iout", "Vmon"]
 F_REF, WHITE, FLICKER, ALPHA = 1.0, 1.0e-6, 3.0e-4, 1.1
 CORNER = F_REF * (FLICKER / WHITE) ** (1 / ALPHA)
 TAU = 1.0e-3
+CHANNELS = [
+    {"name": "E0", "role": "control", "unit": "V"},
+    {"name": "Iout", "role": "output", "unit": "nA"},
+]
 
 
 def _iv(channel: str, slopes: list[float]) -> JSONDict:
@@ -243,7 +247,7 @@ def write_calibration_run(parent: Path, records: list[JSONDict]) -> Path:
                 "optimizer": None,
             },
             "seed_entropy": 1,
-            "station_snapshot": {"name": "bench-3", "channels": []},
+            "station_snapshot": {"name": "bench-3", "channels": CHANNELS},
         }
     )
     journal = rundir.journal()
@@ -335,7 +339,8 @@ def test_every_measurement_has_its_section_in_page_order(run: Path) -> None:
 def test_tables_show_the_journaled_values(run: Path) -> None:
     text = sections(run).text
     iv = text["IV sweeps"]
-    assert "E0 | -1 to 1 | 2 | -1 |" in iv  # slope of each output at 0 V
+    assert "E0 | -1 to 1 [V] | 2 | -1 |" in iv  # slope of each output at 0 V
+    assert "| slope of Iout at 0 [nA/V] | slope of Vmon at 0 |" in iv  # Vmon: unit unknown
     assert f"{SNEAKY} | -1 to 1 | 0.5 | 0.25 |" in iv
     offset = text["Offset and gain"]
     assert "Iout | 0.0123 ± 0.0004 | 0.0021 |" in offset
