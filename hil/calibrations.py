@@ -131,9 +131,9 @@ def _digest(results: list[JSONDict]) -> JSONDict:
         out["plan"]["settings"] = plan.get("settings")
         check = _last(results, "check")
         out["plan"]["check"] = None if check is None else check["check"]
-    stuck = _last(results, "pulses")
-    if stuck is not None:
-        out["stuck"] = stuck.get("stuck")
+    pulses = _last(results, "pulses")
+    if pulses is not None:
+        out["stuck"] = {"devices": pulses.get("stuck"), "count": pulses.get("stuck_count")}
     return out
 
 

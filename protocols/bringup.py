@@ -22,7 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hil.core import ConfigError, Device, JSONDict, ProgrammableState, Role
+from hil.core import ConfigError, Device, JSONDict, ProgrammableState, Role, Streaming
 from protocols import bringup_crossbar as crossbar
 from protocols import bringup_measure as measure
 from protocols.hge_plan import PlanSettings, check_plan, make_plan
@@ -38,7 +38,7 @@ NEEDS_WEIGHTS: frozenset[str] = frozenset({"conductance", "pulses"})
 
 def default_measurements(device: Device) -> tuple[Measurement, ...]:
     """What a bring-up measures on `device` when `what` is not given."""
-    if device.spec.sample_rate is not None:
+    if isinstance(device, Streaming) and device.spec.sample_rate is not None:
         return STREAMING
     if isinstance(device, ProgrammableState):
         return PROGRAMMABLE
@@ -76,7 +76,7 @@ class CalibrationProcedure:
         self.device = device
         spec = device.spec
         driven = [c.name for c in spec.channels if c.role is not Role.OUTPUT]
-        streams = spec.sample_rate is not None
+        streams = isinstance(device, Streaming) and spec.sample_rate is not None
         weights = isinstance(device, ProgrammableState)
         plan: list[tuple[Measurement, str]] = []
         for what in dict.fromkeys(settings.what or default_measurements(device)):

@@ -8,12 +8,14 @@ returns one JSON record (the formats are listed in `protocols.bringup`):
   the points nearest it (both sweep directions, so hysteresis averages out).
 - `offset`: every electrode at 0 V, `repeats` plateaus: each output's offset with its standard
   error and its plateau-to-plateau σ (zero input); then per data input (controls where the device
-  has none) ±`level` with the others at 0 V: the transfer ∂y/∂V = (y₊ − y₋)/2·level, the
-  amplification of the known input through the device and the output chain (known input).
+  has none) two known levels with the others at 0 V — ±`fraction` of the range, or 0 V and a
+  `fraction` of the way up a one-sided range: the transfer ∂y/∂V = Δy/ΔV, the amplification of
+  the known input through the device and the output chain (known input).
 - `noise`: a stream of zeros for `seconds`, each output's spectrum fitted by
   `protocols.noise_fit` (white floor, 1/f part, corner, mains lines), with the spectrum itself.
 - `step`: a stream holding 0 V, stepping one electrode by `fraction` of its range and back,
-  `repeats` times (alternating ± where the range allows, so slow drift cancels); the responses,
+  `repeats` times (alternating ± where the range allows, so slow drift cancels; a slew-limited
+  electrode ramps at its limit, and the fit starts where the level is reached); the responses,
   each from its own baseline, averaged; bandwidth and settling time per output by
   `protocols.step_response`.
 """
@@ -31,6 +33,9 @@ from protocols.step_response import fit_step
 
 MAX_POINTS = 500
 """Most points of a spectrum or step trace kept in a record (for the report's plots)."""
+
+SLEW_MARGIN = 0.999
+"""Fraction of a channel's slew limit a step's ramp uses (rounding stays inside the limit)."""
 
 RESOLVED = 3.0
 """A bandwidth counts as measured when it stands this many standard errors above zero."""
@@ -131,15 +136,22 @@ def iv(device: Device, channel: Channel, settings: IVSettings) -> JSONDict:
     return {"levels": levels.tolist(), "outputs": y.tolist(), "slope_at_zero": slope}
 
 
-def _known_level(channel: Channel, fraction: float) -> float:
-    nearer = min(abs(channel.min), abs(channel.max))
-    if not (math.isfinite(nearer) and nearer > 0):
+def known_levels(channel: Channel, fraction: float) -> tuple[float, float]:
+    """The two levels of the known input: ±`fraction` of the range's nearer end where the range
+    spans 0 V, else 0 V (or the end nearest it) and `fraction` of the way to the far end."""
+    lo, hi = channel.min, channel.max
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise ConfigError(
-            f"procedure.offset: the known input on {channel.name!r} needs a range around 0 V, "
-            f"but it allows [{channel.min:g}, {channel.max:g}] {channel.unit}",
+            f"procedure.offset: the known input on {channel.name!r} needs a finite range, but "
+            f"it allows [{lo:g}, {hi:g}] {channel.unit}: set its limits in the station file",
             key=("procedure", "what"),
         )
-    return fraction * nearer
+    if lo < 0 < hi:
+        level = fraction * min(-lo, hi)
+        return -level, level
+    start = min(max(0.0, lo), hi)
+    far = hi if abs(hi - start) >= abs(lo - start) else lo
+    return start, start + fraction * (far - start)
 
 
 def offset(device: Device, settings: OffsetSettings) -> JSONDict:
@@ -155,21 +167,22 @@ def offset(device: Device, settings: OffsetSettings) -> JSONDict:
         }
         for k, name in enumerate(names)
     }
-    levels = [_known_level(c, settings.fraction) for c in driven]
+    levels = {c.name: known_levels(c, settings.fraction) for c in driven}
     transfer: JSONDict = {}
-    for channel, level in zip(driven, levels, strict=True):
-        y = _measure_with(device, channel, np.repeat([level, -level], n))
+    for channel in driven:
+        low, high = levels[channel.name]
+        y = _measure_with(device, channel, np.repeat([high, low], n))
         up, down = y[:n], y[n:]
-        gain = (up.mean(axis=0) - down.mean(axis=0)) / (2 * level)
+        gain = (up.mean(axis=0) - down.mean(axis=0)) / (high - low)
         spread = np.sqrt(up.var(axis=0, ddof=1) / n + down.var(axis=0, ddof=1) / n)
         transfer[channel.name] = {
-            name: {"gain": float(gain[k]), "gain_se": float(spread[k] / (2 * level))}
+            name: {"gain": float(gain[k]), "gain_se": float(spread[k] / (high - low))}
             for k, name in enumerate(names)
         }
     return {
         "offset": offsets,
         "transfer": transfer,
-        "levels": dict(zip([c.name for c in driven], levels, strict=True)),
+        "levels": {name: list(pair) for name, pair in levels.items()},
     }
 
 
@@ -216,12 +229,6 @@ def noise(device: Device, settings: NoiseSettings) -> JSONDict:
 def step(device: Device, channel: Channel, settings: StepSettings) -> JSONDict:
     """The step response of every output to a jump of one electrode (the others at 0 V)."""
     streamer, rate = _streamer(device, "step")
-    if math.isfinite(channel.max_slew):
-        raise ConfigError(
-            f"procedure.what: a step response of {channel.name!r} needs a jump, but the "
-            f"channel is slew-limited ({channel.max_slew:g} {channel.unit}/s); leave `step` out",
-            key=("procedure", "what"),
-        )
     to_zero(device)
     before, after = round(settings.before * rate), round(settings.after * rate)
     period, n = before + after, settings.repeats
@@ -234,12 +241,20 @@ def step(device: Device, channel: Channel, settings: StepSettings) -> JSONDict:
     else:
         size = settings.fraction * (channel.max if channel.max > 0 else channel.min)
         levels = np.full(n, size)
+    ramp = _ramp_samples(channel, abs(size), rate, after)
+    i = np.arange(after)
+    # up and back down: a jump, or ramps at the slew limit (back to 0 V before the next repeat)
+    envelope = np.minimum(1.0, np.minimum(i + 1, after - 1 - i) / ramp)
     wave = np.zeros((n * period + 1, 1))
     for r in range(n):
-        wave[r * period + before : (r + 1) * period, 0] = levels[r]
+        wave[r * period + before : (r + 1) * period, 0] = levels[r] * envelope
     trace = np.asarray(streamer.stream(wave, [channel.name]), dtype=float)
     segments = trace[: n * period].reshape(n, period, -1)
-    baselines = segments[:, :before].mean(axis=1, keepdims=True)
+    # baseline: the second half of the wait (the previous repeat's return has decayed); the fit
+    # runs from where the level is reached to where it starts back
+    baselines = segments[:, before // 2 : before].mean(axis=1, keepdims=True)
+    segments = segments[:, : before + after - ramp]
+    before, after = before + ramp - 1, after - 2 * ramp + 1
     # each repeat from its own baseline, turned to the polarity of `size`
     polarity = np.sign(levels / size)[:, np.newaxis, np.newaxis]
     averaged = ((segments - baselines) * polarity).mean(axis=0)
@@ -266,7 +281,22 @@ def step(device: Device, channel: Channel, settings: StepSettings) -> JSONDict:
             "y": _thinned(y[before:]),
             "fit": _thinned(model),
         }
-    return {"step_size": size, "repeats": n, "response": fits}
+    return {"step_size": size, "repeats": n, "ramp_samples": ramp, "response": fits}
+
+
+def _ramp_samples(channel: Channel, size: float, rate: float, after: int) -> int:
+    """Samples to reach `size` within the channel's slew limit (1: a jump)."""
+    if not math.isfinite(channel.max_slew):
+        return 1
+    ramp = math.ceil(size * rate / (channel.max_slew * SLEW_MARGIN))
+    if ramp > after // 4:
+        raise ConfigError(
+            f"procedure.step: {channel.name!r} reaches the step ({size:g} {channel.unit}) only "
+            f"in {ramp / rate:g} s at its slew limit ({channel.max_slew:g} {channel.unit}/s), "
+            "too long for a step response: leave `step` out or lower step.fraction",
+            key=("procedure", "step"),
+        )
+    return max(1, ramp)
 
 
 def _jackknife_bandwidth(
