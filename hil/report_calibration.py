@@ -218,34 +218,48 @@ def _iv(records: Sequence[JSONDict], section: str, units: Units) -> Rendered:
 # -- offset and gain -----------------------------------------------------------------------------
 
 
-def _parse_offset(record: JSONDict) -> list[str]:
+MAX_ROWS = 64
+"""Longer input → output gain tables (a crossbar's) are collapsed, the gains drawn as a map."""
+
+
+def _parse_offset(record: JSONDict) -> tuple[list[str], FloatArray]:
+    """The offset and transfer tables, and the gains as an inputs × outputs matrix."""
     offsets = [
         [name, plus_minus(v["mean"], v.get("se")), v.get("sigma")]
         for name, v in record["offset"].items()
     ]
-    known = record["levels"] if isinstance(record.get("levels"), dict) else {}
-    transfer = [
-        [
-            channel,
-            output,
-            plus_minus(g["gain"], g.get("gain_se")),
-            known.get(channel, record.get("level")),
-        ]
-        for channel, gains in record.get("transfer", {}).items()
-        for output, g in gains.items()
+    levels = record["levels"] if isinstance(record.get("levels"), dict) else {}
+    transfer: dict[str, dict[str, Any]] = record.get("transfer", {})
+    rows = [
+        [inp, out, plus_minus(g["gain"], g.get("gain_se")), levels.get(inp, record.get("level"))]
+        for inp, gains in transfer.items()
+        for out, g in gains.items()
     ]
+    outputs = list(dict.fromkeys(out for gains in transfer.values() for out in gains))
+    matrix = [[_num(transfer[i].get(o, {}).get("gain")) for o in outputs] for i in transfer]
+    table = grid(["input", "output", "gain ∂y/∂V ± SE", "known level ±"], rows)
+    if len(rows) > MAX_ROWS:
+        table = f"<details><summary>all {len(rows)} gains</summary>{table}</details>"
     return [
         "<h3>Offset: every electrode at 0 V</h3>",
         grid(["output", "offset ± SE", "σ (plateau to plateau)"], offsets),
-        "<h3>Gain: the transfer of a known input</h3>" if transfer else "",
-        grid(["input", "output", "gain ∂y/∂V ± SE", "known level ±"], transfer),
+        "<h3>Gain: the transfer of a known input</h3>" if rows else "",
+        table,
         grid(["also recorded", "value"], _extra(record, {"offset", "transfer", "levels", "level"})),
-    ]
+    ], np.array(matrix, dtype=float)
 
 
 def _offset(records: Sequence[JSONDict], section: str, units: Units) -> Rendered:
     parsed, notes = _parsed(records, _parse_offset)
-    return [], [part for parts in parsed for part in parts] + notes
+    figures = []
+    for _, gains in parsed:
+        if gains.size > MAX_ROWS:
+            fig, ax = pyplot().subplots(1, 1, figsize=(8, 4.0))
+            _heat(fig, ax, gains, "gain ∂y/∂V of each input (row) at each output (column)")
+            ax.set_ylabel("input")
+            ax.set_xlabel("output")
+            figures.append(Figure(section, "Gains of a known input, input × output", png(fig)))
+    return figures, [part for parts, _ in parsed for part in parts] + notes
 
 
 # -- output noise --------------------------------------------------------------------------------

@@ -500,6 +500,24 @@ def test_many_electrodes_are_drawn_as_a_map() -> None:
     assert f">{number(0.1 * 47)}</td>" in text
 
 
+def test_a_crossbar_gain_matrix_is_drawn_and_its_table_collapsed() -> None:
+    transfer = {
+        f"row{i}": {f"col{j}": {"gain": i - j, "gain_se": 0.1} for j in range(8)} for i in range(10)
+    }
+    record = {
+        "step": 1,
+        "measurement": "offset",
+        "channel": None,
+        "offset": {},
+        "transfer": transfer,
+    }
+    figures, page = report_calibration.calibration_report([record])
+    assert [f.caption for f in figures] == ["Gains of a known input, input × output"]
+    text = html.unescape(page["Offset and gain"])
+    assert "<details><summary>all 80 gains</summary>" in text
+    assert '>row9</th><td class="num">col0</td><td class="num">9 ± 0.1</td>' in text
+
+
 def test_a_check_inside_its_plan_record_reads_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
     """The check as a record of its own (`hil calibrate`) or inside the plan's record."""
     monkeypatch.setattr(report_calibration, "png", _fast_png)
