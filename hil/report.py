@@ -295,6 +295,8 @@ def write_report(run_path: Path) -> Path:
             tmp.write_bytes(data)
         for tmp, name in zip(temporaries, files, strict=True):
             tmp.replace(out / name)
+        for stale in set(out.glob("[0-9][0-9]-*.png")) - {out / name for name in files}:
+            stale.unlink()  # a calibration figure an earlier report had and this one has not
     except OSError as exc:
         raise file_error(out, exc, "write the report") from None
     finally:

@@ -426,6 +426,17 @@ def test_a_calibration_without_a_summary_is_running_or_killed(tmp_path: Path) ->
     assert "running or killed" in (path / "report" / "summary.md").read_text(encoding="utf-8")
 
 
+def test_a_new_report_removes_the_figures_the_last_one_had_beyond_its_own(tmp_path: Path) -> None:
+    records = [r for r in calibration_records() if r["measurement"] == "conductance"]
+    path = write_calibration_run(tmp_path, records)
+    (path / "report").mkdir()
+    for name in ("02-output-noise.png", "operator-notes.png"):
+        (path / "report" / name).write_bytes(PNG_SIGNATURE)
+    write_report(path)
+    pngs = sorted(p.name for p in (path / "report").glob("*.png"))
+    assert pngs == ["01-conductance-map.png", "operator-notes.png"]
+
+
 def test_the_page_stays_self_contained_and_escaped(run: Path) -> None:
     text = (run / "report" / "report.html").read_text(encoding="utf-8")
     page = Page()
