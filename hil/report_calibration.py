@@ -4,7 +4,8 @@ A calibration run journals one step record per measurement (formats in `protocol
 `protocols.hge_plan` and `protocols.bringup_crossbar`). `calibration_report` turns them into PNG
 figures and HTML sections for `hil.report_html.render_html`: IV curves, offset and gain, noise
 spectra with the fitted model, step responses with their fit, the HGE plan and its check,
-conductance and stuck-device maps, and tables of the fitted values with their standard errors.
+conductance and stuck-device maps (drawn by `hil.report_crossbar`), and tables of the fitted
+values with their standard errors.
 
 A journal may be damaged or older than this module: a record that lacks what its figure or table
 needs is left out with a note naming the step and what is missing, fields this module does not
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from hil import report_crossbar as crossbar
 from hil.core import JSONDict
 from hil.report_html import Figure, details, grid, note, number, panels, plus_minus, png, pyplot
 
@@ -74,16 +76,6 @@ def _array(value: Any, ndim: int) -> FloatArray:
     return array
 
 
-def _map(value: Any, record: JSONDict) -> FloatArray:
-    """A crossbar map: rows × cols as the record says (ValueError otherwise)."""
-    array = _array(value, 2)
-    if array.shape != (record["rows"], record["cols"]):
-        raise ValueError(
-            f"a map of shape {array.shape} in a {record['rows']}×{record['cols']} array"
-        )
-    return array
-
-
 def _unit(units: Units, channel: str, power: str = "") -> str:
     """` [unit]` for an axis label (`power`: e.g. "²/Hz"), empty where the unit is unknown."""
     return f" [{units[channel]}{power}]" if units.get(channel) else ""
@@ -132,15 +124,6 @@ def _capped(n: int, what: str) -> list[str]:
     return [note(f"the first {MAX_PANELS} of {n} {what} are drawn")] if n > MAX_PANELS else []
 
 
-def _heat(fig: Any, ax: Any, values: FloatArray, title: str, cmap: str = "viridis") -> None:
-    image = ax.imshow(values, cmap=cmap, aspect="auto", interpolation="nearest")
-    fig.colorbar(image, ax=ax, shrink=0.85)
-    ax.locator_params(integer=True)
-    ax.set_title(title, fontsize="small")
-    ax.set_xlabel("column")
-    ax.set_ylabel("row")
-
-
 # -- IV sweeps -----------------------------------------------------------------------------------
 
 Sweep = tuple[str, list[str], FloatArray, FloatArray, FloatArray]  # channel, outputs, V, y, slope
@@ -178,7 +161,7 @@ def _draw_iv_map(fig: Any, ax: Any, name: str, sweeps: list[Sweep], label: str) 
     values = np.full((len(shown), max(v.size for _, v in shown)), np.nan)
     for i, (_, v) in enumerate(shown):
         values[i, : v.size] = v
-    _heat(fig, ax, values, label, cmap="coolwarm")
+    crossbar.heat(fig, ax, values, label, cmap="coolwarm")
     ax.set_yticks(range(len(shown)), [c for c, _ in shown], fontsize=4 if len(shown) > 24 else 6)
     ax.set_xlabel("sweep point: 0 → max → min → 0")
     ax.set_ylabel("")
@@ -254,11 +237,8 @@ def _offset(records: Sequence[JSONDict], section: str, units: Units) -> Rendered
     figures = []
     for _, gains in parsed:
         if gains.size > MAX_ROWS:
-            fig, ax = pyplot().subplots(1, 1, figsize=(8, 4.0))
-            _heat(fig, ax, gains, "gain ∂y/∂V of each input (row) at each output (column)")
-            ax.set_ylabel("input")
-            ax.set_xlabel("output")
-            figures.append(Figure(section, "Gains of a known input, input × output", png(fig)))
+            caption = "Gains of a known input, input × output"
+            figures.append(Figure(section, caption, png(crossbar.gain_map(gains))))
     return figures, [part for parts, _ in parsed for part in parts] + notes
 
 
@@ -513,7 +493,7 @@ def _plan(records: Sequence[JSONDict], section: str, units: Units) -> Rendered:
     return figures, parts + notes
 
 
-# -- crossbars -----------------------------------------------------------------------------------
+# -- crossbars (their maps are parsed and drawn in hil.report_crossbar) ----------------------------
 
 
 def _scalars(record: JSONDict) -> list[tuple[str, Any]]:
@@ -522,72 +502,24 @@ def _scalars(record: JSONDict) -> list[tuple[str, Any]]:
 
 
 def _conductance(records: Sequence[JSONDict], section: str, units: Units) -> Rendered:
-    parsed, notes = _parsed(records, lambda r: (r, _map(r["mean"], r), _map(r["read_noise"], r)))
+    parsed, notes = _parsed(records, crossbar.parse_conductance)
     figures, parts = [], []
     for record, mean, noise in parsed:
-        fig, (left, right) = pyplot().subplots(1, 2, figsize=(8, 3.4))
-        _heat(fig, left, mean, f"mean G over {record.get('reads')} reads")
-        _heat(fig, right, noise, "read noise σ", cmap="magma")
         caption = f"Conductance map ({_where(record)}): mean of the reads and their spread"
+        fig = crossbar.draw_conductance(record, mean, noise)
         figures.append(Figure(section, caption, png(fig)))
         parts.append(grid(["quantity", "value"], _scalars(record)))
     return figures, parts + notes
 
 
-@dataclass(frozen=True)
-class _Staircase:
-    record: JSONDict
-    states: FloatArray  # (rounds + 1) × rows × cols
-    counts: FloatArray  # signed pulses per round
-    weakest: FloatArray  # per device, the smaller response of the two polarities
-    stuck: list[tuple[int, int]]
-
-
-def _parse_pulses(record: JSONDict) -> _Staircase:
-    states, counts = np.asarray(record["states"], dtype=float), _array(record["counts"], 1)
-    if states.shape != (counts.size + 1, record["rows"], record["cols"]):
-        raise ValueError("the states do not fit the counts and the array size")
-    for side in (record["up"], record["down"]):
-        if not len(side["g"]) == len(side["dg"]) == len(side["dg_se"]):
-            raise ValueError("binned g, dg and dg_se differ in length")
-    up, down = (_map(record[side]["response"], record) for side in ("up", "down"))
-    stuck = [(int(i), int(j)) for i, j in record["stuck"]]
-    return _Staircase(record, states, counts, np.minimum(up, down), stuck)
-
-
-def _draw_pulses(fig: Any, left: Any, right: Any, s: _Staircase) -> None:
-    """ΔG per pulse against G (each device and round, binned means ± SE); the stuck map."""
-    per_pulse = np.diff(s.states, axis=0) / np.abs(s.counts)[:, None, None]
-    for side, sign, points, line in (("up", 1, "C0", "navy"), ("down", -1, "C3", "darkred")):
-        rounds = np.sign(s.counts) == sign
-        g, dg = s.states[:-1][rounds].ravel(), per_pulse[rounds].ravel()
-        left.scatter(g, dg, s=2, alpha=0.15, color=points, rasterized=True)
-        b = s.record[side]
-        label = f"{side}: binned mean ± SE"
-        left.errorbar(b["g"], b["dg"], b["dg_se"], color=line, marker="o", ms=3, label=label)
-    left.axhline(0.0, color="0.6", lw=0.6)
-    left.set_xlabel("G before the round")
-    left.set_ylabel("ΔG per pulse")
-    left.legend(fontsize="x-small")
-    _heat(fig, right, s.weakest, "response of the weaker polarity; × stuck")
-    if s.stuck:
-        rows, cols = zip(*s.stuck, strict=True)
-        right.scatter(cols, rows, marker="x", color="red", s=18, lw=1)
-
-
 def _pulses(records: Sequence[JSONDict], section: str, units: Units) -> Rendered:
-    parsed, notes = _parsed(records, _parse_pulses)
+    parsed, notes = _parsed(records, crossbar.parse_pulses)
     figures, parts = [], []
     for s in parsed:
         r = s.record
-        fig, (left, right) = pyplot().subplots(1, 2, figsize=(8, 3.6))
-        _draw_pulses(fig, left, right, s)
         caption = f"Pulse response ({_where(r)}): ΔG per pulse against G, and the stuck devices"
-        figures.append(Figure(section, caption, png(fig)))
-        rows = _scalars(r)
-        listed = ", ".join(f"({i}, {j})" for i, j in s.stuck[:64])
-        more = f" … and {len(s.stuck) - 64} more" if len(s.stuck) > 64 else ""
-        rows.append(("stuck devices (row, col)", (listed + more) or "none"))
+        figures.append(Figure(section, caption, png(crossbar.draw_pulses(s))))
+        rows = [*_scalars(r), ("stuck devices (row, col)", crossbar.stuck_list(s))]
         parts.append(grid(["quantity", "value"], rows))
     return figures, parts + notes
 
