@@ -109,20 +109,15 @@ def _digest(results: list[JSONDict]) -> JSONDict:
         keys = ("white", "white_se", "flicker", "alpha", "f_ref", "corner", "corner_se")
         out["noise"] = {name: {k: fit.get(k) for k in keys} for name, fit in noise["noise"].items()}
     steps = [r for r in results if r.get("measurement") == "step"]
-    if steps:
-        fits = [fit for r in steps for fit in r["response"].values()]
-        settling = [f["settling_time"] for f in fits]
+    fits = [(r["channel"], f) for r in steps for f in r["response"].values()]
+    measured = [(channel, f) for channel, f in fits if f.get("resolved", True)]
+    if measured:
+        settling = [f["settling_time"] for _, f in measured]
         out["settling"] = {
             "settling_time": None if None in settling else max(settling),
-            "bandwidth": min(f["bandwidth"] for f in fits),
-            "unsettled": sorted(
-                {
-                    r["channel"]
-                    for r in steps
-                    for f in r["response"].values()
-                    if f["settling_time"] is None
-                }
-            ),
+            "bandwidth": min(f["bandwidth"] for _, f in measured),
+            "unsettled": sorted({c for c, f in measured if f["settling_time"] is None}),
+            "not_resolved": sorted({c for c, f in fits if not f.get("resolved", True)}),
         }
     plan = _last(results, "plan")
     if plan is not None:
@@ -362,15 +357,13 @@ def tables(results: list[JSONDict]) -> list[Table]:
                 )
         elif kind == "step":
             for name, fit in r["response"].items():
-                figures.add_row(
-                    kind,
-                    channel,
-                    name,
-                    "bandwidth Hz",
-                    _g(fit["bandwidth"]),
-                    _g(fit["bandwidth_se"]),
-                )
-                figures.add_row(kind, channel, name, "settling s", _g(fit["settling_time"]), "")
+                if not fit.get("resolved", True):
+                    figures.add_row(kind, channel, name, "bandwidth Hz", "not resolved", "")
+                    continue
+                bandwidth, se = _g(fit["bandwidth"]), _g(fit["bandwidth_se"])
+                figures.add_row(kind, channel, name, "bandwidth Hz", bandwidth, se)
+                settling = _g(fit["settling_time"])
+                figures.add_row(kind, channel, name, "settling s", settling, "")
         elif kind == "offset":
             for name, fit in r["offset"].items():
                 figures.add_row(kind, "", name, "offset", _g(fit["mean"]), _g(fit["se"]))

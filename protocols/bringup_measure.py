@@ -34,6 +34,9 @@ from protocols.step_response import fit_step
 MAX_POINTS = 500
 """Most points of a spectrum or step trace kept in a record (for the report's plots)."""
 
+TRANSIENT = 100
+"""Samples after a step kept at full rate in the record (the rise is often a few samples)."""
+
 SLEW_MARGIN = 0.999
 """Fraction of a channel's slew limit a step's ramp uses (rounding stays inside the limit)."""
 
@@ -80,10 +83,18 @@ def _output_names(device: Device) -> list[str]:
     return [c.name for c in device.spec.outputs]
 
 
-def _thinned(values: FloatArray) -> list[float]:
-    """At most MAX_POINTS evenly spaced values (for plots in the report)."""
-    step = max(1, math.ceil(values.size / MAX_POINTS))
-    return [float(v) for v in values[::step]]
+def _thinned(values: FloatArray, *, head: int = 0) -> list[float]:
+    """At most MAX_POINTS values for the report's plots: the first `head` at full rate (a step's
+    transient), the rest evenly spaced."""
+    index = np.unique(
+        np.concatenate(
+            [
+                np.arange(min(head, values.size)),
+                np.linspace(0, values.size - 1, MAX_POINTS - min(head, values.size)).round(),
+            ]
+        ).astype(int)
+    )
+    return [float(v) for v in values[index]]
 
 
 def to_zero(device: Device) -> None:
@@ -277,9 +288,9 @@ def step(device: Device, channel: Channel, settings: StepSettings) -> JSONDict:
             "settling_from_model": fit.settling_from_model,
             "gain": fit.gain,
             "residual_rms": fit.residual_rms,
-            "t": _thinned(t),
-            "y": _thinned(y[before:]),
-            "fit": _thinned(model),
+            "t": _thinned(t, head=TRANSIENT),
+            "y": _thinned(y[before:], head=TRANSIENT),
+            "fit": _thinned(model, head=TRANSIENT),
         }
     return {"step_size": size, "repeats": n, "ramp_samples": ramp, "response": fits}
 
