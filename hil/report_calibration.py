@@ -383,6 +383,10 @@ def _step(records: Sequence[JSONDict], section: str, units: Units) -> Rendered:
             ax.axvline(settled, color="C2", ls=":", lw=1, label="settled")
         ax.set_title(f"{channel} → {output}{_unit(units, output)}", fontsize="small")
         ax.set_xlabel("time after the step [s]", fontsize="small")
+        positive = t[t > 0]
+        if positive.size:  # log time past the first sample: the rise and the tail both show
+            ax.set_xscale("symlog", linthresh=float(positive.min()))
+            ax.set_xlim(0.0, float(positive.max()))
         if k == 0:
             ax.legend(fontsize="x-small")
     caption = "Step responses per electrode and output, with the first-order fit and settling time"
