@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hil.core import ConfigError, Device, FloatArray, JSONDict, Parking, Streaming
 from protocols.base import Objective
-from protocols.homodyne import Homodyne, synthesize
+from protocols.homodyne import AmplitudeCalibration, Homodyne, synthesize
 from protocols.noise_fit import NoiseFit, fit_noise
 from protocols.tasks import MinimizeOutputTask
 
@@ -196,14 +196,33 @@ def _needed(
     return float(np.max(need[resolved], initial=0.0))
 
 
+def _pilot(
+    settings: PlanSettings, objective: Objective, theta: FloatArray, rate: float
+) -> tuple[float, AmplitudeCalibration]:
+    """The pilot window and the amplitude calibration made with it. The calibration's tones
+    keep 3·f_i free, which needs a finer grid (a longer window) than the estimate: a pilot
+    window too short for them is doubled, up to eight times the one asked for."""
+    t0 = _window(settings, settings.pilot_window, rate, cap=False)
+    while True:
+        try:
+            return t0, _homodyne(settings, t0).calibrate_amplitudes(objective, theta)
+        except ConfigError as exc:
+            if "collision-free" not in str(exc) or t0 >= 8 * settings.pilot_window:
+                raise ConfigError(
+                    f"procedure.plan: {exc}; raise plan.pilot_window or plan.bandwidth, or use "
+                    "plan.mode 'sequential'/'grouped'",
+                    key=("procedure", "plan"),
+                ) from None
+            t0 = _window(settings, 2 * t0, rate, cap=False)
+
+
 def make_plan(device: Device, settings: PlanSettings) -> JSONDict:
     """Measure at θ₀ and plan the window, tones and amplitudes for the target SNR."""
     objective = _objective(device, settings)
     theta = operating_point(objective, settings)
     rate = float(device.spec.sample_rate or 0.0)
-    t0 = _window(settings, settings.pilot_window, rate, cap=False)
+    t0, calibration = _pilot(settings, objective, theta, rate)
     pilot = _homodyne(settings, t0)
-    calibration = pilot.calibrate_amplitudes(objective, theta)
     amplitudes = np.asarray(calibration.amplitudes, dtype=float)
     measured = pilot.device_gradient(objective, theta)
     g = measured.gradient[0, 0]
@@ -266,9 +285,12 @@ def _tones(
         final = _homodyne(settings, window, amplitudes=amplitudes.tolist(), f_min=f_min)
         try:
             return window, final.tones(objective)
-        except ConfigError:
+        except ConfigError as exc:
             if window >= settings.max_window:
-                raise
+                raise ConfigError(
+                    f"procedure.plan: {exc}; raise plan.max_window or plan.bandwidth",
+                    key=("procedure", "plan"),
+                ) from None
             window = _window(settings, 2 * window, rate)
 
 

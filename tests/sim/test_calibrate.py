@@ -227,3 +227,43 @@ def test_a_killed_calibration_resumes_and_publishes(tmp_path: Path) -> None:
     published = json.loads((tmp_path / "bench.calibration.json").read_text())
     assert [r["measurement"] for r in published["results"]] == ["iv"] * 4 + ["step"] * 4
     assert published["run"] == str(run.resolve())
+
+
+LIGHT = """\
+iv: {points: 3}
+offset: {repeats: 4}
+noise: {seconds: 1.0}
+step: {repeats: 2, after: 0.05}
+plan: {pilot_window: 0.2, noise_seconds: 1.0, max_window: 1.0}
+conductance: {reads: 2}
+pulses: {rounds: 3, reads: 2}
+"""
+
+STATIONS = sorted(
+    p.name
+    for p in (Path(__file__).parents[2] / "configs" / "stations").glob("*.yaml")
+    if not p.name.endswith("-bench.yaml")
+)
+
+
+@pytest.mark.parametrize("name", STATIONS)
+def test_every_shipped_station_calibrates(tmp_path: Path, name: str) -> None:
+    """Each simulated and virtual station goes through its default bring-up (light settings)
+    and publishes a calibration whose records match what the device measures."""
+    source = Path(__file__).parents[2] / "configs" / "stations" / name
+    copy = tmp_path / name
+    copy.write_text(source.read_text())
+    for data in (source.parent.parent / "data").glob("*"):  # files stations name relatively
+        (tmp_path.parent / "data").mkdir(exist_ok=True)
+        (tmp_path.parent / "data" / data.name).write_bytes(data.read_bytes())
+    settings = tmp_path / "light.yaml"
+    settings.write_text(LIGHT)
+    calibrate(str(copy), "--settings", str(settings), "--out", str(tmp_path / "runs"))
+    published = json.loads(copy.with_name(copy.stem + ".calibration.json").read_text())
+    kinds = {r["measurement"] for r in published["results"]}
+    assert kinds in (
+        {"iv", "offset", "noise", "step", "plan"},
+        {"conductance", "pulses", "offset"},
+        {"iv", "offset"},
+    )
+    assert published["station"]["name"] == yaml.safe_load(source.read_text())["name"]
