@@ -24,6 +24,8 @@ amplitudes and settle time for every one of these settings the experiment leaves
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +43,10 @@ from hil.config import (
     load_station,
 )
 from hil.core import ConfigError, FloatArray, JSONDict, RunError
-from hil.rundir import RunDirectory, digest, write_json_atomic
+from hil.rundir import RunDirectory, digest, file_error, write_json_atomic
 from hil.yamlfile import KeyPath, YamlDocument, load_yaml
+
+log = logging.getLogger(__name__)
 
 SCHEMA = "hil.calibration/1"
 SUFFIX = ".calibration.json"
@@ -161,9 +165,13 @@ def publish(run_path: Path) -> Path:
         version = 1 + (int(old["version"]) if old else max(_versions(path), default=0))
         if old and old.get("station") == station:
             kept = {k: v for k, v in old.get("use", {}).items() if k not in use}
-        path.replace(
-            path.with_name(f"{path.name.removesuffix(SUFFIX)}.calibration.v{version - 1}.json")
+        kept_as = path.with_name(
+            f"{path.name.removesuffix(SUFFIX)}.calibration.v{version - 1}.json"
         )
+        try:  # a copy, not a rename: the current file stays until the new one replaces it
+            shutil.copy2(path, kept_as)
+        except OSError as exc:
+            raise file_error(kept_as, exc, "keep the previous calibration as") from None
     data: JSONDict = {
         "schema": SCHEMA,
         "version": version,
@@ -231,8 +239,9 @@ class Loaded:
 
 
 def load(resolved: ResolvedExperiment, station_file: str | None) -> Loaded | None:
-    """The calibration a run uses (None: none wanted or none made yet); a file that cannot be
-    read is a warning, never a failed run."""
+    """The calibration a run uses (None: none wanted, none made yet, or the station's own file
+    is damaged — a warning then, not a failed run; a damaged file the experiment names is a
+    ConfigError)."""
     use = resolved.config.calibration
     if not use.use:
         return None
@@ -244,27 +253,29 @@ def load(resolved: ResolvedExperiment, station_file: str | None) -> Loaded | Non
     if path is None or (use.file is None and not path.exists()):
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-            raise ValueError(f"not a {SCHEMA} file")
-        created = float(data["created_unix"])
-        int(data["version"])
+        data = _checked(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(
-            f"{path}: cannot use this calibration file ({exc}); recalibrate with hil calibrate, "
-            "or set calibration.use: false in the experiment"
-        ) from None
-    parts = [p.get("created_unix", created) for p in data.get("use", {}).values()]
+        problem = f"{path}: cannot use this calibration file ({exc})"
+        if use.file is not None:
+            raise ConfigError(
+                f"{problem}; name another file in calibration.file, recalibrate with hil "
+                "calibrate, or set calibration.use: false",
+                key=("calibration", "file"),
+            ) from None
+        log.warning("%s; the run goes on without it: recalibrate with hil calibrate", problem)
+        return None
+    created = float(data["created_unix"])
+    parts = [p.get("created_unix", created) for p in data["use"].values()]
     oldest = min([created, *[float(p) for p in parts if isinstance(p, int | float)]])
     age = max(0.0, (time.time() - oldest) / SECONDS_PER_DAY)
     mine = identity(resolved.station)
     same = data.get("station") == mine
     loaded = Loaded(path=path, data=data, age_days=age, same_station=same)
     if not same:
-        theirs = data.get("station", {})
+        theirs = data["station"]
         loaded.warnings.append(
             f"{path} was made on another station ({theirs.get('name')!r}, "
-            f"{theirs.get('digest', '?')[:15]}…) than this one ({mine['name']!r}, "
+            f"{str(theirs.get('digest', '?'))[:15]}…) than this one ({mine['name']!r}, "
             f"{mine['digest'][:15]}…): its settings are not used; recalibrate with "
             "hil calibrate"
         )
@@ -274,6 +285,20 @@ def load(resolved: ResolvedExperiment, station_file: str | None) -> Loaded | Non
             f"{use.max_age_days:g}: recalibrate with hil calibrate"
         )
     return loaded
+
+
+def _checked(data: Any) -> JSONDict:
+    """`data` if it has the shape of a calibration file (else ValueError, KeyError, TypeError)."""
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise ValueError(f"not a {SCHEMA} file")
+    float(data["created_unix"])
+    int(data["version"])
+    station, use = data["station"], data["use"]
+    if not isinstance(station, dict) or not isinstance(use, dict):
+        raise TypeError("station and use must be mappings")
+    if not all(isinstance(part, dict) for part in use.values()):
+        raise TypeError("every part of use must be a mapping")
+    return data
 
 
 def _set(component: ResolvedComponent, values: dict[str, Any]) -> ResolvedComponent:
@@ -288,9 +313,26 @@ def apply(
     (listed in `loaded.applied`); unchanged for another station, another estimator, other
     controls or a plan that did not check out."""
     estimator = resolved.components.get("estimator")
-    plan = loaded.data.get("use", {}).get("plan")
+    plan = loaded.data["use"].get("plan")
     if not loaded.same_station or estimator is None or plan is None:
         return resolved
+    try:
+        return _applied(resolved, loaded, plan, estimator, control_spans, controls)
+    except (KeyError, TypeError, ValueError) as exc:
+        loaded.applied = []
+        loaded.warnings.append(f"the plan in {loaded.path} is damaged ({exc!r}): not used")
+        return resolved
+
+
+def _applied(
+    resolved: ResolvedExperiment,
+    loaded: Loaded,
+    plan: JSONDict,
+    estimator: ResolvedComponent,
+    control_spans: FloatArray,
+    controls: list[str],
+) -> ResolvedExperiment:
+    """`apply` once its inputs are there."""
     cls = estimator.cls
     if f"{cls.__module__}.{cls.__qualname__}" != HOMODYNE:
         return resolved

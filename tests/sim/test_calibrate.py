@@ -267,3 +267,24 @@ def test_every_shipped_station_calibrates(tmp_path: Path, name: str) -> None:
         {"iv", "offset"},
     )
     assert published["station"]["name"] == yaml.safe_load(source.read_text())["name"]
+
+
+def test_a_damaged_calibration_file_is_a_warning_unless_the_experiment_names_it(
+    tmp_path: Path,
+) -> None:
+    path = station(tmp_path, noise={"white": WHITE})
+    out = tmp_path / "runs"
+    (tmp_path / "bench.calibration.json").write_text('{"schema": "hil.calibration/1", "use": [')
+    config = experiment(tmp_path, path, {"type": "spsa", "c": 0.05})
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "cannot use this calibration file" in result.output
+    info = json.loads((max(out.glob("*trained*")) / "run.json").read_text())
+    assert info["calibration"] is None
+
+    data = yaml.safe_load(config.read_text())
+    data["calibration"] = {"file": "bench.calibration.json"}
+    config.write_text(yaml.safe_dump(data))
+    result = CliRunner().invoke(app, ["run", str(config), "--out", str(out)])
+    assert result.exit_code == 2
+    assert "calibration.file" in result.output
