@@ -16,9 +16,11 @@ other parts of the previous file of the same station, and a run's age is its old
 
 `hil run` loads the file of its station by default (`calibration:` in the experiment chooses
 another file, a maximum age, or none), shows its age, and warns when it is stale or was made on
-another station (`Loaded.warnings`). A homodyne estimator takes the plan's window, tones,
-amplitudes and settle time for every one of these settings the experiment leaves unset
-(`apply`); what was taken is listed in run.json, so a resumed run repeats it exactly.
+another station (`Loaded.warnings`). A homodyne estimator takes the plan's window, tones and
+amplitudes, and twice the measured settling time as its settle time, for every one of these
+settings the experiment leaves unset (`apply`); a station whose plateaus wait less than its
+outputs took to settle is warned about. What was taken is listed in run.json, so a resumed run
+repeats it exactly.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from hil.config import (
     ResolvedStation,
     load_station,
 )
-from hil.core import ConfigError, FloatArray, JSONDict, RunError
+from hil.core import ConfigError, DeviceSpec, FloatArray, JSONDict, Role, RunError
 from hil.rundir import RunDirectory, digest, file_error, write_json_atomic
 from hil.yamlfile import KeyPath, YamlDocument, load_yaml
 
@@ -51,6 +53,8 @@ log = logging.getLogger(__name__)
 SCHEMA = "hil.calibration/1"
 SUFFIX = ".calibration.json"
 SECONDS_PER_DAY = 86_400.0
+SETTLE_MARGIN = 2.0
+"""A homodyne window starts this many measured settling times after the ramp."""
 HOMODYNE = "protocols.homodyne.Homodyne"
 
 
@@ -306,22 +310,38 @@ def _set(component: ResolvedComponent, values: dict[str, Any]) -> ResolvedCompon
     return ResolvedComponent(name=component.name, cls=component.cls, settings=settings)
 
 
-def apply(
-    resolved: ResolvedExperiment, loaded: Loaded, control_spans: FloatArray, controls: list[str]
-) -> ResolvedExperiment:
+def apply(resolved: ResolvedExperiment, loaded: Loaded, spec: DeviceSpec) -> ResolvedExperiment:
     """The experiment with the plan's homodyne settings where the experiment leaves them unset
     (listed in `loaded.applied`); unchanged for another station, another estimator, other
     controls or a plan that did not check out."""
+    if not loaded.same_station:
+        return resolved
+    _check_settling(loaded, spec)
     estimator = resolved.components.get("estimator")
     plan = loaded.data["use"].get("plan")
-    if not loaded.same_station or estimator is None or plan is None:
+    if estimator is None or plan is None:
         return resolved
+    lower, upper = spec.bounds(Role.CONTROL)
+    controls = [c.name for c in spec.controls]
     try:
-        return _applied(resolved, loaded, plan, estimator, control_spans, controls)
+        return _applied(resolved, loaded, plan, estimator, upper - lower, controls)
     except (KeyError, TypeError, ValueError) as exc:
         loaded.applied = []
         loaded.warnings.append(f"the plan in {loaded.path} is damaged ({exc!r}): not used")
         return resolved
+
+
+def _check_settling(loaded: Loaded, spec: DeviceSpec) -> None:
+    """A warning when the station waits less after a level change than its outputs took to
+    settle in the calibration's step responses (plateaus read before the output settles)."""
+    settling = loaded.data["use"].get("settling") or {}
+    measured = settling.get("settling_time")
+    if isinstance(measured, int | float) and measured > spec.settle_time:
+        loaded.warnings.append(
+            f"the station settles {spec.settle_time:g} s after a level change, but its outputs "
+            f"took {measured:g} s to settle in the calibration ({loaded.path}): plateaus are read "
+            "before they settle; raise the device's settle_time in the station file"
+        )
 
 
 def _applied(
@@ -355,9 +375,10 @@ def _applied(
     if "amplitudes" not in given:
         scale = _parameter_scale(resolved, control_spans)
         values["amplitudes"] = [a / s for a, s in zip(plan["amplitudes"], scale, strict=True)]
-    timing = plan.get("settings") or {}
-    if "settle_time" not in given and "settle_time" in timing:
-        values["settle_time"] = timing["settle_time"]
+    if "settle_time" not in given:
+        settle = _settle_time(loaded, plan)
+        if settle is not None:
+            values["settle_time"] = settle
     if not values:
         return resolved
     components = {**resolved.components, "estimator": _set(estimator, values)}
@@ -365,6 +386,16 @@ def _applied(
     return ResolvedExperiment(
         doc=resolved.doc, config=resolved.config, station=resolved.station, components=components
     )
+
+
+def _settle_time(loaded: Loaded, plan: JSONDict) -> float | None:
+    """The wait before a homodyne window: twice the longest settling the step responses
+    measured (to their tolerance), else the plan's own."""
+    measured = (loaded.data["use"].get("settling") or {}).get("settling_time")
+    if isinstance(measured, int | float) and measured > 0:
+        return SETTLE_MARGIN * float(measured)
+    value = (plan.get("settings") or {}).get("settle_time")
+    return float(value) if isinstance(value, int | float) else None
 
 
 def _parameter_scale(resolved: ResolvedExperiment, spans: FloatArray) -> list[float]:

@@ -34,7 +34,7 @@ from hil.config import (
     load_station,
     resolve_experiment,
 )
-from hil.core import HilError, JSONDict, Role, RunError, SafetyViolation
+from hil.core import HilError, JSONDict, RunError, SafetyViolation
 from hil.interrupts import Phase, Signals, signal_handling, signal_name
 from hil.interrupts import RunStatus as RunStatus  # re-exported: callers read outcomes here
 from hil.provenance import environment
@@ -375,9 +375,7 @@ def _calibrated(loaded: calibrations.Loaded | None) -> Adjust | None:
         return None
 
     def adjust(resolved: ResolvedExperiment, guard: SafetyGuard) -> ResolvedExperiment:
-        lower, upper = guard.spec.bounds(Role.CONTROL)
-        controls = [c.name for c in guard.spec.controls]
-        return calibrations.apply(resolved, loaded, upper - lower, controls)
+        return calibrations.apply(resolved, loaded, guard.spec)
 
     return adjust
 
