@@ -83,7 +83,7 @@ def gradcheck(
         record = {
             "config": str(config),
             "experiment": experiment.config.name,
-            "estimator": experiment.config.estimator.type,
+            "estimator": experiment.components["estimator"].name,
             "seed": seed,
             "theta": theta.tolist(),
             "parameters": "normalized" if objective.normalized else "physical",

@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from hil.cli import app
-from tests.sim.experiments import hil_process, journal_steps, wait_for_steps
+from experiments import hil_process, journal_steps, wait_for_steps
 
 FS = 2000.0
 WHITE = 0.002  # V per sample
