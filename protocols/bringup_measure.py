@@ -4,8 +4,9 @@ Each function takes the device (the safety guard in a run: every level it sends 
 returns one JSON record (the formats are listed in `protocols.bringup`):
 
 - `iv`: a sweep 0 → max → min → 0 over `points` levels per leg of one driven electrode, the
-  others at 0 V; the outputs at every level and the small-signal slope ∂y/∂V at 0 V fitted to
-  the points nearest it (both sweep directions, so hysteresis averages out).
+  others at their `bias` (default 0 V); the outputs at every level and the small-signal slope
+  ∂y/∂V at 0 V fitted to the points nearest it (both sweep directions, so hysteresis averages
+  out). A saturated reading (compliance) ends that side of the sweep.
 - `offset`: every electrode at 0 V, `repeats` plateaus: each output's offset with its standard
   error and its plateau-to-plateau σ (zero input); then per data input (controls where the device
   has none) two known levels with the others at 0 V — ±`fraction` of the range, or 0 V and a
@@ -27,7 +28,17 @@ import math
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from hil.core import Channel, ConfigError, Device, FloatArray, JSONDict, Parking, Role, Streaming
+from hil.core import (
+    Channel,
+    ConfigError,
+    Device,
+    DeviceSaturated,
+    FloatArray,
+    JSONDict,
+    Parking,
+    Role,
+    Streaming,
+)
 from protocols.noise_fit import fit_noise
 from protocols.step_response import fit_step
 
@@ -49,6 +60,10 @@ class IVSettings(BaseModel):
 
     points: int = Field(default=11, ge=3, le=1001, description="levels per leg of the sweep")
     fraction: float = Field(default=1.0, gt=0, le=1, description="of each range end")
+    bias: dict[str, float] = Field(
+        default_factory=dict,
+        description="V held on the electrodes not swept (by name); the others at 0 V",
+    )
 
 
 class OffsetSettings(BaseModel):
@@ -136,15 +151,73 @@ def sweep_levels(channel: Channel, settings: IVSettings) -> FloatArray:
     return np.concatenate([up, down, back])
 
 
+def _biased(
+    device: Device, channel: Channel, bias: dict[str, float]
+) -> tuple[FloatArray, FloatArray]:
+    """Controls and an input row holding `bias` (the swept channel excluded), else 0 V."""
+    spec = device.spec
+    unknown = sorted(set(bias) - {c.name for c in spec.channels if c.role is not Role.OUTPUT})
+    if unknown:
+        raise ConfigError(
+            f"procedure.iv.bias: {unknown} are not driven electrodes of {spec.name!r}; name "
+            f"some of {[c.name for c in spec.channels if c.role is not Role.OUTPUT]}",
+            key=("procedure", "iv", "bias"),
+        )
+    levels = {k: v for k, v in bias.items() if k != channel.name}
+    theta = np.array([levels.get(c.name, 0.0) for c in spec.controls], dtype=float)
+    row = np.array([levels.get(c.name, 0.0) for c in spec.inputs], dtype=float)
+    return theta, row
+
+
 def iv(device: Device, channel: Channel, settings: IVSettings) -> JSONDict:
-    """The IV sweep of one driven electrode (the others at 0 V)."""
+    """The IV sweep of one driven electrode, the others at their bias (default 0 V).
+
+    A level whose output saturates (an SMU in compliance, an ADC at full scale) is recorded as
+    NaN, the device goes to its safe state, and the sweep skips the levels beyond it on that
+    side of 0 V: compliance is a limit of the sweep, not a failure of the bring-up."""
     levels = sweep_levels(channel, settings)
-    y = _measure_with(device, channel, levels)
-    distinct = np.unique(levels)
+    theta, row = _biased(device, channel, settings.bias)
+    spec = device.spec
+    controls = [c.name for c in spec.controls]
+    inputs = [c.name for c in spec.inputs]
+    answered: list[FloatArray] = []
+    limit = {1.0: math.inf, -1.0: math.inf}  # |level| at which each side saturated
+    for level in levels:
+        side = 1.0 if level >= 0 else -1.0
+        if abs(level) >= limit[side]:
+            answered.append(np.full(len(spec.outputs), np.nan))
+            continue
+        t, x = theta.copy(), row.copy()
+        if channel.role is Role.INPUT:
+            x[inputs.index(channel.name)] = level
+        else:
+            t[controls.index(channel.name)] = level
+        device.set_controls(t)
+        try:
+            answered.append(np.asarray(device.measure(x[np.newaxis, :]), dtype=float)[0])
+        except DeviceSaturated:
+            limit[side] = abs(level)
+            answered.append(np.full(len(spec.outputs), np.nan))
+            # the guard counts the levels of a failed reading as unknown: back to the safe
+            # state (ramped from the last levels sent); the next level starts from there
+            device.safe_state()
+    device.set_controls(theta)
+    y = np.array(answered)
+    valid = np.isfinite(y).all(axis=1)
+    distinct = np.unique(levels[valid])
     nearest = distinct[np.argsort(np.abs(distinct))[: max(3, distinct.size // 4)]]
-    near = np.isin(levels, nearest)  # every visit of the levels nearest 0 V, both directions
-    slope = [float(np.polyfit(levels[near], y[near, k], 1)[0]) for k in range(y.shape[1])]
-    return {"levels": levels.tolist(), "outputs": y.tolist(), "slope_at_zero": slope}
+    near = np.isin(levels, nearest) & valid  # the levels nearest 0 V, both directions
+    slope = [
+        float(np.polyfit(levels[near], y[near, k], 1)[0]) if near.sum() >= 2 else math.nan
+        for k in range(y.shape[1])
+    ]
+    return {
+        "levels": levels.tolist(),
+        "outputs": [[None if math.isnan(v) else float(v) for v in r] for r in y],
+        "slope_at_zero": [None if math.isnan(v) else v for v in slope],
+        "bias": {k: v for k, v in settings.bias.items() if k != channel.name},
+        "saturated_beyond": [None if math.isinf(v) else v for v in (limit[-1.0], limit[1.0])],
+    }
 
 
 def known_levels(channel: Channel, fraction: float) -> tuple[float, float]:

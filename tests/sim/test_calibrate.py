@@ -15,6 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 from hil.cli import app
+
 from experiments import hil_process, journal_steps, wait_for_steps
 
 FS = 2000.0
@@ -288,3 +289,32 @@ def test_a_damaged_calibration_file_is_a_warning_unless_the_experiment_names_it(
     result = CliRunner().invoke(app, ["run", str(config), "--out", str(out)])
     assert result.exit_code == 2
     assert "calibration.file" in result.output
+
+
+def test_an_iv_sweep_stops_at_compliance_and_goes_on(tmp_path: Path) -> None:
+    """The virtual SMU rig with its ammeter's compliance at 30 nA: the DNPU's larger currents
+    put it in compliance; those levels are recorded as missing, the sweep skips the levels
+    beyond them on that side, and the bring-up completes."""
+    source = Path(__file__).parents[2] / "configs" / "stations" / "dnpu-smu-virtual.yaml"
+    data = yaml.safe_load(source.read_text())
+    data["device"]["instruments"]["ammeter"]["compliance_current"] = 3e-8
+    data["device"]["instruments"]["ammeter"]["measure_range"] = 1.05e-6
+    path = tmp_path / "smu.yaml"
+    path.write_text(yaml.safe_dump(data))
+    settings = tmp_path / "iv.yaml"
+    settings.write_text("iv: {points: 6, bias: {E0: 0.1}}\n")
+    calibrate(str(path), "--what", "iv", "--settings", str(settings), "--out", str(tmp_path / "r"))
+    results = json.loads((tmp_path / "smu.calibration.json").read_text())["results"]
+    assert [r["channel"] for r in results] == ["E0", "E1", "E2", "E3", "E4", "E5", "E6"]
+    saturated = [r for r in results if r["saturated_beyond"] != [None, None]]
+    assert saturated  # some electrode drove the output past 30 nA
+    for r in results:
+        low, high = r["saturated_beyond"]
+        for level, out in zip(r["levels"], r["outputs"], strict=True):
+            limit = high if level >= 0 else low
+            if limit is not None and abs(level) >= limit:
+                assert out == [None]  # at and beyond the compliance level: not measured
+            else:
+                assert out[0] is not None
+                assert abs(out[0]) <= 30.0 * 1.001  # nA: what was read stayed in compliance
+        assert r["bias"] == ({} if r["channel"] == "E0" else {"E0": 0.1})
