@@ -139,6 +139,17 @@ class CalibrationProcedure:
         self._results = [dict(r) for r in results]
 
     # -- measurements ------------------------------------------------------------------------------
+    def _output_bandwidth(self) -> float | None:
+        """The lowest bandwidth the step responses of this calibration resolved (None: none)."""
+        found = [
+            float(fit["bandwidth"])
+            for r in self._results
+            if r["measurement"] == "step"
+            for fit in r["response"].values()
+            if fit.get("resolved")
+        ]
+        return min(found) if found else None
+
     def _measure(self, what: Measurement, channel: str) -> JSONDict:
         s, device = self.settings, self.device
         if what == "iv":
@@ -150,7 +161,7 @@ class CalibrationProcedure:
         if what == "noise":
             return measure.noise(device, s.noise)
         if what == "plan":
-            return make_plan(device, s.plan)
+            return make_plan(device, s.plan, self._output_bandwidth())
         if what == "conductance":
             return crossbar.conductance_map(device, s.conductance)
         if what == "pulses":

@@ -27,6 +27,8 @@ import math
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+from scipy.stats import norm
+from scipy.stats import t as t_dist
 
 from hil.core import (
     Channel,
@@ -51,8 +53,8 @@ TRANSIENT = 100
 SLEW_MARGIN = 0.999
 """Fraction of a channel's slew limit a step's ramp uses (rounding stays inside the limit)."""
 
-RESOLVED = 3.0
-"""A bandwidth counts as measured when it stands this many standard errors above zero."""
+TAU_BOUND = 0.5
+"""A fitted τ beyond this fraction of the record is the fit's bound, not a measurement."""
 
 
 class IVSettings(BaseModel):
@@ -356,7 +358,7 @@ def step(device: Device, channel: Channel, settings: StepSettings) -> JSONDict:
             "tau": fit.tau,
             "bandwidth": fit.bandwidth,
             "bandwidth_se": bandwidth_se,
-            "resolved": bool(bandwidth_se < fit.bandwidth / RESOLVED),
+            "resolved": _resolved(fit.bandwidth, bandwidth_se, fit.tau, settings, n, after / rate),
             "settling_time": None if math.isnan(fit.settling_time) else fit.settling_time,
             "settling_from_model": fit.settling_from_model,
             "gain": fit.gain,
@@ -381,6 +383,18 @@ def _ramp_samples(channel: Channel, size: float, rate: float, after: int) -> int
             key=("procedure", "step"),
         )
     return max(1, ramp)
+
+
+def _resolved(
+    bandwidth: float, se: float, tau: float, settings: StepSettings, repeats: int, span: float
+) -> bool:
+    """Whether a step's bandwidth is measured: its error is positive and finite, it stands a
+    one-sided t-quantile (p = 0.001, repeats − 1 degrees of freedom; a normal quantile for the
+    fit's own error) above zero, and τ is inside the record (not at the fit's bound)."""
+    if not (math.isfinite(se) and se > 0) or tau >= TAU_BOUND * span:
+        return False
+    quantile = t_dist.isf(0.001, repeats - 1) if repeats >= 4 else norm.isf(0.001)
+    return bool(bandwidth > quantile * se)
 
 
 def _jackknife_bandwidth(

@@ -9,6 +9,8 @@ needs at an operating point θ₀ (one input case, one output):
    third-harmonic or the bias–variance rule);
 2. one pilot gradient at θ₀: ∂y/∂θ_i, its standard errors and the noise density fitted to the
    off-tone bins (`DeviceGradient.noise_fit`);
+   The gradient is read at those amplitudes, as the plan will read it, and tones stay below a
+   fifth of the output chain's bandwidth when step responses measured it;
 3. the noise at θ₀ with the tones off, fitted as white + 1/f (`protocols.noise_fit`) down to
    the lowest pilot tone; the plan's tones start at its 1/f corner (at most half the band);
 4. the window: a coordinate resolved by the pilot (|g_i| > 3 SE) reaches SNR r = |g_i|/SE_i at
@@ -38,6 +40,10 @@ from protocols.base import Objective
 from protocols.homodyne import AmplitudeCalibration, Homodyne, synthesize
 from protocols.noise_fit import NoiseFit, fit_noise
 from protocols.tasks import MinimizeOutputTask
+
+BANDWIDTH_FRACTION = 0.2
+"""Highest tone over the output chain's bandwidth: a first-order chain reads 98 % of the
+gradient there (and 11° of phase, cos 0.98)."""
 
 RESOLVED = 3.0
 """Standard errors a pilot gradient must stand above zero for its coordinate to set T."""
@@ -216,14 +222,29 @@ def _pilot(
             t0 = _window(settings, 2 * t0, rate, cap=False)
 
 
-def make_plan(device: Device, settings: PlanSettings) -> JSONDict:
-    """Measure at θ₀ and plan the window, tones and amplitudes for the target SNR."""
+def _within_bandwidth(settings: PlanSettings, output_bandwidth: float | None) -> PlanSettings:
+    """The settings with the tones kept below BANDWIDTH_FRACTION of the output chain's measured
+    bandwidth: above it the chain's gain and phase would bias the gradient the plan reads."""
+    if output_bandwidth is None:
+        return settings
+    limit = BANDWIDTH_FRACTION * output_bandwidth
+    if limit >= settings.bandwidth:
+        return settings
+    return settings.model_copy(update={"bandwidth": limit})
+
+
+def make_plan(
+    device: Device, settings: PlanSettings, output_bandwidth: float | None = None
+) -> JSONDict:
+    """Measure at θ₀ and plan the window, tones and amplitudes for the target SNR; with the
+    output chain's `output_bandwidth` (Hz, from step responses) the tones stay well below it."""
     objective = _objective(device, settings)
     theta = operating_point(objective, settings)
     rate = float(device.spec.sample_rate or 0.0)
+    settings = _within_bandwidth(settings, output_bandwidth)
     t0, calibration = _pilot(settings, objective, theta, rate)
-    pilot = _homodyne(settings, t0)
     amplitudes = np.asarray(calibration.amplitudes, dtype=float)
+    pilot = _homodyne(settings, t0, amplitudes=amplitudes.tolist())  # the gradient the plan reads
     measured = pilot.device_gradient(objective, theta)
     g = measured.gradient[0, 0]
     noise = _noise_model(device, objective, theta, settings, min(measured.tones))
@@ -245,6 +266,7 @@ def make_plan(device: Device, settings: PlanSettings) -> JSONDict:
         "output": objective.task.mapping.output_channels,
         "operating_point": theta.tolist(),
         "target_snr": settings.target_snr,
+        "output_bandwidth": output_bandwidth,
         "settings": settings.model_dump(mode="json"),
         "window": window,
         "pilot_window": t0,
