@@ -26,7 +26,7 @@ import numpy as np
 from scipy.io import netcdf_file
 
 from hil.core.types import JSONDict
-from hil.traces import TRACES_FILE
+from hil.traces import PAD_STEP, TRACES_FILE, readable
 
 TABLES = ("plateaus", "controls", "streams", "pulses", "states", "demodulation")
 
@@ -86,25 +86,51 @@ class Traces:
 
 
 def _table(name: str, group: h5py.Group | None) -> Table:
+    """A table's rows: every column read up to the first damaged chunk (a step a kill -9 cut
+    short), cut to the rows all columns have, padding rows dropped."""
     if group is None or "step" not in group:
         return Table(name, np.zeros(0, dtype=np.int64), np.zeros(0))
+    flats = {key.removesuffix("_index") for key in group if key.endswith("_index")}
+    read = {
+        key: readable(dataset)
+        for key, dataset in group.items()
+        if isinstance(dataset, h5py.Dataset) and key not in flats
+    }
+    n = min(len(values) for values in read.values())
+    ragged: dict[str, list[np.ndarray]] = {}
+    for key in sorted(flats):
+        ragged[key], n = _ragged(group[key], read[f"{key}_index"][:n])
+    keep = np.flatnonzero(read["step"][:n] != PAD_STEP)
     columns: dict[str, np.ndarray] = {}
     text: dict[str, list[str]] = {}
-    ragged: dict[str, list[np.ndarray]] = {}
-    for key, dataset in group.items():
+    for key, values in read.items():
         if key in ("step", "time") or key.endswith("_index"):
             continue
-        if f"{key}_index" in group:
-            flat, index = dataset[()], group[f"{key}_index"][()]
-            ragged[key] = [
-                flat[int(r[0]) : int(r[0]) + int(np.prod(r[1:]))].reshape(tuple(r[1:]))
-                for r in index
-            ]
-        elif h5py.check_string_dtype(dataset.dtype) is not None:
-            text[key] = [str(v) for v in dataset.asstr()[()]]
+        if h5py.check_string_dtype(group[key].dtype) is not None:
+            text[key] = [v.decode() if isinstance(v, bytes) else str(v) for v in values[keep]]
         else:
-            columns[key] = dataset[()]
-    return Table(name, group["step"][()], group["time"][()], columns, text, ragged)
+            columns[key] = values[keep]
+    return Table(
+        name,
+        read["step"][keep],
+        read["time"][keep],
+        columns,
+        text,
+        {key: [rows[i] for i in keep] for key, rows in ragged.items()},
+    )
+
+
+def _ragged(flat: h5py.Dataset, index: np.ndarray) -> tuple[list[np.ndarray], int]:
+    """Each index row's array from the flat data, up to the first that cannot be read; returns
+    them and how many rows could."""
+    arrays: list[np.ndarray] = []
+    for r in index:
+        start, shape = int(r[0]), tuple(int(v) for v in r[1:])
+        try:
+            arrays.append(np.asarray(flat[start : start + int(np.prod(shape))]).reshape(shape))
+        except (OSError, ValueError):
+            break
+    return arrays, len(arrays)
 
 
 def open_traces(run_dir: Path | str) -> Traces:
@@ -142,9 +168,20 @@ def _datasets(f: h5py.File) -> Iterator[tuple[str, h5py.Dataset]]:
 
 
 def _values(dataset: h5py.Dataset) -> np.ndarray:
+    """A dataset's readable rows, without the padding rows of its table (see hil.traces)."""
+    values = readable(dataset)
+    parent = dataset.parent
+    name = dataset.name.rsplit("/", 1)[-1]
+    flat = f"{name}_index" in parent
+    if "step" in parent and not flat:
+        steps = readable(parent["step"])
+        n = min(len(values), len(steps))
+        values = values[:n][steps[:n] != PAD_STEP]
     if h5py.check_string_dtype(dataset.dtype) is not None:
-        return np.array(dataset.asstr()[()], dtype=object)
-    return np.asarray(dataset[()])
+        return np.array(
+            [v.decode() if isinstance(v, bytes) else str(v) for v in values], dtype=object
+        )
+    return np.asarray(values)
 
 
 def export_csv(run_dir: Path, out: Path) -> list[Path]:

@@ -22,7 +22,11 @@ Layout (schema 1), every dataset append-only along its first axis, chunked and g
   `controls`, `dithers` JSON, ragged `xy`: dithers × reads × (X, Y)).
 
 Steps are numbered from 1 as in the journal; the final measurement after the last step is
-recorded as step `FINAL_STEP` (-1).
+recorded as step `FINAL_STEP` (-1). Each step's rows start on a fresh chunk: the columns of a
+table are padded to a chunk boundary first (`align`; padding rows have step `PAD_STEP`, 0, and
+the readers drop them), so a step never rewrites a chunk holding an earlier one, and a kill -9
+in the middle of a step can only damage that step's chunks; the readers (`readable`) stop at the
+first chunk they cannot read.
 """
 
 from __future__ import annotations
@@ -54,7 +58,10 @@ FINAL_STEP = -1
 MB = 1_000_000
 ROLES = {"inputs": Role.INPUT, "outputs": Role.OUTPUT, "controls": Role.CONTROL}
 STRING = h5py.string_dtype()
-_CHUNK_BYTES = 64 * 1024
+TABLE_CHUNK_ROWS = 64  # rows per chunk of every table column
+FLAT_CHUNK = 8192  # values per chunk of a ragged column's flat data (64 kB of float64)
+PAD_STEP = 0
+"""The step number of padding rows (steps count from 1; the final measurement is -1)."""
 _NEW_COLUMN_BYTES = 4096  # allowance for a new dataset's header and first chunk index
 _NEW_FILE_BYTES = 256 * 1024  # a new file's header, attributes and channel scales, generously
 DISK_RESERVE = 8 * MB
@@ -119,14 +126,60 @@ def rows_of(step: int, number: int, request: DeviceRequest) -> Rows:
     raise ValueError(f"no trace layout for a {request.kind!r} request")
 
 
-def _chunks(trailing: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
-    per_row = max(1, math.prod(trailing) * itemsize)
-    return (max(1, _CHUNK_BYTES // per_row), *trailing)
+def _chunks(trailing: tuple[int, ...], flat: bool) -> tuple[int, ...]:
+    """Chunk shape: a table's columns all share TABLE_CHUNK_ROWS rows per chunk (so one padding
+    aligns them all); a flat ragged column FLAT_CHUNK values."""
+    return (FLAT_CHUNK if flat else TABLE_CHUNK_ROWS, *trailing)
 
 
-def _append(group: h5py.Group, name: str, rows: np.ndarray) -> int:
-    """Append `rows` along the first axis of `group[name]` (created on first use); returns the
-    row count before."""
+def readable(dataset: h5py.Dataset) -> np.ndarray:
+    """The dataset's rows up to the first chunk that cannot be read (a step a kill -9 cut short
+    writes only fresh chunks, see `align`); everything when all can."""
+    try:
+        return np.asarray(dataset[()])
+    except OSError:
+        pass
+    step = dataset.chunks[0] if dataset.chunks else len(dataset)
+    parts = []
+    for start in range(0, len(dataset), step):
+        try:
+            parts.append(np.asarray(dataset[start : start + step]))
+        except OSError:
+            break
+    empty = np.zeros((0, *dataset.shape[1:]), dtype=dataset.dtype)
+    return np.concatenate(parts) if parts else empty
+
+
+def align(group: h5py.Group) -> None:
+    """Pad every column of a table to a chunk boundary before a step's rows (pad rows have
+    step PAD_STEP): a step then writes only fresh chunks and never rewrites one that holds an
+    earlier step, so a kill -9 during a step cannot damage the steps before it (a rewritten
+    compressed chunk moves, and its old place may be reused before the index that points to it
+    is written). Tables of files written before this rule (other chunk shapes) are left as
+    they are."""
+    if "step" not in group:
+        return
+    columns = [d for d in group.values() if isinstance(d, h5py.Dataset)]
+    flats = {name.removesuffix("_index") for name in group if name.endswith("_index")}
+    rows = [d for d in columns if d.name.rsplit("/", 1)[-1] not in flats]
+    if any(d.chunks is None or d.chunks[0] != TABLE_CHUNK_ROWS for d in rows):
+        return
+    n = len(group["step"])
+    pad = -n % TABLE_CHUNK_ROWS
+    for dataset in rows:
+        if pad:
+            dataset.resize(n + pad, axis=0)
+            if dataset.name.endswith("/step"):
+                dataset[n:] = PAD_STEP
+    for name in flats:
+        flat = group[name]
+        if flat.chunks is not None and flat.chunks[0] == FLAT_CHUNK:
+            flat.resize(len(flat) + (-len(flat) % FLAT_CHUNK), axis=0)
+
+
+def _append(group: h5py.Group, name: str, rows: np.ndarray, *, flat: bool = False) -> int:
+    """Append `rows` along the first axis of `group[name]` (created on first use; `flat`: the
+    values of a ragged column); returns the row count before."""
     if name not in group:
         trailing = tuple(rows.shape[1:])
         dtype = STRING if rows.dtype == object else rows.dtype
@@ -135,7 +188,7 @@ def _append(group: h5py.Group, name: str, rows: np.ndarray) -> int:
             shape=(0, *trailing),
             maxshape=(None, *trailing),
             dtype=dtype,
-            chunks=_chunks(trailing, 8 if rows.dtype == object else rows.dtype.itemsize),
+            chunks=_chunks(trailing, flat),
             compression="gzip",
             compression_opts=4,
             shuffle=rows.dtype != object,
@@ -158,15 +211,17 @@ def write_rows(file: h5py.File, rows: Rows) -> None:
         if values.ndim == 1 or math.prod(values.shape[1:]) > 0:
             _append(group, name, values)
     for name, values in rows.ragged.items():
-        start = _append(group, name, values.ravel())
+        start = _append(group, name, values.ravel(), flat=True)
         _append(group, f"{name}_index", np.array([[start, *values.shape]], dtype=np.int64))
 
 
 def _keep_steps(group: h5py.Group, last_step: int) -> None:
-    """Cut every column of a table to the rows of steps 1..last_step (a prefix: rows are in
-    step order, and the final measurement comes last)."""
-    steps = group["step"][()]
-    keep = int(np.count_nonzero((steps >= 1) & (steps <= last_step)))
+    """Cut every column of a table after the last row of steps 1..last_step (rows are in step
+    order with padding between steps, and the final measurement comes last; rows past a chunk
+    a kill damaged are cut too)."""
+    steps = readable(group["step"])
+    kept = np.flatnonzero((steps >= 1) & (steps <= last_step))
+    keep = int(kept[-1]) + 1 if kept.size else 0
     for name in list(group):
         if name.endswith("_index") or name == "step" or f"{name}_index" in group:
             continue
@@ -281,6 +336,9 @@ class TraceWriter:
 
         def append() -> None:
             with h5py.File(self.path, "a", locking=False) as f:
+                for table in dict.fromkeys(r.table for r in rows):
+                    if table in f:
+                        align(f[table])
                 for r in rows:
                     write_rows(f, r)
                 f.flush()

@@ -15,7 +15,7 @@ from hil.core import SafetyViolation
 from hil.data import open_traces
 from hil.safety import SafetyGuard, SafetyLimits
 from hil.safety.guard import DeviceRequest
-from hil.traces import FINAL_STEP, TRACES_SCHEMA, TraceWriter, rows_of, write_rows
+from hil.traces import FINAL_STEP, FLAT_CHUNK, TRACES_SCHEMA, TraceWriter, rows_of, write_rows
 from simulators.analog_mlp import AnalogMLPDevice
 from simulators.analytic import AnalyticDevice
 from simulators.crossbar import CrossbarDevice
@@ -153,8 +153,37 @@ def test_reopen_drops_the_steps_after_the_checkpoint_and_appends_after_them(
     assert traces.plateaus.step.tolist() == [1, 1, 1, 2, 2, 2]
     assert traces.streams.step.tolist() == [1, 2, 3]
     np.testing.assert_array_equal(traces.streams.ragged["waveform"][2], WAVE * 0.5)
-    with h5py.File(tmp_path / "traces.h5", "r") as f:
-        assert f["streams/waveform"].shape == (3 * len(WAVE),)
+    with h5py.File(tmp_path / "traces.h5", "r") as f:  # each step starts a fresh chunk
+        assert f["streams/waveform"].shape == (2 * FLAT_CHUNK + len(WAVE),)
+
+
+def test_a_step_cut_short_by_a_kill_leaves_the_steps_before_it_readable(tmp_path: Path) -> None:
+    """Every step writes only fresh chunks (earlier ones are never rewritten): garbage in the
+    chunks of step 3, as a kill -9 between writing the chunk index and the chunk leaves them,
+    costs step 3 only."""
+    guard, writer = guard_and_writer(tmp_path)
+    for n in (1, 2, 3):
+        step(writer, n, lambda: (guard.measure(ROWS), guard.stream(WAVE, ["in0"])))  # type: ignore[attr-defined]
+    damaged = []
+    with h5py.File(writer.path, "r") as f:
+        for name in ("plateaus/step", "plateaus/outputs", "streams/waveform"):
+            dataset = f[name]
+            start = 2 * dataset.chunks[0]  # the third step's first chunk
+            info = dataset.id.get_chunk_info_by_coord((start, *[0] * (dataset.ndim - 1)))
+            damaged.append((info.byte_offset, info.size))
+    with writer.path.open("r+b") as raw:
+        for offset, size in damaged:
+            raw.seek(offset)
+            raw.write(b"\xff" * size)
+    traces = open_traces(tmp_path)
+    assert traces.plateaus.step.tolist() == [1, 1, 1, 2, 2, 2]
+    assert traces.streams.step.tolist() == [1, 2]
+    np.testing.assert_array_equal(traces.streams.ragged["waveform"][1], WAVE)
+    resumed = TraceWriter(writer.path, writer.policy, guard.spec)
+    resumed.reopen(2, "run-1", {})  # the resume cuts the damaged step and records it again
+    resumed.attach(guard)
+    step(resumed, 3, lambda: guard.stream(WAVE * 0.5, ["in0"]))  # type: ignore[attr-defined]
+    assert open_traces(tmp_path).streams.step.tolist() == [1, 2, 3]
 
 
 def test_a_damaged_file_is_set_aside_at_resume(tmp_path: Path) -> None:
