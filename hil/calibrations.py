@@ -82,6 +82,7 @@ def experiment(
         source = doc.path
     if what is not None:
         procedure["what"] = what
+    _known_bandwidth(station_file, station, procedure)
     data = {
         "name": f"calibrate-{station.config.name}"[:MAX_NAME],
         "description": f"bring-up of station {station.config.name}",
@@ -91,6 +92,27 @@ def experiment(
         **({} if seed is None else {"seed": seed}),
     }
     return YamlDocument(path=source, data=data, lines=lines, strict=True)
+
+
+def _known_bandwidth(
+    station_file: Path, station: ResolvedStation, procedure: dict[str, Any]
+) -> None:
+    """The output bandwidth the station's calibration file measured, for a plan made without
+    step responses (its tones stay below it), unless the settings give one."""
+    plan = procedure.get("plan")
+    if isinstance(plan, dict) and "output_bandwidth" in plan:
+        return
+    path = path_for(station_file)
+    try:
+        data = _checked(json.loads(path.read_text(encoding="utf-8")))
+        bandwidth = float(data["use"]["settling"]["bandwidth"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if data["station"] == identity(station) and bandwidth > 0:
+        procedure["plan"] = {
+            **(plan if isinstance(plan, dict) else {}),
+            "output_bandwidth": bandwidth,
+        }
 
 
 def path_for(station_file: Path) -> Path:

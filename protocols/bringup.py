@@ -140,7 +140,8 @@ class CalibrationProcedure:
 
     # -- measurements ------------------------------------------------------------------------------
     def _output_bandwidth(self) -> float | None:
-        """The lowest bandwidth the step responses of this calibration resolved (None: none)."""
+        """The lowest bandwidth the step responses of this calibration resolved, else the
+        plan's `output_bandwidth` setting (None: neither)."""
         found = [
             float(fit["bandwidth"])
             for r in self._results
@@ -148,7 +149,7 @@ class CalibrationProcedure:
             for fit in r["response"].values()
             if fit.get("resolved")
         ]
-        return min(found) if found else None
+        return min(found) if found else self.settings.plan.output_bandwidth
 
     def _measure(self, what: Measurement, channel: str) -> JSONDict:
         s, device = self.settings, self.device

@@ -68,6 +68,12 @@ class PlanSettings(BaseModel):
     )
     min_window: float = Field(default=0.05, gt=0, le=3600, description="s, shortest planned")
     max_window: float = Field(default=20.0, gt=0, le=3600, description="s, longest planned")
+    output_bandwidth: float | None = Field(
+        default=None,
+        gt=0,
+        description="Hz, the output chain's bandwidth: tones stay below a fifth of it; default: "
+        "this calibration's step responses (hil calibrate: else the station's calibration file)",
+    )
     mode: Literal["parallel", "sequential", "grouped"] = "parallel"
     group_size: int = Field(default=2, ge=1, le=1000)
     bandwidth: float = Field(default=100.0, gt=0, le=1e9, description="Hz, highest tone")

@@ -318,3 +318,18 @@ def test_an_iv_sweep_stops_at_compliance_and_goes_on(tmp_path: Path) -> None:
                 assert out[0] is not None
                 assert abs(out[0]) <= 30.0 * 1.001  # nA: what was read stayed in compliance
         assert r["bias"] == ({} if r["channel"] == "E0" else {"E0": 0.1})
+
+
+def test_a_plan_keeps_its_tones_below_the_bandwidth_the_station_measured(tmp_path: Path) -> None:
+    """Step responses (here from an earlier calibration of the station) measured the 40 Hz
+    output chain: the plan's tones stay below a fifth of it, where the chain passes 98 % of
+    the gradient."""
+    path = station(tmp_path, noise={"white": WHITE})
+    out = str(tmp_path / "runs")
+    calibrate(str(path), "--what", "step", "--out", out)
+    bandwidth = json.loads((tmp_path / "bench.calibration.json").read_text())["use"]["settling"]
+    calibrate(str(path), "--what", "plan", "--out", out)
+    plan = json.loads((tmp_path / "bench.calibration.json").read_text())["results"][0]
+    assert plan["output_bandwidth"] == pytest.approx(bandwidth["bandwidth"])
+    assert max(plan["tones"]) <= 0.2 * plan["output_bandwidth"]
+    assert bandwidth["bandwidth"] == pytest.approx(CUTOFF, rel=0.1)
