@@ -3,9 +3,11 @@
 The core is a fixed, smooth, non-monotonic map of the 7 electrode voltages to a current: a random
 multilayer network drawn from `device_seed` (a different seed is a different device) and scaled to
 about ±`output_scale` nA, or a surrogate network fitted to a measured device, loaded from an .npz
-file (arrays weight_0 … weight_L (out × in) and bias_0 … bias_L). The current is read through a
-transimpedance amplifier and an ADC (±`adc_full_scale` V × `amplification` nA/V), with the noise,
-bandwidth and quantisation of `simulators.sampled`. Outputs are in nA, as the lab reads them.
+file (arrays weight_0 … weight_L (out × in) and bias_0 … bias_L). `curvature` sharpens the random
+core (a larger input gain, the same output range), so a dither amplitude costs bias as it does on
+measured devices. The current is read through a transimpedance amplifier and an ADC
+(±`adc_full_scale` V × `amplification` nA/V), with the noise, bandwidth and quantisation of
+`simulators.sampled`. Outputs are in nA, as the lab reads them.
 """
 
 from __future__ import annotations
@@ -109,6 +111,12 @@ class DNPUDevice(SampledDevice):
             default=None, description="default: tanh for the random core, relu for a file"
         )
         output_scale: float = Field(default=100.0, gt=0, description="nA, max |I| of the core")
+        curvature: float = Field(
+            default=1.0,
+            gt=0,
+            le=64,
+            description="input gain of the random core: the map bends this much more sharply",
+        )
         weights_file: ConfigPath | None = Field(
             default=None,
             description=".npz surrogate network (relative to the config file; at most 64 MiB)",
@@ -154,6 +162,11 @@ class DNPUDevice(SampledDevice):
                 raise ValueError("input_electrodes: leave at least one electrode as a control")
             if any(not 1 <= w <= 4096 for w in self.hidden):
                 raise ValueError(f"hidden: layer widths must lie in 1…4096, got {self.hidden}")
+            if self.weights_file is not None and self.curvature != 1.0:
+                raise ValueError(
+                    "curvature: applies to the random core only; a surrogate's curvature is that "
+                    "of the device it was fitted to (remove curvature or weights_file)"
+                )
             return self
 
     def __init__(self, settings: Settings | None = None, *, seed: SeedLike = None) -> None:
@@ -215,7 +228,12 @@ class DNPUDevice(SampledDevice):
 
 
 def _random_core(s: DNPUDevice.Settings) -> MLPCore:
-    """A random tanh/softplus network, scaled so max |I| over the voltage box is output_scale."""
+    """A random tanh/softplus network, scaled so max |I| over the voltage box is output_scale.
+
+    `curvature` c multiplies the first layer's weights: the core is the c = 1 network read at
+    centre + c·(V − centre), rescaled to the same output range, so at matching points
+    |F‴/F′| is c² larger (about c^1.25 at random points, docs/simulators.md).
+    """
     rng = np.random.default_rng(seed_sequence(s.device_seed))
     sizes = [N_ELECTRODES, *s.hidden, 1]
     lo = np.array([r[0] for r in s.electrode_ranges])
@@ -227,7 +245,7 @@ def _random_core(s: DNPUDevice.Settings) -> MLPCore:
         w = rng.normal(0.0, gain / math.sqrt(n_in), size=(n_out, n_in))
         b = rng.normal(0.0, 0.3, size=n_out)
         if j == 0:  # act on voltages relative to the centre of each electrode's range
-            w = w / half
+            w = s.curvature * w / half  # 1.0·w is w: the default device is unchanged
             b = b - w @ centre
         weights.append(w)
         biases.append(b)
