@@ -10,6 +10,11 @@ With `harmonics` (e.g. (3,) for amplitude calibration) a plan must also keep the
 no other tone, product or mains harmonic within 1/T of them and h·f_i below Nyquist, so the
 output can be demodulated there to read the device's own h-th harmonic of tone i. `near_mains` is
 the one mains-proximity rule, shared by the planner, the check and the homodyne noise bins.
+
+With `products` (a `ProductSizes`) only products predicted to stand out of the noise count: at
+small amplitude and curvature a plan needs only distinct tones off mains, so its top bin grows ~d
+rather than the ~d^2.5 of a plan free of every product. Plans are cached (`tone_plan`), and
+`shortest_window` finds the shortest window whose plan fits the band.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 IntArray = NDArray[np.int64]
+SmallArray = NDArray[np.int8]  # combinations n_j: |n_j| <= order, stored small
 BoolArray = NDArray[np.bool_]
 FloatArray = NDArray[np.float64]
 
@@ -45,39 +51,167 @@ class Collision:
         return f"f{self.index} = {self.frequency:g} Hz: {self.product} ({self.distance:.3g} Hz)"
 
 
-def _check_args(
-    window: float,
-    sample_rate: float,
-    bandwidth: float,
-    mains: float | None,
-    mains_harmonics: int,
-    mains_guard: float,
-    order: int,
-    nyquist_fraction: float,
-) -> None:
-    problems = []
-    if not window > 0:
-        problems.append(f"window must be > 0 s, got {window}")
-    if not sample_rate > 0:
-        problems.append(f"sample_rate must be > 0 Hz, got {sample_rate}")
-    if not bandwidth > 0:
-        problems.append(f"bandwidth must be > 0 Hz, got {bandwidth}")
-    if mains is not None and not mains >= 0:
-        problems.append(f"mains must be >= 0 Hz (0 or None: no mains check), got {mains}")
-    if mains_harmonics < 0:
-        problems.append(f"mains_harmonics must be >= 0, got {mains_harmonics}")
-    if not mains_guard >= 0:
-        problems.append(f"mains_guard must be >= 0 Hz, got {mains_guard}")
-    if order < 1:
-        problems.append(f"order must be >= 1, got {order}")
-    if not 0 < nyquist_fraction <= 1:
-        problems.append(f"nyquist_fraction must be in (0, 1], got {nyquist_fraction}")
-    if problems:
-        raise ValueError("; ".join(problems))
+@dataclass(frozen=True)
+class ProductSizes:
+    """Predicted product amplitudes at the output, and the bar a product must clear to count.
+
+    A product Σ n_j f_j of order N = Σ|n_j| enters through the N-th Taylor term with amplitude
+        a = D_N · Π A_j^|n_j| / (Π |n_j|! · 2^(N−1))
+    e.g. f_i ± f_j: D₂A_iA_j/2, 2f_i: D₂A_i²/4, 3f_i: D₃A_i³/24, 2f_i ± f_j: D₃A_i²A_j/8,
+    f_i ± f_j ± f_k: D₃A_iA_jA_k/4 (leading order in A). D_N bounds the N-th partial derivatives
+    involved: `second[i]` ≥ |∂²y/∂θ_i∂θ_j| and `third[i]` ≥ |∂³y/∂θ_i∂θ_j∂θ_k| for every j, k,
+    so a mixed product takes the smallest bound of its controls (one value: every control).
+    Demodulated over T, a bin's noise is √(S/T), S the one-sided output noise density (take its
+    lowest value in the band). A product is significant when a > `fraction`·√(S/T); only those
+    must keep off the tones. Products above 3rd order have no bound here and always count.
+    `amplitudes` A_i are indexed like the plan's tones (one value: every tone).
+    """
+
+    amplitudes: float | tuple[float, ...]
+    noise_density: float
+    second: float | tuple[float, ...]
+    third: float | tuple[float, ...]
+    fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("amplitudes", "second", "third"):
+            raw = getattr(self, name)
+            values = tuple(float(v) for v in np.atleast_1d(np.asarray(raw, dtype=float)))
+            if not values or not all(math.isfinite(v) and v >= 0 for v in values):
+                problems.append(f"{name} must be finite and >= 0, got {raw}")
+            else:  # sequences become tuples, so the rule is hashable (a cache key)
+                object.__setattr__(self, name, values if np.ndim(raw) else values[0])
+        if not (math.isfinite(self.noise_density) and self.noise_density >= 0):
+            problems.append(f"noise_density must be finite and >= 0, got {self.noise_density}")
+        if not self.fraction > 0:
+            problems.append(f"fraction must be > 0, got {self.fraction}")
+        if problems:
+            raise ValueError("ProductSizes: " + "; ".join(problems))
+
+    def per_control(self, name: str, n: int) -> FloatArray:
+        """`amplitudes`, `second` or `third` for the first n tones (one value repeated)."""
+        values = np.atleast_1d(np.asarray(getattr(self, name), dtype=float))
+        if values.size == 1:
+            return np.full(n, values[0])
+        if values.size < n:
+            raise ValueError(f"ProductSizes.{name}: {values.size} values for {n} tones")
+        return values[:n]
+
+    def amplitude(self, vectors: ArrayLike) -> FloatArray:
+        """Predicted amplitude of each product (rows n_j over the first tones); inf where there
+        is no bound (a tone itself, or above 3rd order)."""
+        v = np.abs(np.atleast_2d(np.asarray(vectors, dtype=np.int64)))
+        order = v.sum(axis=1)
+        factorial = np.cumprod(np.r_[1, np.arange(1, max(int(v.max(initial=0)), 1) + 1)])
+        terms = self.per_control("amplitudes", v.shape[1]) ** v / factorial[v]
+        size = np.prod(terms, axis=1) / 2.0 ** (order - 1)
+        out = np.full(v.shape[0], np.inf)
+        for n_th, name in ((2, "second"), (3, "third")):
+            bound = np.where(v > 0, self.per_control(name, v.shape[1]), np.inf).min(axis=1)
+            out = np.where(order == n_th, bound * size, out)
+        return out
+
+    def significant(self, vectors: ArrayLike, window: float) -> BoolArray:
+        """Per product: predicted amplitude above `fraction`·√(S/T), or without a bound."""
+        bar = self.fraction * math.sqrt(self.noise_density / window)
+        above: BoolArray = ~(self.amplitude(vectors) <= bar)
+        return above
+
+
+@dataclass(frozen=True)
+class _Rules:
+    """What a plan obeys besides n and the window, checked (hashable: part of the cache keys)."""
+
+    sample_rate: float
+    bandwidth: float
+    mains: float | None
+    mains_harmonics: int
+    mains_guard: float
+    order: int
+    nyquist_fraction: float
+    f_min: float | None
+    harmonics: tuple[int, ...]
+    products: ProductSizes | None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.sample_rate > 0:
+            problems.append(f"sample_rate must be > 0 Hz, got {self.sample_rate}")
+        if not self.bandwidth > 0:
+            problems.append(f"bandwidth must be > 0 Hz, got {self.bandwidth}")
+        if self.mains is not None and not self.mains >= 0:
+            problems.append(f"mains must be >= 0 Hz (0 or None: no mains check), got {self.mains}")
+        if self.mains_harmonics < 0:
+            problems.append(f"mains_harmonics must be >= 0, got {self.mains_harmonics}")
+        if not self.mains_guard >= 0:
+            problems.append(f"mains_guard must be >= 0 Hz, got {self.mains_guard}")
+        if self.order < 1:
+            problems.append(f"order must be >= 1, got {self.order}")
+        if not 0 < self.nyquist_fraction <= 1:
+            problems.append(f"nyquist_fraction must be in (0, 1], got {self.nyquist_fraction}")
+        if self.f_min is not None and not self.f_min >= 0:
+            problems.append(f"f_min must be >= 0 Hz, got {self.f_min}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        object.__setattr__(self, "harmonics", _check_harmonics(self.harmonics))
+
+    def check(self, n: int, window: float) -> None:
+        """Raise ValueError for a window ≤ 0, n < 0 or product sizes for fewer than n tones."""
+        if not window > 0:
+            raise ValueError(f"window must be > 0 s, got {window}")
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        if self.products is not None:
+            for name in ("amplitudes", "second", "third"):
+                self.products.per_control(name, n)
+
+    @property
+    def nyquist(self) -> float:
+        return self.nyquist_fraction * self.sample_rate / 2
+
+    @property
+    def top(self) -> float:
+        return min(self.bandwidth, self.nyquist)
+
+    def lowest(self, window: float) -> int:
+        return max(1, math.ceil((self.f_min or 0.0) * window * (1 - _REL)))
+
+    def highest(self, window: float) -> int:
+        hi = math.floor(self.top * window * (1 + _REL))
+        while hi >= self.lowest(window) and _above(hi / window, self.top):
+            hi -= 1
+        return hi
+
+    def allowed(self, bins: IntArray, window: float, *, in_band: bool = True) -> BoolArray:
+        """Bins whose tone and kept harmonics are clear of mains (and, in band, below fs/2)."""
+        keep: BoolArray = np.ones(bins.shape, dtype=bool)
+        for h in (1, *self.harmonics):
+            f = h * bins / window
+            keep &= ~near_mains(
+                f,
+                window=window,
+                mains=self.mains,
+                harmonics=self.mains_harmonics,
+                guard=self.mains_guard,
+            )
+            if in_band and h > 1:
+                keep &= _harmonic_in_band(f, self.sample_rate)
+        return keep
+
+    def vectors(self, window: float) -> Callable[[int], SmallArray]:
+        """n → the combinations that count over the first n tones, at this window."""
+        return lambda n: _kept(n, self.order, self.products, window)
+
+    def accept(self, window: float) -> Callable[[list[int]], bool] | None:
+        if not self.harmonics:
+            return None
+        vectors = self.vectors(window)
+        return lambda plan: _harmonics_clear(plan, self.harmonics, vectors(len(plan)))
 
 
 @lru_cache(maxsize=64)
-def _vectors(n: int, order: int) -> IntArray:
+def _vectors(n: int, order: int) -> SmallArray:
     """Integer combinations n_j with 1 ≤ Σ|n_j| ≤ order, one of each ± pair (first entry > 0)."""
     rows: list[list[int]] = []
     for size in range(1, min(order, n) + 1):
@@ -91,10 +225,20 @@ def _vectors(n: int, order: int) -> IntArray:
                     for j, m, s in zip(support[1:], mags[1:], signs, strict=True):
                         row[j] = s * m
                     rows.append(row)
-    return np.array(rows, dtype=np.int64).reshape(-1, n)
+    return np.array(rows, dtype=np.int8).reshape(-1, n)
 
 
-def _name(vector: IntArray) -> str:
+@lru_cache(maxsize=256)
+def _kept(n: int, order: int, products: ProductSizes | None, window: float) -> SmallArray:
+    """The combinations that count: all, or the tones and the significant products."""
+    every = _vectors(n, order)
+    if products is None or not every.size:
+        return every
+    kept: SmallArray = every[products.significant(every, window)]
+    return kept
+
+
+def _name(vector: SmallArray) -> str:
     """'2·f0−f3' for (2, 0, 0, −1): positive terms first, each group by index."""
     terms = [(int(c), j) for j, c in enumerate(vector) if c != 0]
     ordered = [t for t in terms if t[0] > 0] + [t for t in terms if t[0] < 0]
@@ -175,6 +319,7 @@ def check_plan(
     order: int = 3,
     nyquist_fraction: float = 0.25,
     harmonics: Sequence[int] = (),
+    products: ProductSizes | None = None,
 ) -> list[Collision]:
     """Every problem with a tone plan; an empty list means the plan is sound.
 
@@ -183,10 +328,10 @@ def check_plan(
     `mains_harmonics`; mains None or 0 skips this), within 1/T of another tone, and within 1/T of
     any product Σ n_j f_j with 2 ≤ Σ|n_j| ≤ `order` (harmonics and intermodulation).
     For every h in `harmonics` also the bin h·f_k: not below fs/2, near mains, or within 1/T of a
-    tone or of a product of order ≤ `order` other than h·f_k itself.
+    tone or of a product of order ≤ `order` other than h·f_k itself. With `products` only the
+    products it finds significant at this window count (tone k has amplitude A_k).
     """
-    _check_args(
-        window,
+    rules = _Rules(
         sample_rate,
         bandwidth,
         mains,
@@ -194,16 +339,20 @@ def check_plan(
         mains_guard,
         order,
         nyquist_fraction,
+        None,
+        tuple(harmonics),
+        products,
     )
-    kept = _check_harmonics(harmonics)
     f = np.asarray(frequencies, dtype=float)
     if f.ndim != 1:
         raise ValueError(f"frequencies: expected a flat sequence, got shape {f.shape}")
+    rules.check(f.size, window)
+    kept = rules.harmonics
     resolution = 1.0 / window
     reach = resolution * (1 - _REL)
     nyquist = nyquist_fraction * sample_rate / 2
     found: list[Collision] = []
-    every = _vectors(f.size, order) if f.size else np.zeros((0, 0), dtype=np.int64)
+    every = _kept(f.size, order, products, window) if f.size else np.zeros((0, 0), np.int8)
     every_values = every @ f if f.size else np.zeros(0)
     vectors = every[np.abs(every).sum(axis=1) >= 2]
     values = vectors @ f if f.size else np.zeros(0)
@@ -244,15 +393,15 @@ def check_plan(
     return found
 
 
-def _forbidden(tones: Sequence[int], order: int) -> IntArray | None:
+def _forbidden(tones: Sequence[int], vectors: SmallArray) -> IntArray | None:
     """Grid bins m where a new tone would collide with `tones` or their products (None: all).
 
     With every tone on the 1/T grid, products are on it too, so 'within 1/T' means 'equal'.
-    The new tone is the last coordinate c of each combination; q·tones = A is the rest.
+    The new tone is the last coordinate c of each combination (`vectors`, over len(tones) + 1
+    tones); q·tones = A is the rest.
     """
     s = len(tones)
     old = np.asarray(tones, dtype=np.int64)
-    vectors = _vectors(s + 1, order)
     q, c = vectors[:, :s], vectors[:, s]
     a = q @ old
     parts = [np.abs(a[c == 0])]  # products of the old tones that a new tone must avoid
@@ -274,10 +423,9 @@ def _forbidden(tones: Sequence[int], order: int) -> IntArray | None:
     return found
 
 
-def _harmonics_clear(tones: Sequence[int], harmonics: tuple[int, ...], order: int) -> bool:
-    """No tone or product of order ≤ `order` on h·t (other than h·t itself), on the 1/T grid."""
+def _harmonics_clear(tones: Sequence[int], harmonics: tuple[int, ...], vectors: SmallArray) -> bool:
+    """No tone or counted product (`vectors`) on h·t (other than h·t itself), on the 1/T grid."""
     bins = np.asarray(tones, dtype=np.int64)
-    vectors = _vectors(bins.size, order)
     values = np.abs(vectors @ bins)
     for k, t in enumerate(bins.tolist()):
         for h in harmonics:
@@ -291,7 +439,7 @@ def _harmonics_clear(tones: Sequence[int], harmonics: tuple[int, ...], order: in
 def _search(
     n: int,
     allowed: IntArray,
-    order: int,
+    vectors: Callable[[int], SmallArray],
     accept: Callable[[list[int]], bool] | None = None,
 ) -> tuple[list[int], list[int], bool]:
     """Depth-first from low bins (the first path is the greedy one): (plan, best partial, done).
@@ -307,7 +455,7 @@ def _search(
             best = list(tones)
         if len(tones) == n:
             return tones
-        forbidden = _forbidden(tones, order)
+        forbidden = _forbidden(tones, vectors(len(tones) + 1))
         if forbidden is None:
             return None
         start = tones[-1] + 1 if tones else 0
@@ -328,6 +476,74 @@ def _search(
     return (plan or [], best, tries < _SEARCH_BUDGET)
 
 
+@lru_cache(maxsize=1024)
+def _solve(n: int, window: float, rules: _Rules) -> tuple[float, ...] | str:
+    """The plan, or why there is none (failures are cached too: a failed search is slow)."""
+    lo, hi = rules.lowest(window), rules.highest(window)
+    bins = np.arange(lo, max(hi, lo - 1) + 1, dtype=np.int64)
+    allowed = bins[rules.allowed(bins, window)]
+    plan, best, complete = _search(n, allowed, rules.vectors(window), rules.accept(window))
+    if len(plan) == n:
+        return tuple(m / window for m in plan)
+    raise_limit = (
+        f"a higher bandwidth (the limit is {rules.bandwidth:g} Hz)"
+        if rules.bandwidth <= rules.nyquist
+        else f"a higher sample rate or nyquist_fraction (the limit is {rules.nyquist:g} Hz)"
+    )
+    how = "no" if complete else f"the search stopped after {_SEARCH_BUDGET} tries without a"
+    kept = rules.harmonics
+    return (
+        f"{how} collision-free set of {n} tones between {lo / window:g} and {rules.top:g} Hz "
+        f"on the 1/T = {1 / window:g} Hz grid (order {rules.order}"
+        + (f", harmonics {list(kept)} kept free" if kept else "")
+        + (", significant products only" if rules.products else "")
+        + "); "
+        + (
+            f"only {allowed.size} grid frequencies clear of mains. "
+            if allowed.size < n
+            else f"the best partial plan: {[m / window for m in best]} Hz. "
+        )
+        + f"Use a longer window, {raise_limit}"
+        + (", a lower f_min" if rules.f_min else "")
+        + " or fewer controls"
+    )
+
+
+def tone_plan(
+    n: int,
+    *,
+    window: float,
+    sample_rate: float,
+    bandwidth: float,
+    mains: float | None = 50.0,
+    mains_harmonics: int = 20,
+    mains_guard: float = 0.5,
+    order: int = 3,
+    nyquist_fraction: float = 0.25,
+    f_min: float | None = None,
+    harmonics: Sequence[int] = (),
+    products: ProductSizes | None = None,
+) -> tuple[float, ...]:
+    """`plan_tones`' plan, cached: the same arguments return the same tuple without a search."""
+    rules = _Rules(
+        sample_rate,
+        bandwidth,
+        mains,
+        mains_harmonics,
+        mains_guard,
+        order,
+        nyquist_fraction,
+        f_min,
+        tuple(harmonics),
+        products,
+    )
+    rules.check(n, window)
+    plan = _solve(n, window, rules)
+    if isinstance(plan, str):
+        raise ValueError(plan)
+    return plan
+
+
 def plan_tones(
     n: int,
     *,
@@ -341,15 +557,115 @@ def plan_tones(
     nyquist_fraction: float = 0.25,
     f_min: float | None = None,
     harmonics: Sequence[int] = (),
+    products: ProductSizes | None = None,
 ) -> list[float]:
     """n coherent tones (multiples of 1/T, ascending) that `check_plan` finds no fault with.
 
     Searches the 1/T grid from max(`f_min`, 1/T) up to min(bandwidth, nyquist_fraction·fs/2),
     lowest tones first; raises ValueError, saying what to change, if no plan is found. With
-    `harmonics` the bins h·f_i are kept free too (see `check_plan`).
+    `harmonics` the bins h·f_i are kept free too; with `products` only significant products
+    are avoided (see `check_plan`). Cached (`tone_plan`): a repeated call does not search.
     """
-    _check_args(
-        window,
+    return list(
+        tone_plan(
+            n,
+            window=window,
+            sample_rate=sample_rate,
+            bandwidth=bandwidth,
+            mains=mains,
+            mains_harmonics=mains_harmonics,
+            mains_guard=mains_guard,
+            order=order,
+            nyquist_fraction=nyquist_fraction,
+            f_min=f_min,
+            harmonics=harmonics,
+            products=products,
+        )
+    )
+
+
+def _greedy(n: int, window: float, rules: _Rules, limit: int) -> list[int] | None:
+    """The search's first (greedy) path on the 1/T grid up to bin `limit`, past the band."""
+    lo = rules.lowest(window)
+    bins = np.arange(lo, limit + 1, dtype=np.int64)
+    free = set(bins[rules.allowed(bins, window, in_band=False)].tolist())
+    vectors, accept = rules.vectors(window), rules.accept(window)
+    tones: list[int] = []
+    m = lo - 1
+    while len(tones) < n:
+        forbidden = _forbidden(tones, vectors(len(tones) + 1))
+        if forbidden is None:
+            return None
+        bad = set(forbidden.tolist())
+        while True:
+            m += 1
+            if m > limit:
+                return None
+            if m in free and m not in bad and (accept is None or accept([*tones, m])):
+                break
+        tones.append(m)
+    return tones
+
+
+@lru_cache(maxsize=256)
+def _shortest(n: int, rules: _Rules, longest: float) -> float | str:
+    """Window m/top (in whole samples) for the smallest m whose greedy plan fits below m.
+
+    Jumps m to the greedy plan's top bin until it fits (mains, f_min and the noise bar move
+    with T), bisects back down between the last miss and the fit, then confirms the window
+    with the planner itself (stepping on by one bin if, e.g., a kept harmonic is out of band).
+    """
+    rate, top = rules.sample_rate, rules.top
+    limit = math.floor(top * longest * (1 + _REL))
+
+    def window(m: int) -> float:
+        return math.ceil(m / top * rate * (1 - _REL)) / rate
+
+    def top_bin(m: int) -> int | None:
+        plan = _greedy(n, window(m), rules, limit)
+        return None if plan is None else max(plan, default=0)
+
+    low, m = 0, max(n, 1)
+    while (reached := top_bin(m)) is not None and reached > rules.highest(window(m)):
+        low, m = m, max(reached, m + 1)
+    while reached is not None and m - low > 1:
+        mid = (low + m) // 2
+        if (at := top_bin(mid)) is not None and at <= rules.highest(window(mid)):
+            m = mid
+        else:
+            low = mid
+    for step in range(m, m + 8) if reached is not None else ():
+        if not _above(window(step), longest) and isinstance(_solve(n, window(step), rules), tuple):
+            return window(step)
+    return (
+        f"no window up to {longest:g} s fits {n} tones below {top:g} Hz (order {rules.order}"
+        + (", significant products only" if rules.products else "")
+        + "); use fewer controls, a higher bandwidth or a longer `longest`"
+    )
+
+
+def shortest_window(
+    n: int,
+    *,
+    sample_rate: float,
+    bandwidth: float,
+    mains: float | None = 50.0,
+    mains_harmonics: int = 20,
+    mains_guard: float = 0.5,
+    order: int = 3,
+    nyquist_fraction: float = 0.25,
+    f_min: float | None = None,
+    harmonics: Sequence[int] = (),
+    products: ProductSizes | None = None,
+    longest: float = 600.0,
+) -> float:
+    """The shortest window (whole samples) whose greedy plan `tone_plan` finds, cached.
+
+    For choosing between parallel, grouped and sequential modes: the window is about the plan's
+    top bin / min(bandwidth, nyquist_fraction·fs/2), and the top bin grows ~d^2.5 when every
+    product counts but ~d when `products` finds them negligible. ValueError beyond `longest`.
+    """
+    rules = _Rules(
         sample_rate,
         bandwidth,
         mains,
@@ -357,51 +673,12 @@ def plan_tones(
         mains_guard,
         order,
         nyquist_fraction,
+        f_min,
+        tuple(harmonics),
+        products,
     )
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    if f_min is not None and not f_min >= 0:
-        raise ValueError(f"f_min must be >= 0 Hz, got {f_min}")
-    kept = _check_harmonics(harmonics)
-    nyquist = nyquist_fraction * sample_rate / 2
-    top = min(bandwidth, nyquist)
-    lo = max(1, math.ceil((f_min or 0.0) * window * (1 - _REL)))
-    hi = math.floor(top * window * (1 + _REL))
-    while hi >= lo and _above(hi / window, top):
-        hi -= 1
-    bins = np.arange(lo, max(hi, lo - 1) + 1, dtype=np.int64)
-
-    def clear(f: FloatArray) -> BoolArray:
-        off: BoolArray = ~near_mains(
-            f, window=window, mains=mains, harmonics=mains_harmonics, guard=mains_guard
-        )
-        return off
-
-    keep = clear(bins / window)
-    for h in kept:  # each tone's harmonic bins must lie below Nyquist and away from mains
-        keep &= _harmonic_in_band(h * bins / window, sample_rate) & clear(h * bins / window)
-    allowed = bins[keep]
-    accept = (lambda plan: _harmonics_clear(plan, kept, order)) if kept else None
-    plan, best, complete = _search(n, allowed, order, accept)
-    if len(plan) == n:
-        return [m / window for m in plan]
-    raise_limit = (
-        f"a higher bandwidth (the limit is {bandwidth:g} Hz)"
-        if bandwidth <= nyquist
-        else f"a higher sample rate or nyquist_fraction (the limit is {nyquist:g} Hz)"
-    )
-    how = "no" if complete else f"the search stopped after {_SEARCH_BUDGET} tries without a"
-    raise ValueError(
-        f"{how} collision-free set of {n} tones between {lo / window:g} and {top:g} Hz "
-        f"on the 1/T = {1 / window:g} Hz grid (order {order}"
-        + (f", harmonics {list(kept)} kept free" if kept else "")
-        + "); "
-        + (
-            f"only {allowed.size} grid frequencies clear of mains. "
-            if allowed.size < n
-            else f"the best partial plan: {[m / window for m in best]} Hz. "
-        )
-        + f"Use a longer window, {raise_limit}"
-        + (", a lower f_min" if f_min else "")
-        + " or fewer controls"
-    )
+    rules.check(n, longest)
+    window = _shortest(n, rules, longest)
+    if isinstance(window, str):
+        raise ValueError(window)
+    return window
