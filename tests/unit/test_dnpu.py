@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -275,33 +274,27 @@ def test_curvature_is_refused_on_a_surrogate(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not SHARED_SURROGATE.exists(), reason="shared/data is not beside the clone")
-def test_published_surrogate_runs_as_a_station(tmp_path: Path) -> None:
-    """The docs' station example: a relative weights_file, 20 nA per network unit."""
-    relative = os.path.relpath(SHARED_SURROGATE, tmp_path)
-    station = tmp_path / "sim-dnpu-surrogate.yaml"
-    station.write_text(
-        "name: sim-dnpu-surrogate\n"
-        "device:\n"
-        "  type: dnpu\n"
-        f"  weights_file: {relative}\n"
-        "  weights_scale: 20.0\n"
-        "limits:\n"
-        "  max_abs_voltage: 1.6\n",
-        encoding="utf-8",
-    )
+def test_the_documented_surrogate_station_runs(tmp_path: Path) -> None:
+    """The station in docs/simulators.md, verbatim, in a clone with shared/ beside it."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "simulators.md").read_text("utf-8")
+    header = "# configs/stations/sim-dnpu-surrogate.yaml\n"
+    start = docs.index(header) + len(header)
+    station = tmp_path / "main" / "configs" / "stations" / "sim-dnpu-surrogate.yaml"
+    station.parent.mkdir(parents=True)
+    station.write_text(docs[start : docs.index("```", start)], encoding="utf-8")
+    (tmp_path / "shared").symlink_to(SHARED_SURROGATE.parents[1], target_is_directory=True)
     guard = build_device(load_station(station), np.random.SeedSequence(3))
     try:
         theta = np.array([0.0, -0.3, -0.3, -0.2, -0.2])
         x = np.array([[0.0, 0.0]])
         guard.set_controls(theta)
         measured = guard.measure(np.tile(x, (200, 1)))[:, 0]
-        truth = float(
-            make(weights_file=SHARED_SURROGATE, weights_scale=20.0).true_output(theta, x)[0, 0]
-        )
-        # plateau means: 1 % + 0.1 nA white per sample over 10 samples, plus 1/f and drift
-        assert abs(measured.mean() - truth) < 0.05 * abs(truth) + 1.0
     finally:
         guard.close()
+    truth = make(weights_file=SHARED_SURROGATE, weights_scale=20.0).true_output(theta, x)[0, 0]
+    # the mean of 200 plateaus is off by the slow noise (drift, 1/f): SD 0.58 nA over 40 run
+    # seeds; 4 SD. At -74 nA this tells 20 nA per unit from any other scale.
+    assert abs(measured.mean() - truth) < 2.4
 
 
 @pytest.mark.skipif(not SHARED_SURROGATE.exists(), reason="shared/data is not beside the clone")
