@@ -437,8 +437,9 @@ def test_sequential_and_grouped_modes_agree_with_parallel_and_cost_more_streams(
         assert est.extras["streams"] == N_CASES * groups
         assert est.device_seconds == pytest.approx(N_CASES * groups * stream + plateau)
         runs[mode] = est
-    # One tone per stream: the plan is the lowest bin; groups of two need fewer, lower tones.
-    assert runs["sequential"].extras["f_max"] == 2.0
+    # One tone per stream: the plan is the lowest bin of the 2/T grid; groups of two need
+    # fewer, lower tones.
+    assert runs["sequential"].extras["f_max"] == 4.0
     assert runs["grouped"].extras["f_max"] < runs["parallel"].extras["f_max"]
     # Same gradient within noise: each difference is between independent estimates, so its SD
     # is √(SE₁² + SE₂²); 3.5 of those over 10 comparisons. (The cross-term bias of parallel
@@ -557,7 +558,7 @@ def test_state_dict_round_trips_the_calibrated_phases() -> None:
     with pytest.raises(ValueError, match="unknown keys"):
         other.load_state_dict({"tones": None, "phases": None, "k": 1})
     # Phases belong to their tones: a different plan refuses them.
-    moved = make_estimator(window=0.25)
+    moved = make_estimator(window=1.0, tone_grid=1)
     moved.load_state_dict(state)
     with pytest.raises(ConfigError, match="calibrate_phase"):
         moved.estimate(objective, THETA)
@@ -570,6 +571,9 @@ def test_explicit_tones_must_be_one_per_control_and_coherent() -> None:
         make_estimator(tones=[2.0, 8.0, 20.0]).estimate(objective, THETA)
     with pytest.raises(ConfigError, match="coherent"):
         make_estimator(tones=[2.0, 8.0, 20.0, 34.0, 57.5]).estimate(objective, THETA)
-    explicit = make_estimator(tones=[2.0, 8.0, 20.0, 34.0, 58.0]).estimate(objective, THETA)
-    planned = make_estimator().estimate(objective, THETA)
+    planned_estimator = make_estimator()
+    tones = planned_estimator.tones(objective)
+    assert all(round(f * 0.5) % 2 == 0 for f in tones)  # the default grid k/T = 2/T = 4 Hz
+    explicit = make_estimator(tones=tones).estimate(objective, THETA)
+    planned = planned_estimator.estimate(objective, THETA)
     np.testing.assert_allclose(explicit.gradient, planned.gradient, rtol=0, atol=1e-12)
