@@ -228,14 +228,24 @@ def _vectors(n: int, order: int) -> SmallArray:
     return np.array(rows, dtype=np.int8).reshape(-1, n)
 
 
-@lru_cache(maxsize=256)
 def _kept(n: int, order: int, products: ProductSizes | None, window: float) -> SmallArray:
     """The combinations that count: all, or the tones and the significant products."""
+    return _vectors(n, order) if products is None else _significant(n, order, products, window)
+
+
+@lru_cache(maxsize=256)
+def _significant(n: int, order: int, products: ProductSizes, window: float) -> SmallArray:
+    """The tones and the products above the bar; skips enumerating when none can be."""
+    bar = products.fraction * math.sqrt(products.noise_density / window)
+    largest = products.per_control("amplitudes", n).max(initial=0.0)
+    bounds = [products.per_control(name, n).max(initial=0.0) for name in ("second", "third")]
+    if order <= 3 and all(
+        d * largest**k / 2 ** (k - 1) <= bar for k, d in zip((2, 3), bounds, strict=True)
+    ):
+        return np.eye(n, dtype=np.int8)  # every product is below the bar: only distinct tones
     every = _vectors(n, order)
-    if products is None or not every.size:
-        return every
-    kept: SmallArray = every[products.significant(every, window)]
-    return kept
+    keep = products.significant(every, window)
+    return every if keep.all() else every[keep]
 
 
 def _name(vector: SmallArray) -> str:
@@ -682,3 +692,9 @@ def shortest_window(
     if isinstance(window, str):
         raise ValueError(window)
     return window
+
+
+def clear_caches() -> None:
+    """Forget every cached plan, window and product table (for timing a cold planner)."""
+    for cached in (_vectors, _significant, _solve, _shortest):
+        cached.cache_clear()

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from itertools import product
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numpy.typing import NDArray
 
-from protocols.tones import Collision, check_plan, near_mains, plan_tones
+from protocols.tones import (
+    Collision,
+    ProductSizes,
+    check_plan,
+    clear_caches,
+    near_mains,
+    plan_tones,
+    shortest_window,
+    tone_plan,
+)
 
 FS, BW = 1000.0, 100.0  # the rig: 1 kHz sampling, 100 Hz device bandwidth
 
@@ -243,3 +257,192 @@ def test_every_plan_passes_the_check(
         )
         == []
     )
+
+
+# -- order-aware plans: only products above a fraction of the noise count ---------------------
+FloatArray = NDArray[np.float64]
+DNPU_FS, DNPU_BW = 10_000.0, 125.0  # the DNPU rig
+
+
+@pytest.mark.parametrize(
+    ("device", "derivative", "order", "vector"),
+    [
+        (lambda t: t[0] * t[1], 1.0, 2, (1, 1, 0)),  # f0 + f1: D₂A₀A₁/2
+        (lambda t: t[0] * t[1], 1.0, 2, (1, -1, 0)),  # f1 − f0
+        (lambda t: t[0] ** 2, 2.0, 2, (2, 0, 0)),  # 2f0: D₂A₀²/4
+        (lambda t: t[0] ** 3, 6.0, 3, (3, 0, 0)),  # 3f0: D₃A₀³/24
+        (lambda t: t[0] ** 2 * t[1], 2.0, 3, (2, 1, 0)),  # 2f0 + f1: D₃A₀²A₁/8
+        (lambda t: t[0] ** 2 * t[1], 2.0, 3, (2, -1, 0)),  # 2f0 − f1
+        (lambda t: t[0] * t[1] * t[2], 1.0, 3, (1, 1, 1)),  # f0 + f1 + f2: D₃A₀A₁A₂/4
+        (lambda t: t[0] * t[1] * t[2], 1.0, 3, (1, 1, -1)),  # f0 + f1 − f2
+    ],
+)
+def test_predicted_product_amplitudes_match_a_dithered_polynomial(
+    device: Callable[[list[FloatArray]], FloatArray],
+    derivative: float,
+    order: int,
+    vector: tuple[int, int, int],
+) -> None:
+    """The documented formula against the spectrum of a device whose Taylor series ends at N."""
+    fs, window, bins, amplitudes = 1000.0, 1.0, np.array([7, 11, 19]), (0.3, 0.5, 0.7)
+    t = np.arange(int(fs * window)) / fs
+    theta = [a * np.sin(2 * np.pi * b / window * t) for a, b in zip(amplitudes, bins, strict=True)]
+    y = device(theta)
+    spectrum = 2 * np.abs(np.fft.rfft(y)) / t.size
+    measured = spectrum[abs(int(np.dot(vector, bins)))]
+    sizes = ProductSizes(
+        amplitudes=amplitudes,
+        noise_density=0.0,
+        second=derivative if order == 2 else 0.0,
+        third=derivative if order == 3 else 0.0,
+    )
+    assert sizes.amplitude([vector])[0] == pytest.approx(measured, rel=1e-9)
+
+
+def significant_products(
+    tones: list[float], window: float, sizes: ProductSizes, order: int = 3
+) -> list[tuple[tuple[int, ...], int]]:
+    """Brute force: every n (2 ≤ Σ|n_j| ≤ order) within 1/T of a tone whose amplitude, from
+    the formula written out here, exceeds fraction·√(S/T): (n, the tone it hits)."""
+    d = len(tones)
+    a = np.broadcast_to(np.asarray(sizes.amplitudes, dtype=float), (d,))
+    d2 = np.broadcast_to(np.asarray(sizes.second, dtype=float), (d,))
+    d3 = np.broadcast_to(np.asarray(sizes.third, dtype=float), (d,))
+    bar = sizes.fraction * math.sqrt(sizes.noise_density / window)
+    hits = []
+    for n in product(range(-order, order + 1), repeat=d):
+        m = [abs(x) for x in n]
+        big_n = sum(m)
+        if not 2 <= big_n <= order:
+            continue
+        support = [j for j in range(d) if m[j]]
+        bound = min((d2 if big_n == 2 else d3)[j] for j in support)
+        size = bound / 2 ** (big_n - 1)
+        for j in support:
+            size *= a[j] ** m[j] / math.factorial(m[j])
+        if size <= bar:
+            continue
+        value = abs(sum(x * f for x, f in zip(n, tones, strict=True)))
+        hits += [(n, k) for k, f in enumerate(tones) if abs(value - f) < (1 - 1e-9) / window]
+    return hits
+
+
+SIZES = {  # at T ≈ 0.2 s the bar is 0.1·√(S/T) ≈ 2e-3
+    "second order only": ProductSizes(0.05, 1e-4, second=2.0, third=1.0),
+    "large tones 0 and 3": ProductSizes((0.2, 0.005, 0.005, 0.2, 0.005, 0.005), 1e-4, 1.0, 30.0),
+    "strong third": ProductSizes(0.02, 1e-5, second=0.1, third=1e4, fraction=0.5),
+}
+
+
+@pytest.mark.parametrize("name", list(SIZES))
+def test_significant_plans_avoid_every_product_above_the_bar(name: str) -> None:
+    sizes, d = SIZES[name], 6
+    window = shortest_window(d, sample_rate=DNPU_FS, bandwidth=DNPU_BW, products=sizes)
+    plan = plan_tones(d, window=window, sample_rate=DNPU_FS, bandwidth=DNPU_BW, products=sizes)
+    assert significant_products(plan, window, sizes) == []
+    assert (
+        check_plan(plan, window=window, sample_rate=DNPU_FS, bandwidth=DNPU_BW, products=sizes)
+        == []
+    )
+    bins = np.round(np.asarray(plan) * window)
+    assert np.unique(bins).size == d  # distinct tones ...
+    assert not near_mains(plan, window=window).any()  # ... off mains
+    # the rule relaxed something: products below the bar sit on tones, so the plan is shorter
+    assert check_plan(plan, window=window, sample_rate=DNPU_FS, bandwidth=DNPU_BW)
+    assert window < shortest_window(d, sample_rate=DNPU_FS, bandwidth=DNPU_BW)
+
+
+def test_the_bar_scales_with_the_noise_in_a_bin() -> None:
+    """A product of size a counts when a > fraction·√(S/T): just above and just below."""
+    a = 0.3 * 0.5 / 2  # f0 + f1 with D₂ = 1
+    for window in (0.1, 1.0):
+        at = (a / 0.1) ** 2 * window  # S where the bar equals a
+        below = ProductSizes((0.3, 0.5), at * 1.01, second=1.0, third=0.0)
+        above = ProductSizes((0.3, 0.5), at * 0.99, second=1.0, third=0.0)
+        assert not below.significant([(1, 1)], window)[0]
+        assert above.significant([(1, 1)], window)[0]
+    # a tone itself and products above 3rd order have no bound: they always count
+    sizes = ProductSizes(1e-6, 1.0, second=0.0, third=0.0)
+    assert sizes.significant([(1, 0), (4, 0), (2, 2)], 1.0).tolist() == [True, True, True]
+    assert check_plan([10, 20], window=1.0, sample_rate=FS, bandwidth=BW, products=sizes) == []
+    assert check_plan([10, 40], window=1.0, sample_rate=FS, bandwidth=BW, order=4, products=sizes)
+
+
+def test_negligible_products_scale_linearly_with_d() -> None:
+    """Small amplitude and curvature: only distinct tones off mains, highest bin ≤ 1.2·d + 4."""
+    tiny = ProductSizes(0.001, 1e-4, second=400.0, third=4000.0)  # the DNPU at 1 mV
+    for d in (5, 10, 20, 50):
+        window = shortest_window(d, sample_rate=DNPU_FS, bandwidth=DNPU_BW, products=tiny)
+        plan = tone_plan(d, window=window, sample_rate=DNPU_FS, bandwidth=DNPU_BW, products=tiny)
+        top = round(max(plan) * window)
+        assert d <= top <= 1.2 * d + 4
+        assert window <= (1.2 * d + 4) / DNPU_BW + 1e-9
+        assert (
+            check_plan(plan, window=window, sample_rate=DNPU_FS, bandwidth=DNPU_BW, products=tiny)
+            == []
+        )
+    # default behaviour is unchanged: every product counts, a Sidon-type plan
+    assert (
+        round(max(plan_tones(10, window=1.328, sample_rate=DNPU_FS, bandwidth=DNPU_BW)) * 1.328)
+        == 139
+    )
+
+
+def test_plans_and_windows_are_cached() -> None:
+    clear_caches()
+    sizes = ProductSizes(0.005, 1e-4, second=400.0, third=4000.0)
+    first = tone_plan(8, window=0.5, sample_rate=DNPU_FS, bandwidth=DNPU_BW, products=sizes)
+    assert tone_plan(8, window=0.5, sample_rate=DNPU_FS, bandwidth=DNPU_BW, products=sizes) is first
+    # equal arguments spelled differently share the entry; the list is a fresh copy
+    same = ProductSizes(0.005, 1e-4, second=400, third=4000)
+    assert tone_plan(8, window=0.5, sample_rate=10_000, bandwidth=125, products=same) is first
+    listed = plan_tones(8, window=0.5, sample_rate=DNPU_FS, bandwidth=DNPU_BW, products=sizes)
+    assert listed == list(first)
+    assert listed is not plan_tones(
+        8, window=0.5, sample_rate=DNPU_FS, bandwidth=DNPU_BW, products=sizes
+    )
+    window = shortest_window(20, sample_rate=DNPU_FS, bandwidth=DNPU_BW)
+    assert shortest_window(20, sample_rate=DNPU_FS, bandwidth=DNPU_BW) == window
+    # failures are cached too, and still raise
+    for _ in range(2):
+        with pytest.raises(ValueError, match="fewer controls"):
+            tone_plan(20, window=0.1, sample_rate=DNPU_FS, bandwidth=DNPU_BW)
+
+
+def test_shortest_window_is_the_shortest_greedy_fit() -> None:
+    """At the window the plan fits; one bin (1/bandwidth) shorter, the greedy plan (the search's
+    first path, found on a grid without the band limit) ends above the band."""
+    top = DNPU_BW
+    for d, sizes in ((4, None), (6, None), (6, SIZES["second order only"])):
+        window = shortest_window(d, sample_rate=DNPU_FS, bandwidth=DNPU_BW, products=sizes)
+        assert window * DNPU_FS == pytest.approx(round(window * DNPU_FS))
+        plan = tone_plan(d, window=window, sample_rate=DNPU_FS, bandwidth=DNPU_BW, products=sizes)
+        assert (
+            check_plan(plan, window=window, sample_rate=DNPU_FS, bandwidth=DNPU_BW, products=sizes)
+            == []
+        )
+        shorter = window - 1 / top
+        greedy = tone_plan(
+            d,
+            window=shorter,
+            sample_rate=DNPU_FS,
+            bandwidth=5000.0,
+            nyquist_fraction=1.0,
+            products=sizes,
+        )
+        assert max(greedy) > top
+
+
+def test_bad_product_sizes_raise() -> None:
+    with pytest.raises(ValueError, match="amplitudes"):
+        ProductSizes(-1.0, 1e-4, second=1.0, third=1.0)
+    with pytest.raises(ValueError, match="fraction"):
+        ProductSizes(0.01, 1e-4, second=1.0, third=1.0, fraction=0.0)
+    with pytest.raises(ValueError, match="3 values for 5 tones"):
+        plan_tones(
+            5,
+            window=1.0,
+            sample_rate=DNPU_FS,
+            bandwidth=DNPU_BW,
+            products=ProductSizes((0.1, 0.1, 0.1), 1e-4, 1.0, 1.0),
+        )
