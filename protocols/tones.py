@@ -213,19 +213,21 @@ class _Rules:
 @lru_cache(maxsize=64)
 def _vectors(n: int, order: int) -> SmallArray:
     """Integer combinations n_j with 1 ≤ Σ|n_j| ≤ order, one of each ± pair (first entry > 0)."""
-    rows: list[list[int]] = []
+    blocks = [np.zeros((0, n), dtype=np.int8)]
     for size in range(1, min(order, n) + 1):
-        for support in combinations(range(n), size):
-            for mags in product(range(1, order - size + 2), repeat=size):
-                if sum(mags) > order:
-                    continue
-                for signs in product((1, -1), repeat=size - 1):
-                    row = [0] * n
-                    row[support[0]] = mags[0]
-                    for j, m, s in zip(support[1:], mags[1:], signs, strict=True):
-                        row[j] = s * m
-                    rows.append(row)
-    return np.array(rows, dtype=np.int8).reshape(-1, n)
+        patterns = [  # the entries on a support: magnitudes, signs after the first
+            [m * s for m, s in zip(mags, (1, *signs), strict=True)]
+            for mags in product(range(1, order - size + 2), repeat=size)
+            if sum(mags) <= order
+            for signs in product((1, -1), repeat=size - 1)
+        ]
+        supports = np.array(list(combinations(range(n), size)), dtype=np.int64)
+        rows = np.zeros((len(supports), len(patterns), n), dtype=np.int8)
+        for p, pattern in enumerate(patterns):
+            rows[np.arange(len(supports))[:, None], p, supports] = pattern
+        blocks.append(rows.reshape(-1, n))  # support by support, as combinations lists them
+    out: SmallArray = np.concatenate(blocks)
+    return out
 
 
 def _kept(n: int, order: int, products: ProductSizes | None, window: float) -> SmallArray:
