@@ -237,17 +237,28 @@ def _kept(n: int, order: int, products: ProductSizes | None, window: float) -> S
 
 @lru_cache(maxsize=256)
 def _significant(n: int, order: int, products: ProductSizes, window: float) -> SmallArray:
-    """The tones and the products above the bar; skips enumerating when none can be."""
+    """The tones and the products above the bar; skips enumerating when none can be, and
+    shares the full table when all are."""
     bar = products.fraction * math.sqrt(products.noise_density / window)
-    largest = products.per_control("amplitudes", n).max(initial=0.0)
-    bounds = [products.per_control(name, n).max(initial=0.0) for name in ("second", "third")]
-    if order <= 3 and all(
-        d * largest**k / 2 ** (k - 1) <= bar for k, d in zip((2, 3), bounds, strict=True)
-    ):
+    amps = products.per_control("amplitudes", n)
+    high, low = [], []  # per order 2, 3 counted: the largest and smallest possible amplitude
+    for k, name in ((2, "second"), (3, "third"))[: order - 1]:
+        d = products.per_control(name, n)
+        high.append(d.max(initial=0) * amps.max(initial=0) ** k / 2 ** (k - 1))
+        low.append(d.min(initial=0) * amps.min(initial=0) ** k / 2 ** (k - 1) / math.factorial(k))
+    if order <= 3 and max(high, default=0.0) <= bar:
         return np.eye(n, dtype=np.int8)  # every product is below the bar: only distinct tones
     every = _vectors(n, order)
-    keep = products.significant(every, window)
+    if min(low, default=math.inf) > bar:
+        return every  # every product is above the bar
+    keep = _amplitudes(n, order, products) > bar
     return every if keep.all() else every[keep]
+
+
+@lru_cache(maxsize=256)
+def _amplitudes(n: int, order: int, products: ProductSizes) -> FloatArray:
+    """`ProductSizes.amplitude` of every combination of `_vectors` (inf for the tones)."""
+    return products.amplitude(_vectors(n, order))
 
 
 def _name(vector: SmallArray) -> str:
@@ -698,5 +709,5 @@ def shortest_window(
 
 def clear_caches() -> None:
     """Forget every cached plan, window and product table (for timing a cold planner)."""
-    for cached in (_vectors, _significant, _solve, _shortest):
+    for cached in (_vectors, _significant, _amplitudes, _solve, _shortest):
         cached.cache_clear()

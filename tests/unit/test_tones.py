@@ -329,7 +329,9 @@ def significant_products(
 
 SIZES = {  # at T ≈ 0.2 s the bar is 0.1·√(S/T) ≈ 2e-3
     "second order only": ProductSizes(0.05, 1e-4, second=2.0, third=1.0),
-    "large tones 0 and 3": ProductSizes((0.2, 0.005, 0.005, 0.2, 0.005, 0.005), 1e-4, 1.0, 30.0),
+    "large tones 0 and 3": ProductSizes(
+        (0.2, 0.005, 0.005, 0.2, 0.005, 0.005), 1e-4, (1.0, 2.0, 0.5, 1.0, 2.0, 0.5), 30.0
+    ),
     "strong third": ProductSizes(0.02, 1e-5, second=0.1, third=1e4, fraction=0.5),
 }
 
@@ -350,6 +352,14 @@ def test_significant_plans_avoid_every_product_above_the_bar(name: str) -> None:
     # the rule relaxed something: products below the bar sit on tones, so the plan is shorter
     assert check_plan(plan, window=window, sample_rate=DNPU_FS, bandwidth=DNPU_BW)
     assert window < shortest_window(d, sample_rate=DNPU_FS, bandwidth=DNPU_BW)
+
+
+def test_products_all_above_the_bar_give_the_default_plan() -> None:
+    loud = ProductSizes(0.1, 1e-6, second=100.0, third=1000.0)
+    for d in (3, 7):
+        assert plan_tones(d, window=2.0, sample_rate=FS, bandwidth=BW, products=loud) == (
+            plan_tones(d, window=2.0, sample_rate=FS, bandwidth=BW)
+        )
 
 
 def test_the_bar_scales_with_the_noise_in_a_bin() -> None:
