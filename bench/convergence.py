@@ -24,17 +24,26 @@ Declared before any scored run (and not changed after seeing scored results):
   final measurements included; a wrapper raises at B + 1). Seeds 0–14: instance (x*, rotation)
   and device noise stream per seed shared by every method (paired); method randomness seeded
   with the seed. Start x0 = 0 in the box [-5, 5]^d.
-- **Score**: the noise-free regret f(x_rec) − f* of each method's own recommendation (ours: the
-  Polyak average; pycma: `xfavorite`; nevergrad: `recommend()`; noisyopt: its final iterate;
-  Nelder–Mead: its best vertex so far). Per cell: median and IQR. Ours against each peer: paired
-  Wilcoxon signed-rank test (two-sided) on log10 regret, Holm-corrected over every (cell, peer)
+- **A simulated device** (`bench.problems.dnpu_xor`): XOR on a random DNPU per seed, 5 controls
+  in normalized units ([-1, 1], x0 = 0 mid-range), the DNPU's own noise, B = 500, scored on the
+  noise-free loss (its optimum is unknown). Disclosure: this cell was added after the first full
+  run (the 18 cells above, scored once); no method's configuration changed (they come from the
+  tuning suite, which does not include it), and the Holm family grew from 72 to 76 tests.
+  Every method's scales are fractions of the narrowest parameter range (10 on the test
+  functions, 2 on the DNPU).
+- **Score**: the noise-free regret f(x_rec) − f* (DNPU: loss) of each method's own
+  recommendation (ours: the Polyak average; pycma: `xfavorite`; nevergrad: `recommend()`;
+  noisyopt: its final iterate; Nelder–Mead: its best vertex so far). Per cell: median and IQR.
+  Ours against each peer: paired Wilcoxon signed-rank test (two-sided) on log10 of the score,
+  Holm-corrected over every (cell, peer)
   test; a win (loss) is a corrected p < 0.05 with the median paired log-ratio below (above)
   zero, anything else a tie.
 
 Prints the tuning table, the per-cell table and the wins/losses/ties, and writes
 bench/results/convergence.json (settings, tuning runs, raw finals, tests, versions, load).
+`--quick` (5 seeds, d = 5, one tuning seed; about a minute) writes only to `--out` if given.
 
-    .venv/bin/python -m bench.convergence [--quick] [--seeds N]
+    .venv/bin/python -m bench.convergence [--quick] [--seeds N] [--out PATH]
 """
 
 from __future__ import annotations
@@ -50,17 +59,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 from scipy import optimize, stats
 
-from bench.problems import BOUND, NOISES, Function, NoiseKind, TestFunctionDevice, make_device
-from hil.core import FloatArray, JSONDict
+from bench.problems import BOUND, NOISES, Function, NoiseKind, dnpu_xor, make_device
+from hil.core import Device, FloatArray, JSONDict
 from hil.provenance import environment
-from protocols.base import Objective
+from protocols.base import Objective, Task
 from protocols.calibration import CalibrationSettings
 from protocols.estimators import SPSA
 from protocols.external import CMAAdapter, NevergradAdapter, run_population
@@ -70,7 +79,6 @@ from protocols.schedules import SpallSchedule
 from protocols.tasks import MinimizeOutputTask
 
 RESULTS = Path(__file__).resolve().parent / "results" / "convergence.json"
-WIDTH = 2 * BOUND
 BUDGET_PER_DIM = 100
 SCORED: tuple[Function, ...] = ("ellipsoid", "rosenbrock", "rastrigin")
 TUNING: tuple[Function, ...] = ("sphere", "ellipsoid-separable", "ackley")
@@ -88,8 +96,8 @@ Params = dict[str, Any]
 class Cell:
     """One problem × noise model × dimension, with its evaluation budget."""
 
-    function: Function
-    noise: NoiseKind
+    function: Function | Literal["dnpu-xor"]
+    noise: NoiseKind | Literal["device"]
     dim: int
 
     @property
@@ -98,7 +106,11 @@ class Cell:
 
     @property
     def key(self) -> str:
-        return f"{self.function} d={self.dim} {NOISES[self.noise].label}"
+        label = "own noise" if self.noise == "device" else NOISES[self.noise].label
+        return f"{self.function} d={self.dim} {label}"
+
+
+DNPU_CELL = Cell("dnpu-xor", "device", 5)
 
 
 class BudgetExceeded(RuntimeError):
@@ -106,11 +118,16 @@ class BudgetExceeded(RuntimeError):
 
 
 class BudgetedObjective(Objective):
-    """The loss is the device output; the evaluation after the budget raises."""
+    """An objective whose evaluation after the budget raises."""
 
-    def __init__(self, device: TestFunctionDevice, budget: int) -> None:
-        super().__init__(device, MinimizeOutputTask())
+    def __init__(self, device: Device, task: Task, budget: int, *, normalized: bool) -> None:
+        super().__init__(device, task, normalized=normalized)
         self.budget = budget
+
+    @property
+    def width(self) -> float:
+        """The narrowest parameter range: what the methods' scales are fractions of."""
+        return float(np.min(self.upper - self.lower))
 
     def outputs(self, theta: FloatArray) -> FloatArray:
         if self.evaluations >= self.budget:
@@ -129,7 +146,7 @@ def run_ours(objective: BudgetedObjective, seed: int, p: Params) -> tuple[FloatA
     block = bool(p["blocking"])
     estimator = SPSA(
         SPSA.Settings.model_validate(
-            {"c": 0.1 * WIDTH, "directions": "hadamard", "measure_loss": block}
+            {"c": 0.1 * objective.width, "directions": "hadamard", "measure_loss": block}
         ),
         seed=seed,
     )
@@ -139,7 +156,9 @@ def run_ours(objective: BudgetedObjective, seed: int, p: Params) -> tuple[FloatA
         SGD(SGD.Settings(schedule=SpallSchedule())),
         np.zeros(objective.dim),
         budget=objective.budget,
-        calibrate=CalibrationSettings(target_step=p["target_step"] * WIDTH, perturbation=True),
+        calibrate=CalibrationSettings(
+            target_step=p["target_step"] * objective.width, perturbation=True
+        ),
         blocking=BlockingSettings(sigma_multiple=2.0) if block else None,
         recommend=Recommendation(policy="average", average_from=0.5),
         final_repeats=1,
@@ -186,13 +205,15 @@ def population(
 
 
 def run_pycma(objective: BudgetedObjective, seed: int, p: Params) -> tuple[FloatArray, JSONDict]:
-    settings = CMAAdapter.Settings(sigma0=p["sigma0"] * WIDTH, noise_handler=p["noise_handler"])
+    settings = CMAAdapter.Settings(
+        sigma0=p["sigma0"] * objective.width, noise_handler=p["noise_handler"]
+    )
     return population(objective, CMAAdapter(settings, seed=seed))
 
 
 def run_tbpsa(objective: BudgetedObjective, seed: int, p: Params) -> tuple[FloatArray, JSONDict]:
     settings = NevergradAdapter.Settings(optimizer="TBPSA", budget=objective.budget)
-    return population(objective, SigmaNevergrad(settings, p["sigma"] * WIDTH, seed))
+    return population(objective, SigmaNevergrad(settings, p["sigma"] * objective.width, seed))
 
 
 def run_noisyopt(objective: BudgetedObjective, seed: int, p: Params) -> tuple[FloatArray, JSONDict]:
@@ -220,7 +241,7 @@ def run_nelder_mead(
     of the last finished iteration is the recommendation (deterministic: `seed` is unused)."""
     dim = objective.dim
     best = [np.zeros(dim)]
-    simplex = np.vstack([np.zeros(dim), p["simplex"] * WIDTH * np.eye(dim)])
+    simplex = np.vstack([np.zeros(dim), p["simplex"] * objective.width * np.eye(dim)])
 
     def keep(xk: FloatArray) -> None:
         best[0] = np.array(xk, dtype=float)
@@ -296,23 +317,34 @@ PEERS = [name for name in METHODS if name != OURS]
 
 
 def run_one(name: str, cell: Cell, seed: int, params: Params) -> JSONDict:
-    """One run of a method on one instance; the noise-free regret of its recommendation."""
-    device = make_device(cell.function, NOISES[cell.noise], cell.dim, seed)
-    objective = BudgetedObjective(device, cell.budget)
+    """One run of a method on one instance: the noise-free loss of its recommendation (the
+    regret f − f* on the test functions) and at the start x0 = 0."""
+    truth: Callable[[FloatArray], float]
+    if cell.function == "dnpu-xor":
+        dnpu, task = dnpu_xor(seed)
+        objective = BudgetedObjective(dnpu, task, cell.budget, normalized=True)
+
+        def truth(x: FloatArray) -> float:
+            physical = objective.physical(x)
+            return task.loss(dnpu.true_output(physical, objective.device_inputs))
+    else:
+        assert cell.noise != "device", f"{cell.function} has no noise of its own"
+        device = make_device(cell.function, NOISES[cell.noise], cell.dim, seed)
+        objective = BudgetedObjective(device, MinimizeOutputTask(), cell.budget, normalized=False)
+        truth = device.true_value
     x, extra = METHODS[name].runner(objective, seed, params)
     assert objective.evaluations <= cell.budget, (name, seed, objective.evaluations)
-    start = device.true_value(np.zeros(cell.dim))
     return {
         "seed": seed,
-        "regret": device.true_value(x),
-        "start": start,
+        "final": truth(x),
+        "start": truth(np.zeros(cell.dim)),
         "nfev": objective.evaluations,
         **extra,
     }
 
 
 def log_ratio(run: JSONDict) -> float:
-    return float(np.log10(max(run["regret"], TINY) / run["start"]))
+    return float(np.log10(max(run["final"], TINY) / run["start"]))
 
 
 def tune(console: Console, seeds: tuple[int, ...]) -> JSONDict:
@@ -353,13 +385,13 @@ def score_cell(cell: Cell, seeds: list[int], chosen: dict[str, Params]) -> JSOND
     for name in METHODS:
         t0 = time.perf_counter()
         runs = [run_one(name, cell, seed, chosen[name]) for seed in seeds]
-        regrets = [r["regret"] for r in runs]
-        q1, median, q3 = quartiles(regrets)
+        finals = [r["final"] for r in runs]
+        q1, median, q3 = quartiles(finals)
         methods[name] = {
             "median": median,
             "q1": q1,
             "q3": q3,
-            "regrets": regrets,
+            "finals": finals,
             "runs": runs,
             "wall_seconds": time.perf_counter() - t0,
         }
@@ -402,7 +434,7 @@ def compare(cells: dict[str, JSONDict]) -> list[JSONDict]:
         ours = cell["methods"][OURS]
         for peer in PEERS:
             other = cell["methods"][peer]
-            p, log_diff = paired_test(ours["regrets"], other["regrets"])
+            p, log_diff = paired_test(ours["finals"], other["finals"])
             tests.append(
                 {
                     "cell": key,
@@ -461,7 +493,7 @@ def print_tables(
         "cell (B = 100·d)",
         "start",
         *METHODS,
-        title="noise-free regret of the recommendation: median [IQR]; bold = best",
+        title="noise-free regret (DNPU: loss) of the recommendation: median [IQR]; bold = best",
     )
     for key, cell in cells.items():
         best = min(METHODS, key=lambda n: cell["methods"][n]["median"])
@@ -512,7 +544,9 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="5 scored seeds, d = 5 only, one tuning seed"
     )
+    parser.add_argument("--out", type=Path, help=f"JSON path (full runs: default {RESULTS})")
     args = parser.parse_args()
+    out: Path | None = args.out if args.out is not None or args.quick else RESULTS
     seeds = list(range(5 if args.quick else args.seeds))
     dims = SCORED_DIMS[:1] if args.quick else SCORED_DIMS
     tuning_seeds = TUNING_SEEDS[:1] if args.quick else TUNING_SEEDS
@@ -524,15 +558,11 @@ def main() -> None:
     chosen = {name: t["chosen"] for name, t in tuning.items()}
     tuning_wall = time.perf_counter() - t0
     cells: dict[str, JSONDict] = {}
-    for function in SCORED:
-        for dim in dims:
-            for noise in get_args(NoiseKind):
-                cell = Cell(function, noise, dim)
-                cells[cell.key] = score_cell(cell, seeds, chosen)
-                walls = " ".join(
-                    f"{m['wall_seconds']:.0f}" for m in cells[cell.key]["methods"].values()
-                )
-                console.print(f"  scored {cell.key:<36} wall s per method: {walls}")
+    scored = [Cell(f, n, d) for f in SCORED for d in dims for n in get_args(NoiseKind)]
+    for cell in [*scored, DNPU_CELL]:
+        cells[cell.key] = score_cell(cell, seeds, chosen)
+        walls = " ".join(f"{m['wall_seconds']:.0f}" for m in cells[cell.key]["methods"].values())
+        console.print(f"  scored {cell.key:<36} wall s per method: {walls}")
     tests = compare(cells)
     totals = tally(tests, cells)
     wall = time.perf_counter() - t0
@@ -555,8 +585,8 @@ def main() -> None:
                 n: {"fixed": m.fixed, "grid": list(m.grid), "chosen": chosen[n]}
                 for n, m in METHODS.items()
             },
-            "test": f"two-sided Wilcoxon signed-rank on log10 regret, paired by seed, Holm over "
-            f"all (cell, peer) tests, alpha {ALPHA}",
+            "test": f"two-sided Wilcoxon signed-rank on log10 final loss, paired by seed, Holm "
+            f"over all (cell, peer) tests, alpha {ALPHA}",
         },
         "tuning": tuning,
         "cells": cells,
@@ -567,10 +597,11 @@ def main() -> None:
         "wall_seconds": {"total": wall, "tuning": tuning_wall},
         "environment": environment(),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
     print_tables(console, tuning, cells, tests, totals)
-    console.print(f"{len(seeds)} seeds, {wall:.0f} s (tuning {tuning_wall:.0f} s); {RESULTS}")
+    console.print(f"{len(seeds)} seeds, {wall:.0f} s (tuning {tuning_wall:.0f} s); JSON: {out}")
 
 
 if __name__ == "__main__":

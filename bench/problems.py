@@ -14,6 +14,11 @@ R drawn from the instance seed (identity for the separable tuning problems):
 
 Noise levels are set per instance from its starting regret f(x0) − f* at x0 = 0, so one rule
 fits every function and dimension (`NOISES`).
+
+`dnpu_xor`: a simulated device as a problem — XOR (±20 nA) on a random DNPU (`device_seed` = the
+instance), 5 controls in normalized units, the DNPU's default noise (white, relative, 1/f, drift)
+and the sim-dnpu station's electrode ranges; its optimum is unknown, so it is scored on the
+noise-free loss, not a regret.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from typing import Literal
 import numpy as np
 
 from hil.core import FloatArray, SeedLike, seed_sequence
+from protocols.tasks import RegressionTask
+from simulators.dnpu import DNPUDevice
 from simulators.landscape import LandscapeDevice
 
 Function = Literal[
@@ -121,3 +128,16 @@ def make_device(function: Function, noise: Noise, dim: int, seed: int) -> TestFu
         update["heavy_tails"] = noise.nu
     device.settings = device.settings.model_copy(update=update)
     return device
+
+
+XOR_TARGETS = (-20.0, 20.0, 20.0, -20.0)  # nA, as configs/dnpu-virtual.yaml
+DATA_RANGE = (-1.2, 0.6)  # V, the data electrodes' range in configs/stations/sim-dnpu.yaml
+
+
+def dnpu_xor(seed: int) -> tuple[DNPUDevice, RegressionTask]:
+    """Instance `seed`: a random DNPU (device_seed = seed, noise stream NOISE_SEED + seed) and
+    XOR with the data electrodes at the ends of their range."""
+    device = DNPUDevice(DNPUDevice.Settings(device_seed=seed), seed=NOISE_SEED + seed)
+    lo, hi = DATA_RANGE
+    task = RegressionTask.from_arrays([[lo, lo], [lo, hi], [hi, lo], [hi, hi]], XOR_TARGETS)
+    return device, task
