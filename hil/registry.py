@@ -60,6 +60,7 @@ BUILTIN: dict[Kind, dict[str, str]] = {
         "delta-rule": "protocols.pulsed:DeltaRule",
         "intrinsic-node-perturbation": "protocols.pulsed:IntrinsicNodePerturbation",
         "homodyne-lockin": "protocols.lockin_gradient:LockinGradient",
+        "auto": "protocols.auto:AutoEstimator",
     },
     Kind.OPTIMIZER: {
         "sgd": "protocols.optimizers:SGD",
