@@ -416,8 +416,8 @@ def check_plan(
     return found
 
 
-def _forbidden(tones: Sequence[int], vectors: SmallArray) -> IntArray | None:
-    """Grid bins m where a new tone would collide with `tones` or their products (None: all).
+def _forbidden(tones: Sequence[int], vectors: SmallArray, top: int) -> BoolArray | None:
+    """Per grid bin 0…top: a new tone there collides with `tones` or their products (None: all).
 
     With every tone on the 1/T grid, products are on it too, so 'within 1/T' means 'equal'.
     The new tone is the last coordinate c of each combination (`vectors`, over len(tones) + 1
@@ -441,9 +441,10 @@ def _forbidden(tones: Sequence[int], vectors: SmallArray) -> IntArray | None:
             return None
         ok = (k != 0) & (a % np.where(k == 0, 1, k) == 0)
         parts.append(-a[ok] // k[ok])
-    out = np.unique(np.concatenate(parts))
-    found: IntArray = out[out > 0]
-    return found
+    mask: BoolArray = np.zeros(top + 1, dtype=bool)
+    for part in parts:
+        mask[part[(part > 0) & (part <= top)]] = True
+    return mask
 
 
 def _harmonics_clear(tones: Sequence[int], harmonics: tuple[int, ...], vectors: SmallArray) -> bool:
@@ -471,6 +472,7 @@ def _search(
     """
     best: list[int] = []
     tries = 0
+    top = int(allowed.max(initial=0))
 
     def extend(tones: list[int]) -> list[int] | None:
         nonlocal best, tries
@@ -478,12 +480,12 @@ def _search(
             best = list(tones)
         if len(tones) == n:
             return tones
-        forbidden = _forbidden(tones, vectors(len(tones) + 1))
+        forbidden = _forbidden(tones, vectors(len(tones) + 1), top)
         if forbidden is None:
             return None
         start = tones[-1] + 1 if tones else 0
         candidates = allowed[allowed >= start]
-        candidates = candidates[~np.isin(candidates, forbidden)]
+        candidates = candidates[~forbidden[candidates]]
         for i, m in enumerate(candidates.tolist()):
             if candidates.size - i < n - len(tones) or tries >= _SEARCH_BUDGET:
                 return None
@@ -611,22 +613,22 @@ def _greedy(n: int, window: float, rules: _Rules, limit: int) -> list[int] | Non
     """The search's first (greedy) path on the 1/T grid up to bin `limit`, past the band."""
     lo = rules.lowest(window)
     bins = np.arange(lo, limit + 1, dtype=np.int64)
-    free = set(bins[rules.allowed(bins, window, in_band=False)].tolist())
+    free = np.zeros(limit + 1, dtype=bool)
+    free[bins[rules.allowed(bins, window, in_band=False)]] = True
     vectors, accept = rules.vectors(window), rules.accept(window)
     tones: list[int] = []
-    m = lo - 1
     while len(tones) < n:
-        forbidden = _forbidden(tones, vectors(len(tones) + 1))
+        forbidden = _forbidden(tones, vectors(len(tones) + 1), limit)
         if forbidden is None:
             return None
-        bad = set(forbidden.tolist())
-        while True:
-            m += 1
-            if m > limit:
-                return None
-            if m in free and m not in bad and (accept is None or accept([*tones, m])):
+        ok = free & ~forbidden
+        ok[: tones[-1] + 1 if tones else 0] = False
+        for m in np.flatnonzero(ok).tolist():
+            if accept is None or accept([*tones, m]):
+                tones.append(m)
                 break
-        tones.append(m)
+        else:
+            return None
     return tones
 
 
