@@ -193,7 +193,8 @@ class AutoEstimator:
                 predictions.append(hge)
         if not predictions:  # nothing reaches the target: the most accurate we can do
             h = [float(0.08 * np.min(half))]
-            predictions.append(Prediction("central-difference", math.inf, h, None, s.max_repeats))
+            seconds = (2 * objective.dim * s.max_repeats + 1) * per_eval
+            predictions.append(Prediction("central-difference", seconds, h, None, s.max_repeats))
         self._choice = min(predictions, key=lambda p: p.seconds)
         self._delegate = self._build(self._choice)
         self._since = 0
