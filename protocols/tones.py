@@ -204,6 +204,7 @@ class _Rules:
         return lambda n: _kept(n, self.order, self.products, window)
 
     def accept(self, window: float) -> Callable[[list[int]], bool] | None:
+        """The check each partial plan must pass: its harmonic bins free (None: no harmonics)."""
         if not self.harmonics:
             return None
         vectors = self.vectors(window)
@@ -245,7 +246,8 @@ def _significant(n: int, order: int, products: ProductSizes, window: float) -> S
     for k, name in ((2, "second"), (3, "third"))[: order - 1]:
         d = products.per_control(name, n)
         high.append(d.max(initial=0) * amps.max(initial=0) ** k / 2 ** (k - 1))
-        low.append(d.min(initial=0) * amps.min(initial=0) ** k / 2 ** (k - 1) / math.factorial(k))
+        low.append(d.min(initial=math.inf) * amps.min(initial=math.inf) ** k / 2 ** (k - 1))
+        low[-1] /= math.factorial(k)  # Π|n_j|! ≤ N!
     if order <= 3 and max(high, default=0.0) <= bar:
         return np.eye(n, dtype=np.int8)  # every product is below the bar: only distinct tones
     every = _vectors(n, order)
