@@ -25,7 +25,12 @@ the target; the IQR is that of the per-seed times (first rung from which a seed'
 or above the target). A ladder stops at the regime's cap of device time (then the figure is a
 lower bound, "> cap"); in tuning also at 3× the fastest setting found so far, which cannot win,
 and in scoring at 10× the fastest tuned method (a ratio shown as "> 10×" is such a bound).
-Per seed, every method meets the same operating point and the same device.
+Per seed, every method meets the same operating point and the same device. `auto` (issue 11
+item 2) gets no tuning: asked for each target, it measures the device and picks its estimator
+and settings; its column is the steady device time of its second estimate per seed (the first
+also pays its measurements, reported apart), and whether the median cosine made the target.
+It cannot choose the rig's samples per plateau, so it runs on the default rig (10) and on the
+shortest plateau (1).
 
 Regimes: the DNPU (7 controls, the default device, noise of `simulators.dnpu` unless stated) with
 low and high white noise, 1/f-dominated noise, drift, slow settling (100 ms), strong
@@ -56,7 +61,7 @@ from rich.table import Table
 
 from hil.core import ConfigError, FloatArray
 from hil.provenance import environment
-from hil.registry import BUILTIN, Kind
+from protocols.auto import AutoEstimator
 from protocols.base import GradientEstimator, Objective
 from protocols.diagnostics import oracle_gradient
 from protocols.estimators import SPSA, CentralDifference
@@ -75,7 +80,8 @@ DONE_COSINE = 0.9995  # a seed's ladder stops here: past every target, later run
 TUNING_CUTOFF = 3.0  # tuning stops a ladder at this multiple of the fastest setting so far
 SCORING_CUTOFF = 10.0  # scoring stops a ladder at this multiple of the fastest tuned method
 METHODS = ("homodyne", "central FD", "SPSA rademacher", "SPSA hadamard", "antithetic ES")
-AUTO = "auto"  # the self-tuning estimator of issue 11 item 2, once registered
+SHORT = dict(zip(METHODS, ("HGE", "FD", "SPSA-R", "SPSA-H", "ES"), strict=True))
+AUTO_SAMPLES = (10, 1)  # plateau samples of the rigs `auto` is given: the default, the shortest
 
 
 @dataclass(frozen=True)
@@ -88,7 +94,7 @@ class Regime:
     dim: int = 7  # 7: the DNPU; otherwise the analytic device with this many controls
     settle: float = 0.005
     curvature: float = 1.0
-    sizes: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05)  # V, perturbation grid of every method
+    sizes: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05, 0.1)  # V, every method's size grid
 
     @property
     def cap(self) -> float:
@@ -129,7 +135,7 @@ ANALYTIC_NOISE = {"white": 0.05}
 REGIMES = (
     Regime("dnpu default", "DNPU noise as shipped (0.1 nA white, 1 %, 1/f, drift)", DNPU_NOISE),
     Regime("low white", "0.05 nA white only", {"white": 0.05}),
-    Regime("high white", "3 nA white only", {"white": 3.0}),
+    Regime("high white", "10 nA white only", {"white": 10.0}),
     Regime(
         "1/f",
         "1/f 1e-3 nA²/Hz at 1 kHz (corner above Nyquist) + 0.05 nA white",
@@ -219,7 +225,7 @@ def grid(regime: Regime) -> dict[str, list[Setting]]:
         "homodyne": [
             _homodyne(a, w, f, g)
             for a in regime.sizes
-            for w in (0.35, 0.7, 1.4)
+            for w in (0.28, 0.56, 1.12)
             for f in (None, 40.0)
             for g in groups
         ]
@@ -429,6 +435,18 @@ def run_regime(
             )
             scored[method][str(target)] = outcome.as_dict()
     ranking = {str(t): rank({m: figures[m][t] for m in METHODS}) for t in TARGETS}
+    for target in TARGETS:
+        entry = ranking[str(target)]
+        winner, methods = entry["winner"], entry["methods"]
+        assert isinstance(methods, dict)
+        for samples in AUTO_SAMPLES:
+            auto = run_auto(regime, seeds, target, samples)
+            if isinstance(winner, str):
+                best, seconds = methods[winner]["seconds"], auto["seconds"]
+                assert isinstance(best, float)
+                assert isinstance(seconds, float)
+                auto["ratio"] = seconds / best
+            entry[f"auto {samples}"] = auto
     return {
         "regime": regime.name,
         "note": regime.note,
@@ -441,6 +459,42 @@ def run_regime(
         "scored": scored,
         "ranking": ranking,
         "host_seconds": time.perf_counter() - started,
+    }
+
+
+def run_auto(
+    regime: Regime, seeds: Sequence[int], target: float, samples: int
+) -> dict[str, object]:
+    """`auto` (issue 11 item 2), untuned: asked for the target, it measures and picks itself.
+
+    Two estimates per seed: the first also pays its measurements (probe, pilot), the second is
+    the steady cost per estimate that the figure reports (re-measured every `recheck_every`).
+    """
+    cosines, seconds, first, picks = [], [], [], []
+    for seed in seeds:
+        device = regime.device(seed, samples)
+        objective = Objective(device, MinimizeOutputTask())
+        theta = regime.point(seed, objective)
+        truth = oracle_gradient(objective, theta, device).gradient
+        estimator = AutoEstimator(AutoEstimator.Settings(target_cosine=target))
+        measuring = estimator.estimate(objective, theta)
+        steady = estimator.estimate(objective, theta)
+        g = steady.gradient
+        norm = float(np.linalg.norm(g) * np.linalg.norm(truth))
+        cosines.append(float(g @ truth) / norm if norm > 0 else 0.0)
+        seconds.append(steady.device_seconds)
+        first.append(measuring.device_seconds)
+        picks.append("homodyne" if steady.extras.get("auto_homodyne") else "central FD")
+    median = float(np.median(seconds))
+    q25, q75 = (float(v) for v in np.quantile(seconds, (0.25, 0.75)))
+    return {
+        "seconds": median,
+        "seed_iqr": [q25, q75],
+        "cosine_median": float(np.median(cosines)),
+        "reached": float(np.median(cosines)) >= target,
+        "first_estimate_seconds": float(np.median(first)),
+        "picked": {m: picks.count(m) for m in sorted(set(picks))},
+        "per_seed": {"cosine": cosines, "seconds": seconds, "first_seconds": first},
     }
 
 
@@ -471,12 +525,6 @@ def rank(
     return {"winner": winner, "methods": methods}
 
 
-def auto_available() -> bool:
-    """HOOK (issue 11 item 2): True once an `auto` estimator is registered; it then needs a
-    column here, built with no tuning (it tunes itself) and scored on the same seeds."""
-    return AUTO in BUILTIN[Kind.ESTIMATOR]
-
-
 def _cell(entry: dict[str, object]) -> str:
     seconds, ratio = entry["seconds"], entry["ratio"]
     assert isinstance(ratio, float)
@@ -488,11 +536,25 @@ def _cell(entry: dict[str, object]) -> str:
     return f"{seconds:.3g} s{spread} {ratio:.2g}×"
 
 
+def _auto_cell(entry: dict[str, object], samples: int) -> str:
+    auto = entry.get(f"auto {samples}")
+    if not isinstance(auto, dict):
+        return "—"
+    ratio = auto.get("ratio")
+    text = f"{auto['seconds']:.3g} s" + (f" {ratio:.2g}×" if isinstance(ratio, float) else "")
+    return text if auto["reached"] else f"{text}, missed (cos {auto['cosine_median']:.3f})"
+
+
 def print_tables(results: list[dict[str, object]], console: Console) -> None:
     """Per target: a row per regime, a column per method (time [seed IQR] ratio to winner)."""
     for target in TARGETS:
         table = Table(
-            "regime", *METHODS, "winner", title=f"device s per estimate to median cosine {target}"
+            "regime",
+            *(SHORT[m] for m in METHODS),
+            "winner",
+            *(f"auto ({n}/plateau)" for n in AUTO_SAMPLES),
+            title=f"device s per estimate to median cosine {target}: median [seed IQR] "
+            "ratio to the winner",
         )
         for result in results:
             ranking = result["ranking"]
@@ -500,7 +562,9 @@ def print_tables(results: list[dict[str, object]], console: Console) -> None:
             entry = ranking[str(target)]
             methods = entry["methods"]
             cells = [_cell(methods[m]) if m in methods else "—" for m in METHODS]
-            table.add_row(str(result["regime"]), *cells, str(entry["winner"]))
+            autos = [_auto_cell(entry, n) for n in AUTO_SAMPLES]
+            winner = SHORT.get(str(entry["winner"]), "—")
+            table.add_row(str(result["regime"]), *cells, winner, *autos)
         console.print(table)
 
 
@@ -515,7 +579,7 @@ def main() -> None:
     n_seeds, n_tune = (3, 2) if args.quick else (args.seeds, args.tune_seeds)
     wanted = {r.strip() for r in args.regimes.split(",") if r.strip()}
     regimes = [r for r in REGIMES if not wanted or r.name in wanted]
-    console = Console()
+    console = Console(width=220)
     load_before = os.getloadavg()
     results: list[dict[str, object]] = []
     for regime in regimes:
@@ -523,8 +587,6 @@ def main() -> None:
         console.print(f"{regime.name}: {results[-1]['host_seconds']:.0f} s host")
         write(results, n_seeds, n_tune, load_before)  # a partial file survives an interrupted run
     print_tables(results, console)
-    if not auto_available():
-        console.print("auto: not registered yet (issue 11 item 2); see auto_available()")
 
 
 def write(
@@ -544,7 +606,8 @@ def write(
         "rungs": list(RUNGS),
         "tuning_cutoff": TUNING_CUTOFF,
         "scoring_cutoff": SCORING_CUTOFF,
-        "auto": "registered" if auto_available() else "not registered",
+        "auto": "untuned, target_cosine = each target, on rigs of "
+        f"{' and '.join(map(str, AUTO_SAMPLES))} samples/plateau (it cannot choose them)",
         "regimes": results,
         "machine_load": {"before": load_before, "after": os.getloadavg(), "cpus": os.cpu_count()},
         "environment": environment(),
