@@ -218,6 +218,9 @@ def test_impossible_plan_says_what_to_change() -> None:
     order=st.integers(1, 3),
     mains=st.sampled_from([50.0, 60.0, None]),
     harmonics=st.sampled_from([(), (), (3,), (2, 3)]),
+    products=st.sampled_from(
+        [None, None, ProductSizes(0.01, 1e-4, 1.0, 10.0), ProductSizes(0.2, 1e-4, 1.0, 10.0)]
+    ),
 )
 def test_every_plan_passes_the_check(
     n: int,
@@ -227,6 +230,7 @@ def test_every_plan_passes_the_check(
     order: int,
     mains: float | None,
     harmonics: tuple[int, ...],
+    products: ProductSizes | None,
 ) -> None:
     failure = ""
     try:
@@ -238,6 +242,7 @@ def test_every_plan_passes_the_check(
             order=order,
             mains=mains,
             harmonics=harmonics,
+            products=products,
         )
     except ValueError as error:
         failure, plan = str(error), []
@@ -254,6 +259,7 @@ def test_every_plan_passes_the_check(
             order=order,
             mains=mains,
             harmonics=harmonics,
+            products=products,
         )
         == []
     )
