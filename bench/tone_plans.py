@@ -7,12 +7,12 @@ the time of a repeated (cached) plan. Ratios are to the all-products planner in 
 
 Rules: `all` (today's default: free of every harmonic and intermodulation product to 3rd order),
 `order 2` (today's option, for reference) and `significant @ A` for A = 20, 5, 1 mV: only products
-whose predicted amplitude exceeds 0.1 × the noise in a bin (`tones.ProductSizes`) must keep off
-the tones. Its inputs are the simulated DNPU's: derivative bounds are the medians, over random
+whose predicted amplitude exceeds 0.1 × the noise in a bin (`tone_windows.ProductSizes`) must keep
+off the tones. Its inputs are the simulated DNPU's: derivative bounds are the medians, over random
 operating points (seed 0), of the largest |∂²I/∂θ_i∂θ_j| and |∂³I/∂θ_i³| over the five controls
 (central differences of the noise-free core, step 20 mV); the noise density is the lowest in the
-band: the white floor 2·(0.1 nA)²/fs plus the 1/f noise at 125 Hz (1e-5 nA²/Hz at 1 kHz). The
-same bounds stand for every d (a device with d controls and this curvature). Nothing is tuned: the
+band: the white floor 2·(0.1 nA)²/fs plus the 1/f noise at 125 Hz (1e-5 nA²/Hz at 1 kHz). The same
+bounds stand for every d (a device with d controls and this curvature). Nothing is tuned: the
 fraction 0.1 (bias ≤ 0.1 standard error) is fixed in advance. Each significant plan is checked: no
 product above the bar lies within 1/T of a tone; the products it leaves on tones are counted with
 their largest predicted amplitude relative to the noise in a bin.
@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 
 from protocols import tones
-from protocols.tones import ProductSizes, check_plan, shortest_window, tone_plan
+from protocols.tone_windows import ProductSizes, product_vectors
+from protocols.tones import check_plan, shortest_window, tone_plan
 from simulators.dnpu import DNPUDevice
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,7 +115,7 @@ def rules(sizes: dict[str, float]) -> dict[str, dict[str, Any]]:
 
 def left_on_tones(plan: tuple[float, ...], window: float, products: ProductSizes) -> dict[str, Any]:
     """Products to 3rd order within 1/T of a tone: count, largest amplitude / bin noise."""
-    vectors = tones._vectors(len(plan), 3)
+    vectors = product_vectors(len(plan), 3)
     f = np.asarray(plan)
     values = np.abs(vectors.astype(float) @ f)
     on = (np.abs(vectors).sum(axis=1) >= 2) & np.any(

@@ -11,10 +11,11 @@ no other tone, product or mains harmonic within 1/T of them and h·f_i below Nyq
 output can be demodulated there to read the device's own h-th harmonic of tone i. `near_mains` is
 the one mains-proximity rule, shared by the planner, the check and the homodyne noise bins.
 
-With `products` (a `ProductSizes`) only products predicted to stand out of the noise count: at
-small amplitude and curvature a plan needs only distinct tones off mains, so its top bin grows ~d
-rather than the ~d^2.5 of a plan free of every product. Plans are cached (`tone_plan`), and
-`shortest_window` finds the shortest window whose plan fits the band.
+With `products` (a `tone_windows.ProductSizes`, the rule for which products count) only products
+predicted to stand out of the noise count: at small amplitude and curvature a plan needs only
+distinct tones off mains, so its top bin grows ~d rather than the ~d^2.5 of a plan free of every
+product. Plans are cached (`tone_plan`), and `shortest_window` finds the shortest window whose
+plan fits the band (here, not in `tone_windows`: it runs this module's search).
 """
 
 from __future__ import annotations
@@ -23,15 +24,20 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from itertools import combinations, product
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from protocols import tone_windows
+from protocols.tone_windows import (
+    BoolArray,
+    FloatArray,
+    ProductSizes,
+    SmallArray,
+    counted_vectors,
+)
+
 IntArray = NDArray[np.int64]
-SmallArray = NDArray[np.int8]  # combinations n_j: |n_j| <= order, stored small
-BoolArray = NDArray[np.bool_]
-FloatArray = NDArray[np.float64]
 
 _REL = 1e-9  # relative tolerance for frequency comparisons
 _CYCLES = 1e-6  # how far f·T may be from an integer and still count as coherent
@@ -49,74 +55,6 @@ class Collision:
 
     def __str__(self) -> str:
         return f"f{self.index} = {self.frequency:g} Hz: {self.product} ({self.distance:.3g} Hz)"
-
-
-@dataclass(frozen=True)
-class ProductSizes:
-    """Predicted product amplitudes at the output, and the bar a product must clear to count.
-
-    A product Σ n_j f_j of order N = Σ|n_j| enters through the N-th Taylor term with amplitude
-        a = D_N · Π A_j^|n_j| / (Π |n_j|! · 2^(N−1))
-    e.g. f_i ± f_j: D₂A_iA_j/2, 2f_i: D₂A_i²/4, 3f_i: D₃A_i³/24, 2f_i ± f_j: D₃A_i²A_j/8,
-    f_i ± f_j ± f_k: D₃A_iA_jA_k/4 (leading order in A). D_N bounds the N-th partial derivatives
-    involved: `second[i]` ≥ |∂²y/∂θ_i∂θ_j| and `third[i]` ≥ |∂³y/∂θ_i∂θ_j∂θ_k| for every j, k,
-    so a mixed product takes the smallest bound of its controls (one value: every control).
-    Demodulated over T, a bin's noise is √(S/T), S the one-sided output noise density (take its
-    lowest value in the band). A product is significant when a > `fraction`·√(S/T); only those
-    must keep off the tones. Products above 3rd order have no bound here and always count.
-    `amplitudes` A_i are indexed like the plan's tones (one value: every tone).
-    """
-
-    amplitudes: float | tuple[float, ...]
-    noise_density: float
-    second: float | tuple[float, ...]
-    third: float | tuple[float, ...]
-    fraction: float = 0.1
-
-    def __post_init__(self) -> None:
-        problems = []
-        for name in ("amplitudes", "second", "third"):
-            raw = getattr(self, name)
-            values = tuple(float(v) for v in np.atleast_1d(np.asarray(raw, dtype=float)))
-            if not values or not all(math.isfinite(v) and v >= 0 for v in values):
-                problems.append(f"{name} must be finite and >= 0, got {raw}")
-            else:  # sequences become tuples, so the rule is hashable (a cache key)
-                object.__setattr__(self, name, values if np.ndim(raw) else values[0])
-        if not (math.isfinite(self.noise_density) and self.noise_density >= 0):
-            problems.append(f"noise_density must be finite and >= 0, got {self.noise_density}")
-        if not self.fraction > 0:
-            problems.append(f"fraction must be > 0, got {self.fraction}")
-        if problems:
-            raise ValueError("ProductSizes: " + "; ".join(problems))
-
-    def per_control(self, name: str, n: int) -> FloatArray:
-        """`amplitudes`, `second` or `third` for the first n tones (one value repeated)."""
-        values = np.atleast_1d(np.asarray(getattr(self, name), dtype=float))
-        if values.size == 1:
-            return np.full(n, values[0])
-        if values.size < n:
-            raise ValueError(f"ProductSizes.{name}: {values.size} values for {n} tones")
-        return values[:n]
-
-    def amplitude(self, vectors: ArrayLike) -> FloatArray:
-        """Predicted amplitude of each product (rows n_j over the first tones); inf where there
-        is no bound (a tone itself, or above 3rd order)."""
-        v = np.abs(np.atleast_2d(np.asarray(vectors, dtype=np.int64)))
-        order = v.sum(axis=1)
-        factorial = np.cumprod(np.r_[1, np.arange(1, max(int(v.max(initial=0)), 1) + 1)])
-        terms = self.per_control("amplitudes", v.shape[1]) ** v / factorial[v]
-        size = np.prod(terms, axis=1) / 2.0 ** (order - 1)
-        out = np.full(v.shape[0], np.inf)
-        for n_th, name in ((2, "second"), (3, "third")):
-            bound = np.where(v > 0, self.per_control(name, v.shape[1]), np.inf).min(axis=1)
-            out = np.where(order == n_th, bound * size, out)
-        return out
-
-    def significant(self, vectors: ArrayLike, window: float) -> BoolArray:
-        """Per product: predicted amplitude above `fraction`·√(S/T), or without a bound."""
-        bar = self.fraction * math.sqrt(self.noise_density / window)
-        above: BoolArray = ~(self.amplitude(vectors) <= bar)
-        return above
 
 
 @dataclass(frozen=True)
@@ -201,7 +139,7 @@ class _Rules:
 
     def vectors(self, window: float) -> Callable[[int], SmallArray]:
         """n → the combinations that count over the first n tones, at this window."""
-        return lambda n: _kept(n, self.order, self.products, window)
+        return lambda n: counted_vectors(n, self.order, self.products, window)
 
     def accept(self, window: float) -> Callable[[list[int]], bool] | None:
         """The check each partial plan must pass: its harmonic bins free (None: no harmonics)."""
@@ -209,58 +147,6 @@ class _Rules:
             return None
         vectors = self.vectors(window)
         return lambda plan: _harmonics_clear(plan, self.harmonics, vectors(len(plan)))
-
-
-@lru_cache(maxsize=64)
-def _vectors(n: int, order: int) -> SmallArray:
-    """Integer combinations n_j with 1 ≤ Σ|n_j| ≤ order, one of each ± pair (first entry > 0)."""
-    blocks = [np.zeros((0, n), dtype=np.int8)]
-    for size in range(1, min(order, n) + 1):
-        patterns = [  # the entries on a support: magnitudes, signs after the first
-            [m * s for m, s in zip(mags, (1, *signs), strict=True)]
-            for mags in product(range(1, order - size + 2), repeat=size)
-            if sum(mags) <= order
-            for signs in product((1, -1), repeat=size - 1)
-        ]
-        supports = np.array(list(combinations(range(n), size)), dtype=np.int64)
-        rows = np.zeros((len(supports), len(patterns), n), dtype=np.int8)
-        for p, pattern in enumerate(patterns):
-            rows[np.arange(len(supports))[:, None], p, supports] = pattern
-        blocks.append(rows.reshape(-1, n))  # support by support, as combinations lists them
-    out: SmallArray = np.concatenate(blocks)
-    return out
-
-
-def _kept(n: int, order: int, products: ProductSizes | None, window: float) -> SmallArray:
-    """The combinations that count: all, or the tones and the significant products."""
-    return _vectors(n, order) if products is None else _significant(n, order, products, window)
-
-
-@lru_cache(maxsize=256)
-def _significant(n: int, order: int, products: ProductSizes, window: float) -> SmallArray:
-    """The tones and the products above the bar; skips enumerating when none can be, and
-    shares the full table when all are."""
-    bar = products.fraction * math.sqrt(products.noise_density / window)
-    amps = products.per_control("amplitudes", n)
-    high, low = [], []  # per order 2, 3 counted: the largest and smallest possible amplitude
-    for k, name in ((2, "second"), (3, "third"))[: order - 1]:
-        d = products.per_control(name, n)
-        high.append(d.max(initial=0) * amps.max(initial=0) ** k / 2 ** (k - 1))
-        low.append(d.min(initial=math.inf) * amps.min(initial=math.inf) ** k / 2 ** (k - 1))
-        low[-1] /= math.factorial(k)  # Π|n_j|! ≤ N!
-    if order <= 3 and max(high, default=0.0) <= bar:
-        return np.eye(n, dtype=np.int8)  # every product is below the bar: only distinct tones
-    every = _vectors(n, order)
-    if min(low, default=math.inf) > bar:
-        return every  # every product is above the bar
-    keep = _amplitudes(n, order, products) > bar
-    return every if keep.all() else every[keep]
-
-
-@lru_cache(maxsize=256)
-def _amplitudes(n: int, order: int, products: ProductSizes) -> FloatArray:
-    """`ProductSizes.amplitude` of every combination of `_vectors` (inf for the tones)."""
-    return products.amplitude(_vectors(n, order))
 
 
 def _name(vector: SmallArray) -> str:
@@ -377,7 +263,9 @@ def check_plan(
     reach = resolution * (1 - _REL)
     nyquist = nyquist_fraction * sample_rate / 2
     found: list[Collision] = []
-    every = _kept(f.size, order, products, window) if f.size else np.zeros((0, 0), np.int8)
+    every = (
+        counted_vectors(f.size, order, products, window) if f.size else np.zeros((0, 0), np.int8)
+    )
     every_values = every @ f if f.size else np.zeros(0)
     vectors = every[np.abs(every).sum(axis=1) >= 2]
     values = vectors @ f if f.size else np.zeros(0)
@@ -713,5 +601,6 @@ def shortest_window(
 
 def clear_caches() -> None:
     """Forget every cached plan, window and product table (for timing a cold planner)."""
-    for cached in (_vectors, _significant, _amplitudes, _solve, _shortest):
+    tone_windows.clear_caches()
+    for cached in (_solve, _shortest):
         cached.cache_clear()

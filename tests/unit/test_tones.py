@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
+from protocols.tone_windows import ProductSizes
 from protocols.tones import (
     Collision,
-    ProductSizes,
     check_plan,
     clear_caches,
     near_mains,
