@@ -605,8 +605,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="3 scored + 2 tuning seeds, smoke")
     parser.add_argument("--seeds", type=int, default=15, help="scored seeds")
-    parser.add_argument("--tune-seeds", type=int, default=3, help="tuning seeds (never scored)")
+    parser.add_argument("--tune-seeds", type=int, default=5, help="tuning seeds (never scored)")
     parser.add_argument("--regimes", default="", help="comma-separated regime names (default all)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="the JSON file written")
     args = parser.parse_args()
     logging.getLogger("protocols.homodyne").setLevel(logging.ERROR)  # grid-fallback notices
     n_seeds, n_tune = (3, 2) if args.quick else (args.seeds, args.tune_seeds)
@@ -618,12 +619,16 @@ def main() -> None:
     for regime in regimes:
         results.append(run_regime(regime, range(100, 100 + n_tune), range(n_seeds)))
         console.print(f"{regime.name}: {results[-1]['host_seconds']:.0f} s host")
-        write(results, n_seeds, n_tune, load_before)  # a partial file survives an interrupted run
+        write(args.out, results, n_seeds, n_tune, load_before)  # partial file survives a kill
     print_tables(results, console)
 
 
 def write(
-    results: list[dict[str, object]], n_seeds: int, n_tune: int, load_before: tuple[float, ...]
+    path: Path,
+    results: list[dict[str, object]],
+    n_seeds: int,
+    n_tune: int,
+    load_before: tuple[float, ...],
 ) -> None:
     """The JSON: settings, tuning choices, raw per-seed results, versions and machine load."""
     out = {
@@ -645,8 +650,8 @@ def write(
         "machine_load": {"before": load_before, "after": os.getloadavg(), "cpus": os.cpu_count()},
         "environment": environment(),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":
