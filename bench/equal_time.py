@@ -22,7 +22,8 @@ Protocol: tuning seeds (100, 101, …) choose, per method and target cosine, the
 ladder reaches the median cosine soonest (a tie: the larger median cosine); the other seeds
 (0 … n−1) score only that choice. The figure is the device time of the first rung whose median
 cosine over the scored seeds reaches the target; the IQR is that of the per-seed times (first
-rung from which a seed's cosine stays at or above the target). A ladder stops at the regime's cap
+rung from which a seed's cosine stays at or above the target, so a Hadamard ladder whose middle
+rungs break a cycle can show an IQR above its median figure). A ladder stops at the regime's cap
 of device time; in tuning also at 3× the fastest setting found so far (it cannot win; and a
 screen on the first tuning seed drops settings 2× slower than their method's best), in
 scoring at 10× the fastest tuned method. A method that does not reach the target shows "> x×":
@@ -41,7 +42,9 @@ controls (white noise) for the scaling in d.
 
     .venv/bin/python -m bench.equal_time [--quick] [--seeds N] [--tune-seeds N] [--regimes a,b]
 
-Prints the tables and writes bench/results/equal_time.json.
+Prints the tables and writes bench/results/equal_time.json (--out: elsewhere). Wall time on 2
+shared cores (load ~2): 11 min for the DNPU regimes and d ≤ 20, d = 50 alone 5 min at 7 seeds
+(`auto` on 1-sample plateaus averages ~36 s of device time per estimate there); --quick ~3 min.
 """
 
 from __future__ import annotations
