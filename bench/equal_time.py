@@ -44,7 +44,8 @@ controls (white noise) for the scaling in d.
 
 Prints the tables and writes bench/results/equal_time.json (--out: elsewhere). Wall time on 2
 shared cores (load ~2): 11 min for the DNPU regimes and d ≤ 20, d = 50 alone 5 min at 7 seeds
-(`auto` on 1-sample plateaus averages ~36 s of device time per estimate there); --quick ~3 min.
+(`auto` on 1-sample plateaus averages ~36 s of device time per estimate there); --quick (2
+tuning, 3 scored seeds) is a smoke run, not a result.
 """
 
 from __future__ import annotations
