@@ -43,7 +43,7 @@ controls (white noise) for the scaling in d.
     .venv/bin/python -m bench.equal_time [--quick] [--seeds N] [--tune-seeds N] [--regimes a,b]
 
 Prints the tables and writes bench/results/equal_time.json (--out: elsewhere). Wall time on 2
-shared cores (load ~2): 11 min for the DNPU regimes and d ≤ 20, d = 50 alone 5 min at 7 seeds
+shared cores (load ~2): 11 min for the DNPU regimes and d ≤ 20, d = 50 alone 5.5 min
 (`auto` on 1-sample plateaus averages ~36 s of device time per estimate there); --quick (2
 tuning, 3 scored seeds) is a smoke run, not a result.
 """
