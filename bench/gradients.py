@@ -5,15 +5,13 @@ Noise limit (issue "gradient extraction"): the analytic device with white output
 repeats, divided by √(S/T)/A with S = 2σ²/fs the one-sided noise density, T the window and A the
 tone amplitude. Target ≤ 1.2.
 
-Equal device time (`bench/equal_time.py`): on the DNPU simulator with realistic timing, the device
-seconds each method needs per estimate for a median gradient cosine ≥ 0.99, at two perturbation
-amplitudes (5 mV, as on the narrow DNPU electrodes, and 20 mV). Target: homodyne needs at most a
-fifth of central differences' time. Convergence against pycma, nevergrad and noisyopt is
-`bench/convergence.py` (its own results file; `--convergence` runs it from here too).
+The fair equal-device-time comparison of every estimator (each with its own tuned settings, per
+regime) is `bench/equal_time.py` (bench/results/equal_time.json); convergence against pycma,
+nevergrad and noisyopt is `bench/convergence.py` (`--convergence` runs it from here too).
 
 Prints tables and writes bench/results/gradients.json.
 
-    .venv/bin/python -m bench.gradients [--repeats N] [--seeds N] [--convergence]
+    .venv/bin/python -m bench.gradients [--repeats N] [--convergence]
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bench.equal_time import TARGET_COSINE, equal_device_time, seconds_text
 from hil.provenance import environment
 from protocols.base import Objective
 from protocols.homodyne import Homodyne
@@ -77,14 +74,11 @@ def noise_limit(repeats: int) -> tuple[dict[str, float], list[float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=200)
-    parser.add_argument("--seeds", type=int, default=15, help="seeds of the equal-time ladder")
     parser.add_argument(
         "--convergence", action="store_true", help="also run bench.convergence (minutes)"
     )
     args = parser.parse_args()
     figures, tones = noise_limit(args.repeats)
-    amplitudes = (0.005, 0.02)
-    equal_time = equal_device_time(amplitudes, args.seeds)
     result = {
         "benchmark": "gradients",
         "setup": {
@@ -96,12 +90,7 @@ def main() -> None:
         },
         "figures": figures,
         "tones_hz": tones,
-        "equal_device_time": {
-            "seeds": args.seeds,
-            "target_cosine": TARGET_COSINE,
-            "by_amplitude_volts": {a: r.as_dict() for a, r in equal_time.items()},
-        },
-        "targets": {"rms_error_over_limit": 1.2, "fd_over_homodyne": 5.0},
+        "targets": {"rms_error_over_limit": 1.2},
         "environment": environment(),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -115,31 +104,6 @@ def main() -> None:
     )
     table.add_row("tones", ", ".join(f"{f:g}" for f in tones), "Hz")
     Console().print(table)
-    for amplitude, outcome in equal_time.items():
-        reached = outcome.seconds_to_target
-        ladder = Table(
-            "method",
-            "budget",
-            "device s / estimate",
-            "median cosine",
-            title=f"equal device time, DNPU, amplitude {amplitude} V "
-            f"(median of {args.seeds} seeds)",
-        )
-        for row in outcome.rows:
-            if row.infeasible is not None:
-                ladder.add_row(row.method, row.budget, "—", "no tone plan fits")
-                continue
-            ladder.add_row(
-                row.method, row.budget, f"{row.device_seconds:.3g}", f"{row.cosine_median:.4f}"
-            )
-        Console().print(ladder)
-        summary = ", ".join(f"{m}: {seconds_text(t)}" for m, t in reached.items())
-        ratio = outcome.fd_over_homodyne
-        Console().print(
-            f"time to cosine ≥ {TARGET_COSINE}: {summary}; FD / homodyne = "
-            f"{'n/a' if ratio is None else f'{ratio:.2f}'} ({outcome.fd_over_homodyne_kind}; "
-            "target ≥ 5)"
-        )
     if args.convergence:
         subprocess.run([sys.executable, "-m", "bench.convergence"], check=True)
     Console().print(f"written to {RESULTS}")
