@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_report_html import PNG_SIGNATURE, PROBE, Page, _browser, _chromium
+from test_report_html import PNG_SIGNATURE, Page, assert_renders
 
 import hil.report_calibration as report_calibration
 from hil.core import JSONDict
@@ -596,21 +596,4 @@ def test_a_real_calibration_run_is_reported(tmp_path: Path) -> None:
 
 
 def test_the_calibration_page_renders_in_a_headless_browser(run: Path, tmp_path: Path) -> None:
-    browser = _browser()
-    if browser is None:
-        pytest.skip("no headless browser found (chromium, chromium-browser or google-chrome)")
-    page = (run / "report" / "report.html").read_text(encoding="utf-8")
-    probed = tmp_path / "probed.html"
-    probed.write_text(page.replace("<head>", "<head>" + PROBE, 1), encoding="utf-8")
-    result = _chromium(browser, tmp_path / "profile", "--dump-dom", probed.as_uri())
-    found = re.search(r'<pre id="probe">(.*?)</pre>', result.stdout, re.S)
-    assert found, f"no probe result; browser said:\n{result.stderr[-2000:]}"
-    probe = json.loads(html.unescape(found.group(1)))
-    assert probe["errors"] == []
-    assert probe["title"] == "Run bringup"
-    assert len(probe["images"]) == 6
-    for complete, width, height in probe["images"]:
-        assert complete
-        assert width > 0
-        assert height > 0
-    assert [line for line in result.stderr.splitlines() if ":CONSOLE" in line] == []
+    assert_renders(run / "report" / "report.html", tmp_path, title="Run bringup", images=6)

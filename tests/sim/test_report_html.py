@@ -179,26 +179,34 @@ def _chromium(browser: str, profile: Path, *args: str) -> subprocess.CompletedPr
     )
 
 
-def test_the_report_renders_in_a_headless_browser(run: Path, tmp_path: Path) -> None:
+def assert_renders(page: Path, tmp_path: Path, *, title: str, images: int) -> str:
+    """Open a probed copy of `page` in headless Chromium: no load or console errors, the title,
+    and `images` images all decoded. Skips where no browser exists; returns the browser used."""
     browser = _browser()
     if browser is None:
         pytest.skip(f"no headless browser found (looked for {', '.join(BROWSERS)} on PATH)")
-    page = (run / "report" / "report.html").read_text(encoding="utf-8")
     probed = tmp_path / "probed.html"
-    probed.write_text(page.replace("<head>", "<head>" + PROBE, 1), encoding="utf-8")
+    text = page.read_text(encoding="utf-8")
+    probed.write_text(text.replace("<head>", "<head>" + PROBE, 1), encoding="utf-8")
     result = _chromium(browser, tmp_path / "profile", "--dump-dom", probed.as_uri())
     found = re.search(r'<pre id="probe">(.*?)</pre>', result.stdout, re.S)
     assert found, f"no probe result; browser said:\n{result.stderr[-2000:]}"
     probe = json.loads(html.unescape(found.group(1)))
     assert probe["errors"] == []
-    assert probe["title"] == "Run small"
-    assert len(probe["images"]) == 3
+    assert probe["title"] == title
+    assert len(probe["images"]) == images
     for complete, width, height in probe["images"]:
         assert complete
         assert width > 0
         assert height > 0
     console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
     assert console == [], console
+    return browser
+
+
+def test_the_report_renders_in_a_headless_browser(run: Path, tmp_path: Path) -> None:
+    page = run / "report" / "report.html"
+    browser = assert_renders(page, tmp_path, title="Run small", images=3)
 
     # The page as shipped (no probe) also renders: a screenshot comes back as a PNG.
     shot = tmp_path / "page.png"
@@ -207,7 +215,7 @@ def test_the_report_renders_in_a_headless_browser(run: Path, tmp_path: Path) -> 
         tmp_path / "profile",
         f"--screenshot={shot}",
         "--window-size=1000,1400",
-        (run / "report" / "report.html").as_uri(),
+        page.as_uri(),
     )
     assert shot.is_file(), shown.stderr[-2000:]
     assert shot.read_bytes().startswith(PNG_SIGNATURE)
