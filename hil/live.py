@@ -19,10 +19,9 @@ import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from hil.core import HilError, RunError
+from hil.core import HilError, RunError, Serving
 from hil.report import report_page
 from hil.rundir import EVENTS_FILE, SUMMARY_FILE, RunDirectory
 
@@ -164,7 +163,7 @@ class _Server(ThreadingHTTPServer):
         super().__init__((HOST, port), _Handler)
 
 
-class LiveServer:
+class LiveServer(Serving):
     """Serves a `LivePage` on 127.0.0.1 from a background thread until `stop()`."""
 
     def __init__(self, run_path: Path, *, port: int = 0, refresh: float = 2.0) -> None:
@@ -206,14 +205,3 @@ class LiveServer:
         if self._thread is not None:
             self._thread.join(timeout)
         self._server, self._thread = None, None
-
-    def __enter__(self) -> LiveServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -15,6 +15,7 @@ from hil.core.capabilities import (
     ProgrammableState,
     Reconnecting,
     RestoreChecked,
+    Serving,
     Stateful,
     Streaming,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "RunError",
     "SafetyViolation",
     "SeedLike",
+    "Serving",
     "Stateful",
     "Streaming",
     "VirtualClock",

@@ -212,6 +212,28 @@ class Closing:
         self.close()
 
 
+class Serving:
+    """Context-manager behaviour of a server: entering starts it, leaving stops it."""
+
+    def start(self) -> object:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
 class DeviceBase(Closing):
     """Context-manager behaviour shared by devices: leaving the block makes the device safe."""
 

@@ -28,9 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from hil.core import Serving
 from simulators.crossbar import CrossbarDevice
 from simulators.virtual.scpi import ScpiDevice
-from simulators.virtual.server import HOST, Faults, ScpiServer, Serving
+from simulators.virtual.server import HOST, Faults, ScpiServer
 
 log = logging.getLogger(__name__)
 

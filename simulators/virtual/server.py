@@ -17,9 +17,8 @@ import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Self
 
+from hil.core import Serving
 from simulators.virtual.scpi import ScpiDevice, ScpiError
 
 log = logging.getLogger(__name__)
@@ -47,28 +46,6 @@ class Faults:
     drop: int = 0
     garble: int = 0
     disconnect_after: int | None = None
-
-
-class Serving:
-    """Context-manager behaviour of a server: entering starts it, leaving stops it."""
-
-    def start(self) -> object:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class ScpiServer(Serving):

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from hil.core import Serving
 from simulators.virtual.crossbar_serial import CrossbarBoardEmulator, CrossbarSerialServer
 from simulators.virtual.scpi import ScpiDevice
-from simulators.virtual.server import ScpiServer, Serving
+from simulators.virtual.server import ScpiServer
 
 Servable = ScpiDevice | CrossbarBoardEmulator
 """What a station serves: a SCPI/TSP instrument or a serial board."""
