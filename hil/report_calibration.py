@@ -23,7 +23,18 @@ from numpy.typing import NDArray
 
 from hil import report_crossbar as crossbar
 from hil.core import JSONDict
-from hil.report_html import Figure, details, grid, note, number, panels, plus_minus, png, pyplot
+from hil.report_html import (
+    Figure,
+    details,
+    float_array,
+    grid,
+    note,
+    number,
+    panels,
+    plus_minus,
+    png,
+    pyplot,
+)
 
 FloatArray = NDArray[np.float64]
 T = TypeVar("T")
@@ -66,14 +77,6 @@ def _num(value: Any) -> float | None:
     """A JSON number as a float; None for null (a non-finite value) and anything else."""
     number_type = isinstance(value, int | float) and not isinstance(value, bool)
     return float(value) if number_type else None
-
-
-def _array(value: Any, ndim: int) -> FloatArray:
-    """A JSON list as a float array of `ndim` dimensions (null → NaN); ValueError otherwise."""
-    array = np.asarray(value, dtype=float)
-    if array.ndim != ndim or array.size == 0:
-        raise ValueError(f"expected a non-empty {ndim}-d list, got shape {array.shape}")
-    return array
 
 
 def _unit(units: Units, channel: str, power: str = "") -> str:
@@ -130,8 +133,8 @@ Sweep = tuple[str, list[str], FloatArray, FloatArray, FloatArray]  # channel, ou
 
 
 def _parse_iv(record: JSONDict) -> Sweep:
-    levels, y = _array(record["levels"], 1), _array(record["outputs"], 2)
-    slope = _array(record["slope_at_zero"], 1)
+    levels, y = float_array(record["levels"], 1), float_array(record["outputs"], 2)
+    slope = float_array(record["slope_at_zero"], 1)
     names = record.get("output_names") or [f"output {k}" for k in range(y.shape[1])]
     if y.shape != (levels.size, len(names)) or slope.size != len(names):
         raise ValueError("levels, outputs and slopes do not match")
@@ -263,7 +266,9 @@ def _parse_noise(record: JSONDict) -> tuple[JSONDict, list[_Spectrum]]:
         fit |= {key: _num(entry.get(key)) for key in ("corner_se", "f_ref")}
         lines = [(float(f), float(excess)) for f, excess in entry.get("lines") or []]
         f, psd = entry.get("frequencies"), entry.get("psd")
-        arrays = (_array(f, 1), _array(psd, 1)) if f is not None and psd is not None else None
+        arrays = (
+            (float_array(f, 1), float_array(psd, 1)) if f is not None and psd is not None else None
+        )
         if arrays is not None and arrays[0].size != arrays[1].size:
             raise ValueError("frequencies and psd differ in length")
         spectra.append(_Spectrum(str(name), fit, lines, arrays))
@@ -355,7 +360,7 @@ def _parse_step(record: JSONDict) -> tuple[list[tuple[list[Any], dict[str, Any]]
         row = [channel, output, size, plus_minus(r["bandwidth"], r.get("bandwidth_se"))]
         rows.append((row + [r.get(k) for k in STEP_KNOWN_ORDER], shared | extra))
         if all(r.get(k) is not None for k in ("t", "y", "fit")):
-            t, y, fit = (_array(r[k], 1) for k in ("t", "y", "fit"))
+            t, y, fit = (float_array(r[k], 1) for k in ("t", "y", "fit"))
             if not t.size == y.size == fit.size:
                 raise ValueError("t, y and fit differ in length")
             traces.append((channel, output, t, y, fit, _num(r.get("settling_time"))))

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from hil.core import JSONDict
-from hil.report_html import pyplot
+from hil.report_html import float_array, pyplot
 
 FloatArray = NDArray[np.float64]
 MAX_LISTED = 64
@@ -26,9 +26,7 @@ MAX_LISTED = 64
 
 def device_map(value: Any, record: JSONDict) -> FloatArray:
     """A map over the devices: rows × cols as the record says (ValueError otherwise)."""
-    array = np.asarray(value, dtype=float)
-    if array.ndim != 2 or array.size == 0:
-        raise ValueError(f"expected a non-empty 2-d list, got shape {array.shape}")
+    array = float_array(value, 2)
     if array.shape != (record["rows"], record["cols"]):
         raise ValueError(
             f"a map of shape {array.shape} in a {record['rows']}×{record['cols']} array"
@@ -87,9 +85,7 @@ class Staircase:
 
 def parse_pulses(record: JSONDict) -> Staircase:
     """The staircase of a pulse-response record (ValueError where its parts do not fit)."""
-    states, counts = np.asarray(record["states"], dtype=float), np.asarray(record["counts"], float)
-    if counts.ndim != 1 or counts.size == 0:
-        raise ValueError(f"expected a non-empty 1-d list, got shape {counts.shape}")
+    states, counts = np.asarray(record["states"], dtype=float), float_array(record["counts"], 1)
     if states.shape != (counts.size + 1, record["rows"], record["cols"]):
         raise ValueError("the states do not fit the counts and the array size")
     for side in (record["up"], record["down"]):

@@ -16,9 +16,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import yaml
 
-from hil.core import JSONDict
+from hil.core import FloatArray, JSONDict
 
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 1.5rem auto;
@@ -85,6 +86,15 @@ def panels(n: int, height: float, columns: int = 2) -> tuple[Any, list[Any]]:
 
 def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
+
+
+def float_array(value: Any, ndim: int) -> FloatArray:
+    """A JSON list of a record as a float array of `ndim` dimensions (null → NaN); ValueError
+    when it has another shape or is empty (the page then notes the record as damaged)."""
+    array = np.asarray(value, dtype=float)
+    if array.ndim != ndim or array.size == 0:
+        raise ValueError(f"expected a non-empty {ndim}-d list, got shape {array.shape}")
+    return array
 
 
 def number(value: Any) -> str:
