@@ -88,7 +88,8 @@ SCREEN = 2.0  # tuning: settings this much slower than the method's best on one 
 SCORING_CUTOFF = 10.0  # scoring stops a ladder at this multiple of the fastest tuned method
 METHODS = ("homodyne", "central FD", "SPSA rademacher", "SPSA hadamard", "antithetic ES")
 SHORT = dict(zip(METHODS, ("HGE", "FD", "SPSA-R", "SPSA-H", "ES"), strict=True))
-AUTO_SAMPLES = (10, 1)  # plateau samples of the rigs `auto` is given: the default, the shortest
+AUTO_SAMPLES = (10,)  # plateau samples of the rig `auto` starts from (it sets its own)
+AUTO_PICKS = dict(enumerate(("central FD", "SPSA hadamard", "homodyne")))
 
 
 @dataclass(frozen=True)
@@ -513,7 +514,9 @@ def run_auto(
         objective = Objective(device, MinimizeOutputTask())
         theta = regime.point(seed, objective)
         truth = oracle_gradient(objective, theta, device).gradient
-        estimator = AutoEstimator(AutoEstimator.Settings(target_cosine=target))
+        estimator = AutoEstimator(
+            AutoEstimator.Settings(target_cosine=target, measure_loss=False)
+        )
         measuring = estimator.estimate(objective, theta)
         steady = estimator.estimate(objective, theta)
         g = steady.gradient
@@ -521,7 +524,7 @@ def run_auto(
         cosines.append(float(g @ truth) / norm if norm > 0 else 0.0)
         seconds.append(steady.device_seconds)
         first.append(measuring.device_seconds)
-        picks.append("homodyne" if steady.extras.get("auto_homodyne") else "central FD")
+        picks.append(AUTO_PICKS[int(steady.extras["auto_candidate"])])
     median = float(np.median(seconds))
     q25, q75 = (float(v) for v in np.quantile(seconds, (0.25, 0.75)))
     return {

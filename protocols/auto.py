@@ -1,77 +1,63 @@
 """`auto`: pick the estimator that reaches a target accuracy in the least device time, from
 measurements of the device at hand (issue 11).
 
-At the first estimate (and again every `recheck_every` estimates) it measures, at θ, with the
-run's own objective and clock:
+At the first estimate (and again every `recheck_every` estimates, or sooner when an estimate's
+spread says the noise was underestimated) it measures, at θ, with the run's own objective:
 
-- the loss noise σ and the device seconds of one evaluation, from `probe_repeats` evaluations;
-- the gradient g and the third derivative per coordinate, from central differences at two step
-  sizes h₁ < h₂: D(h) = g + F'''h²/6, so F''' = 6(D(h₂) − D(h₁))/(h₂² − h₁²); the upper bound
-  |F'''| + 2 SE is what is used (a bias must not be missed);
+- the noise one evaluation shows in a difference of two plateaus, and the device seconds of an
+  evaluation, from successive evaluations at θ — at the smallest plateau averaging and at 16
+  samples when the device's averaging can be set (`Averaging`), so σ²(n) = w/n + c is known;
+- the gradient and the third derivatives, from central differences at steps h₁ < h₂ (their
+  bias F'''h²/6 grows as h²), and the Hadamard design's own bias from one cycle at h₂;
 - on a streaming device, one homodyne estimate at a pilot window T₀ and amplitudes A₀: its
-  per-coordinate standard errors (honest under 1/f on the 2/T tone grid) and the seconds per
-  stream.
+  per-coordinate standard errors (honest under 1/f on the 2/T tone grid) and seconds per stream.
 
-With ε² = 2(1 − target cosine)·‖g‖² the error budget (E‖ĝ − g‖² ≤ ε²‖g‖² gives about the target
-cosine), it predicts for each candidate the cheapest settings on a grid:
-
-- central differences, step h and r repeats: variance σ²/(2h²r) and bias F'''h²/6 per
-  coordinate, 2d·r evaluations;
-- homodyne at amplitudes a·A₀ and window T: variance SE₀²·(T₀/T)/a² and bias F'''(aA₀)²/8 per
-  coordinate, the pilot's streams of T plus their fixed overhead;
-
-then delegates every estimate to the cheapest, logging the prediction and what was measured
-(in `extras` of each estimate). The measurements are charged to the estimate that makes them.
-Hadamard SPSA and ES are not candidates yet (their cross-coordinate variance needs a model of
-‖g‖ per direction); the equal-time benchmark shows where that matters.
+With ε² = 2(1 − target cosine)·‖g‖² the error budget, it predicts for each candidate the
+cheapest settings (`protocols.auto_models`): central differences (h, sweeps, samples per
+plateau), SPSA on Hadamard rows (c, rows, samples per plateau) and homodyne (amplitude, window:
+variance SE₀²·(T₀/T)/a², bias F'''(aA₀)²/8); then delegates to the cheapest, sets the device's
+averaging to what it chose, and logs the prediction beside what each estimate achieved (in
+`extras`). The measurements are charged to the estimate that makes them. Antithetic ES and
+Rademacher SPSA are not candidates: their cross-talk never cancels, and the equal-time
+benchmark finds them slower than Hadamard rows in every regime.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import replace
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from hil.core import ConfigError, FloatArray, JSONDict, Streaming
+from hil.core import Averaging, ConfigError, FloatArray, JSONDict, Streaming
+from protocols.auto_models import (
+    CANDIDATES,
+    STEP_GRID,
+    Candidate,
+    PlateauCosts,
+    Prediction,
+    cross_talk,
+    ladder_curvature,
+    predict_fd,
+    predict_hadamard,
+    probe_counts,
+    sample_counts,
+    upper_sum_of_squares,
+)
 from protocols.base import GradientEstimate, Objective
-from protocols.estimators import CentralDifference
+from protocols.estimators import SPSA, CentralDifference, hadamard_directions
 from protocols.homodyne import Homodyne
 
 log = logging.getLogger(__name__)
 
-Candidate = Literal["central-difference", "homodyne"]
-CANDIDATES: tuple[Candidate, ...] = ("central-difference", "homodyne")
-STEP_GRID = np.geomspace(1e-3, 0.25, 25)  # h and A as fractions of each control's half range
 WINDOW_GRID = np.geomspace(0.05, 20.0, 40)  # s
+MARGIN = 0.8  # chosen on the equal-time benchmark's tuning seeds (100…114), not its scored ones
+LADDER = (0.0625, 0.125, 0.25, 0.5)  # curvature sweeps' steps, × a control's half range
 SLEW_MARGIN = 1.5  # a stream's ramp takes this much longer than the slew limit allows
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """The cheapest settings found for one candidate and the device seconds they should take."""
-
-    candidate: Candidate
-    seconds: float  # per estimate
-    steps: list[float]  # h (one value) or the amplitude per control, parameter units
-    window: float | None  # homodyne only
-    repeats: int  # central differences only
-    settle: float = 0.0  # homodyne: s discarded before the window
-    ramp: float = 0.0  # homodyne: s of ramp in and out
-
-    def as_dict(self) -> JSONDict:
-        return {
-            "candidate": self.candidate,
-            "seconds": self.seconds,
-            "steps": self.steps,
-            "window": self.window,
-            "repeats": self.repeats,
-            "settle": self.settle,
-            "ramp": self.ramp,
-        }
+RECHECK_RATIO = 4.0  # re-measure early when an estimate's variance is this much above prediction
+Delegate = CentralDifference | SPSA | Homodyne
 
 
 class AutoEstimator:
@@ -83,47 +69,69 @@ class AutoEstimator:
 
         target_cosine: float = Field(default=0.99, gt=0, lt=1, description="per estimate")
         candidates: list[Candidate] = Field(default_factory=lambda: list(CANDIDATES), min_length=1)
-        probe_repeats: int = Field(default=8, ge=3, le=1000, description="evaluations for σ")
+        probe_repeats: int = Field(
+            default=24, ge=4, le=1000, description="evaluations per noise probe"
+        )
         pilot_window: float = Field(default=0.5, gt=0, le=60, description="s, homodyne pilot")
         recheck_every: int = Field(
             default=50, ge=1, le=1_000_000, description="estimates between re-measurements"
         )
         max_repeats: int = Field(default=1000, ge=1, le=100_000)
+        margin: float = Field(
+            default=MARGIN,
+            gt=0,
+            le=1,
+            description="fraction of the error budget a prediction may use (room for its errors)",
+        )
+        max_plateau_samples: int = Field(
+            default=256,
+            ge=1,
+            le=1_000_000,
+            description="most samples per plateau to set where the device's averaging can be set",
+        )
+        measure_loss: bool = Field(
+            default=True,
+            description="measure L(θ) once more per estimate for the reported loss; else the "
+            "mean of the perturbed evaluations",
+        )
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings if settings is not None else self.Settings()
         self._choice: Prediction | None = None
-        self._delegate: CentralDifference | Homodyne | None = None
+        self._delegate: Delegate | None = None
         self._since = 0
+        self._recheck = False
         self._measured: JSONDict = {}
 
     # -- the GradientEstimator interface ---------------------------------------------------------
     def estimate(self, objective: Objective, theta: FloatArray) -> GradientEstimate:
         t0, e0 = objective.device_time(), objective.evaluations
-        if self._delegate is None or self._since >= self.settings.recheck_every:
-            self._choose(objective, np.asarray(theta, dtype=float))
-        assert self._choice is not None
-        assert self._delegate is not None
+        t = np.asarray(theta, dtype=float)
+        s = self.settings
+        if self._delegate is None or self._recheck or self._since >= s.recheck_every:
+            self._choose(objective, t)
+        choice, delegate = self._choice, self._delegate
+        assert choice is not None
+        assert delegate is not None
+        _set_samples(objective, choice.samples)
         self._since += 1
-        stderr: FloatArray | None = None
-        if isinstance(self._delegate, CentralDifference):
-            runs = [self._delegate.estimate(objective, theta) for _ in range(self._choice.repeats)]
-            stack = np.array([r.gradient for r in runs])
-            gradient = stack.mean(axis=0)
-            if len(runs) > 1:
-                stderr = stack.std(axis=0, ddof=1) / math.sqrt(len(runs))
-            loss = float(np.mean([r.loss for r in runs]))
+        if isinstance(delegate, CentralDifference):
+            gradient, loss, stderr = self._sweeps(objective, t, delegate, choice.repeats)
             extras: dict[str, float] = {}
         else:
-            est = self._delegate.estimate(objective, theta)
+            est = delegate.estimate(objective, t)
             gradient, loss, stderr, extras = est.gradient, est.loss, est.stderr, dict(est.extras)
         extras.update(
             {
-                "auto_homodyne": float(self._choice.candidate == "homodyne"),
-                "auto_predicted_seconds": self._choice.seconds,
-                "auto_repeats": float(self._choice.repeats),
+                "auto_candidate": float(CANDIDATES.index(choice.candidate)),
+                "auto_predicted_seconds": choice.seconds,
+                "auto_repeats": float(choice.repeats),
+                "auto_samples": float(choice.samples or 0),
             }
         )
+        ratio = self._noise_ratio(choice, stderr)
+        if ratio is not None:
+            extras["auto_noise_ratio"] = ratio
         return GradientEstimate(
             gradient=np.asarray(gradient, dtype=float),
             loss=loss,
@@ -135,14 +143,17 @@ class AutoEstimator:
 
     @property
     def measured(self) -> JSONDict:
-        """What the last choice measured and predicted: sigma, timing, gradient norm, third
-        derivatives and every candidate's prediction."""
+        """What the last choice measured and predicted: the plateau noise and timing, gradient
+        norm, bias coefficients, error budget and every candidate's prediction."""
         return dict(self._measured)
 
     def state_dict(self) -> JSONDict:
+        delegate = self._delegate
+        inner = delegate.state_dict() if isinstance(delegate, SPSA | Homodyne) else None
         return {
             "choice": None if self._choice is None else self._choice.as_dict(),
             "since": self._since,
+            "delegate": inner,
         }
 
     def load_state_dict(self, state: JSONDict) -> None:
@@ -153,83 +164,190 @@ class AutoEstimator:
             return
         self._choice = Prediction(**choice)
         self._delegate = self._build(self._choice)
+        inner = state.get("delegate")
+        if inner is not None and isinstance(self._delegate, SPSA | Homodyne):
+            self._delegate.load_state_dict(inner)
+
+    # -- running the choice ----------------------------------------------------------------------
+    def _sweeps(
+        self, objective: Objective, theta: FloatArray, delegate: CentralDifference, repeats: int
+    ) -> tuple[FloatArray, float, FloatArray | None]:
+        """`repeats` central-difference sweeps averaged, their standard error, and the loss."""
+        loss = objective(theta) if self.settings.measure_loss else None
+        runs = [delegate.estimate(objective, theta) for _ in range(repeats)]
+        stack = np.array([r.gradient for r in runs])
+        stderr = stack.std(axis=0, ddof=1) / math.sqrt(repeats) if repeats > 1 else None
+        mean_loss = float(np.mean([r.loss for r in runs])) if loss is None else loss
+        gradient: FloatArray = stack.mean(axis=0)
+        return gradient, mean_loss, stderr
+
+    def _noise_ratio(self, choice: Prediction, stderr: FloatArray | None) -> float | None:
+        """Achieved over predicted noise variance per coordinate where the estimate measures its
+        own spread (not SPSA: the spread of its rows is mostly the cross-talk a cycle cancels);
+        far above the prediction, the device is measured again at the next estimate."""
+        if stderr is None or choice.noise <= 0 or choice.candidate == "hadamard-spsa":
+            return None
+        ratio = float(np.mean(np.asarray(stderr) ** 2)) / choice.noise
+        if ratio > RECHECK_RATIO and not self._recheck:
+            log.warning(
+                "auto: the estimate's variance is %.3g× the predicted; measuring the device again",
+                ratio,
+            )
+            self._recheck = True
+        return ratio
+
+    def _build(self, choice: Prediction) -> Delegate:
+        s = self.settings
+        if choice.candidate == "central-difference":
+            return CentralDifference(
+                CentralDifference.Settings(h=choice.steps[0], measure_loss=False)
+            )
+        if choice.candidate == "hadamard-spsa":
+            return SPSA(
+                SPSA.Settings(
+                    c=choice.steps[0],
+                    gamma=0.0,
+                    directions="hadamard",
+                    resamples=choice.repeats,
+                    measure_loss=s.measure_loss,
+                )
+            )
+        window = choice.window if choice.window is not None else s.pilot_window
+        return Homodyne(
+            Homodyne.Settings(
+                window=window,
+                amplitudes=choice.steps,
+                settle_time=choice.settle,
+                ramp_time=max(choice.ramp, 1e-6),
+                measure_loss=s.measure_loss,
+            )
+        )
 
     # -- measuring and choosing ------------------------------------------------------------------
     def _choose(self, objective: Objective, theta: FloatArray) -> None:
         s = self.settings
+        device = objective.device
+        settable = isinstance(device, Averaging)
+        original = device.plateau_samples if isinstance(device, Averaging) else None
+        counts = sample_counts(s.max_plateau_samples, original or 1, settable)
+        probes = probe_counts(counts) if settable else counts
+        variances, seconds = [], []
+        for n in probes:
+            _set_samples(objective, n if settable else None)
+            start = objective.device_time()
+            values = np.array([objective(theta) for _ in range(s.probe_repeats)])
+            seconds.append((objective.device_time() - start) / s.probe_repeats)
+            variances.append(float(np.mean(np.diff(values) ** 2)) / 2.0)
+        dim = objective.dim
         half = (objective.upper - objective.lower) / 2.0
-        start = objective.device_time()
-        values = [objective(theta) for _ in range(s.probe_repeats)]
-        per_eval = (objective.device_time() - start) / s.probe_repeats
-        sigma = float(np.std(values, ddof=1))
-        h1, h2 = 0.05 * half, 0.25 * half
-        d1a, d1b = _central(objective, theta, h1), _central(objective, theta, h1)
-        d2 = _central(objective, theta, h2)
-        # the noise a difference really sees (level changes included), from the two repeats:
-        # var(D(h)) = sigma^2/(2 h^2) per coordinate, pooled over the coordinates
-        slope_var = float(np.mean((d1a - d1b) ** 2 / 2.0 * 2.0 * h1**2))
-        sigma = max(sigma, math.sqrt(slope_var))
-        d1 = (d1a + d1b) / 2.0
-        third = 6.0 * (d2 - d1) / (h2**2 - h1**2)
-        # the differences' own noise sets how large the third derivative can look
-        third_noise = 6.0 * sigma * np.sqrt(1 / (4 * h1**2) + 1 / (2 * h2**2)) / (h2**2 - h1**2)
-        third = np.abs(third) + 2 * third_noise  # an upper bound: bias must not be missed
-        gradient = d1
-        budget = 2.0 * (1.0 - s.target_cosine) * float(np.sum(gradient**2))
+        scale = float(np.min(half))
+        ladder = [f * scale for f in LADDER]
+        sweeps = [_differences(objective, theta, h) for h in ladder]
+        again = _differences(objective, theta, ladder[1])
+        # what a difference really sees at the last probe, pooled with the repeated sweep
+        pairs = ladder[1] ** 2 * float(np.mean((sweeps[1] - again) ** 2))
+        k = s.probe_repeats - 1
+        variances[-1] = (variances[-1] * k + pairs * dim) / (k + dim)
+        costs = PlateauCosts(counts, probes, tuple(variances), tuple(seconds))
+        sigma2 = variances[-1]
+        sweeps[1] = (sweeps[1] + again) / 2.0
+        noise = [sigma2 / (2 * h**2) for h in ladder]
+        noise[1] /= 2.0
+        fd_bias = ladder_curvature(ladder, sweeps, noise)
+        # the gradient, its h² bias extrapolated away (Richardson) from the 2nd and 3rd rungs
+        gradient = (4.0 * sweeps[1] - sweeps[2]) / 3.0
+        var_g = (16.0 * noise[1] + noise[2]) / 9.0
+        norm2 = float(np.sum(gradient**2))
+        norm2 = max(norm2 - dim * var_g, 0.25 * norm2)
+        budget = s.margin * 2.0 * (1.0 - s.target_cosine) * norm2
+        extra = 1 if s.measure_loss else 0
         self._measured = {
-            "sigma": sigma,
-            "seconds_per_evaluation": per_eval,
-            "gradient_norm": float(np.linalg.norm(gradient)),
-            "third_derivative": third.tolist(),
+            "plateaus": costs.as_dict(),
+            "gradient_norm": math.sqrt(norm2),
+            "fd_bias_coefficient": fd_bias,
+            "budget": budget,
         }
         predictions: list[Prediction] = []
         if "central-difference" in s.candidates:
-            fd = _predict_fd(sigma, third, half, budget, per_eval, s.max_repeats)
-            if fd is not None:
-                predictions.append(fd)
-        if "homodyne" in s.candidates and isinstance(objective.device, Streaming):
-            hge = self._predict_homodyne(objective, theta, third, half, budget)
-            if hge is not None:
-                predictions.append(hge)
+            fd = predict_fd(costs, fd_bias, dim, budget, scale, extra, s.max_repeats)
+            predictions += [fd] if fd is not None else []
+        joint_bias = fd_bias
+        if "hadamard-spsa" in s.candidates:
+            rows = hadamard_directions(dim)
+            m = rows.shape[0]
+            # its own ladder: the mixed third derivatives every row excites are not the FD's
+            cycles = [_cycle(objective, theta, h, m) for h in ladder[:-1]]
+            spread = [sigma2 / (2 * h**2 * m) for h in ladder[:-1]]
+            joint_bias = max(ladder_curvature(ladder[:-1], cycles, spread), fd_bias)
+            self._measured["hadamard_bias_coefficient"] = joint_bias
+            cross = cross_talk(rows, gradient, var_g)
+            spsa = predict_hadamard(
+                costs, joint_bias, cross, dim, budget, scale, extra, s.max_repeats
+            )
+            predictions += [spsa] if spsa is not None else []
+        if "homodyne" in s.candidates and isinstance(device, Streaming):
+            _set_samples(objective, original)
+            # F'''_i A_i²/8 at A_i = a·half_i: a⁴·(36/64)·Σ (half_i² F'''_i/6)²
+            pure = ladder_curvature(ladder, sweeps, noise, weights=half**2) * 36.0 / 64.0
+            hge = self._predict_homodyne(objective, theta, half, pure, (gradient, var_g), budget)
+            predictions += [hge] if hge is not None else []
+        if not settable:
+            predictions = [replace(p, samples=None) for p in predictions]
         if not predictions:  # nothing reaches the target: the most accurate we can do
-            h = [float(0.08 * np.min(half))]
-            seconds = (2 * objective.dim * s.max_repeats + 1) * per_eval
-            predictions.append(Prediction("central-difference", seconds, h, None, s.max_repeats))
-        self._choice = min(predictions, key=lambda p: p.seconds)
-        self._delegate = self._build(self._choice)
-        self._since = 0
+            most = counts[-1] if settable else None
+            total = (2 * dim * s.max_repeats + extra) * costs.seconds(counts[-1])
+            predictions.append(
+                Prediction("central-difference", total, [0.08 * scale], None, s.max_repeats, most)
+            )
+        choice = min(predictions, key=lambda p: (p.seconds, p.error))
+        if choice.samples is None:
+            _set_samples(objective, original)
+        self._choice, self._delegate = choice, self._build(choice)
+        self._since, self._recheck = 0, False
         self._measured["predictions"] = [p.as_dict() for p in predictions]
         log.info(
-            "auto: %s predicted at %.4g device s per estimate (measured σ %.3g, ‖g‖ %.3g)",
-            self._choice.candidate,
-            self._choice.seconds,
-            sigma,
-            float(np.linalg.norm(gradient)),
+            "auto: %s predicted at %.4g device s per estimate (%s; ‖g‖ %.3g, budget %.3g)",
+            choice.candidate,
+            choice.seconds,
+            ", ".join(f"{p.candidate} {p.seconds:.4g} s" for p in predictions),
+            math.sqrt(norm2),
+            budget,
         )
 
     def _predict_homodyne(
         self,
         objective: Objective,
         theta: FloatArray,
-        third: FloatArray,
         half: FloatArray,
+        pure: float,
+        reference: tuple[FloatArray, float],
         budget: float,
     ) -> Prediction | None:
+        """The cheapest (amplitude, window) of a parallel homodyne estimate, scaled from a pilot
+        stream at amplitudes a₀·half. Its bias at amplitudes a·half is a²·B: B is measured as
+        (pilot − reference gradient)/a₀² (a tone plan free of 3rd-order products leaves only
+        the pure and mixed third derivatives, not a Hadamard cycle's aliased ones), and never
+        taken below `pure` (Σ B² from the pure third derivatives the ladder saw). Its bound is
+        one SE, not two: the pilot is noisier than the ladder, and `pure` holds the floor."""
         s = self.settings
-        a0 = 0.05
+        a0 = LADDER[2]
         settle, ramp = _stream_timing(objective, theta)
-        pilot = Homodyne(
-            Homodyne.Settings(
-                window=s.pilot_window,
-                amplitudes=(a0 * half).tolist(),
-                settle_time=settle,
-                ramp_time=ramp,
-            )
-        )
         rate = float(objective.device.spec.sample_rate or 1.0)
         shortest = _shortest_window(objective, settle, ramp)
         if shortest is None:
             return None
+        # twice the shortest window, so the pilot's tones fit the 2/T grid and its SEs are
+        # honest under 1/f noise (what every prediction below is scaled from)
+        pilot_window = math.ceil(max(s.pilot_window, 2.0 * shortest) * rate - 1e-9) / rate
+        pilot = Homodyne(
+            Homodyne.Settings(
+                window=pilot_window,
+                amplitudes=(a0 * half).tolist(),
+                settle_time=settle,
+                ramp_time=ramp,
+                measure_loss=s.measure_loss,
+            )
+        )
         start = objective.device_time()
         try:
             est = pilot.estimate(objective, theta)
@@ -239,44 +357,63 @@ class AutoEstimator:
         spent = objective.device_time() - start
         if est.stderr is None:
             return None
-        streams = int(est.extras.get("streams", 1))
-        overhead = max(0.0, spent / max(streams, 1) - s.pilot_window)
-        se0 = np.asarray(est.stderr, dtype=float)
+        streams = max(int(est.extras.get("streams", 1)), 1)
+        overhead = max(0.0, spent / streams - pilot_window)
+        se2 = np.asarray(est.stderr, dtype=float) ** 2
+        noise0 = float(np.sum(se2)) * pilot_window
+        gradient, var_g = reference
+        difference, spread = (est.gradient - gradient) / a0**2, (se2 + var_g) / a0**4
+        measured = upper_sum_of_squares(difference, spread, sigmas=1.0)
+        bias = max(measured, pure)
         best: Prediction | None = None
-        best_error = math.inf
         for a in STEP_GRID:
-            bias = third * (a * half) ** 2 / 8.0
-            room = budget - float(np.sum(bias**2))
+            bias2 = bias * a**4
+            room = budget - bias2
             if room <= 0:
                 continue
-            needed = s.pilot_window * float(np.sum(se0**2)) * (a0 / a) ** 2 / room
+            needed = noise0 * (a0 / a) ** 2 / room
             window = float(next((w for w in WINDOW_GRID if w >= max(needed, shortest)), math.inf))
-            window = math.ceil(window * rate - 1e-9) / rate if math.isfinite(window) else window
             if not math.isfinite(window):
                 continue
+            window = math.ceil(window * rate - 1e-9) / rate
             seconds = streams * (window + overhead)
-            error = float(np.sum(se0**2)) * s.pilot_window / window * (a0 / a) ** 2 + float(
-                np.sum(bias**2)
+            noise = noise0 / window * (a0 / a) ** 2
+            pred = Prediction(
+                "homodyne",
+                seconds,
+                (a * half).tolist(),
+                window,
+                1,
+                None,
+                noise + bias2,
+                noise / objective.dim,
+                settle,
+                ramp,
             )
-            if best is None or (seconds, error) < (best.seconds, best_error):
-                steps = (a * half).tolist()
-                best = Prediction("homodyne", seconds, steps, window, 1, settle, ramp)
-                best_error = error
+            if best is None or (seconds, pred.error) < (best.seconds, best.error):
+                best = pred
         return best
 
-    @staticmethod
-    def _build(choice: Prediction) -> CentralDifference | Homodyne:
-        if choice.candidate == "central-difference":
-            return CentralDifference(CentralDifference.Settings(h=choice.steps[0]))
-        window = choice.window if choice.window is not None else 0.5
-        return Homodyne(
-            Homodyne.Settings(
-                window=window,
-                amplitudes=choice.steps,
-                settle_time=choice.settle,
-                ramp_time=max(choice.ramp, 1e-6),
-            )
-        )
+
+def _set_samples(objective: Objective, samples: int | None) -> None:
+    """Set the device's plateau averaging (None, or a device without `Averaging`: leave it)."""
+    device = objective.device
+    if isinstance(device, Averaging) and samples is not None and device.plateau_samples != samples:
+        device.set_plateau_samples(samples)
+
+
+def _differences(objective: Objective, theta: FloatArray, h: float) -> FloatArray:
+    """One central-difference sweep at step h (inside the bounds)."""
+    sweep = CentralDifference(CentralDifference.Settings(h=h, measure_loss=False))
+    return sweep.estimate(objective, theta).gradient
+
+
+def _cycle(objective: Objective, theta: FloatArray, c: float, rows: int) -> FloatArray:
+    """The mean of one whole Hadamard cycle of SPSA at size c (its cross-talk cancelled)."""
+    spsa = SPSA(
+        SPSA.Settings(c=c, gamma=0.0, directions="hadamard", resamples=rows, measure_loss=False)
+    )
+    return spsa.estimate(objective, theta).gradient
 
 
 def _shortest_window(objective: Objective, settle: float, ramp: float) -> float | None:
@@ -284,7 +421,9 @@ def _shortest_window(objective: Objective, settle: float, ramp: float) -> float 
     rate = float(objective.device.spec.sample_rate or 1.0)
     for grid_window in WINDOW_GRID:
         window = math.ceil(float(grid_window) * rate - 1e-9) / rate
-        trial = Homodyne(Homodyne.Settings(window=window, settle_time=settle, ramp_time=ramp))
+        trial = Homodyne(
+            Homodyne.Settings(window=window, settle_time=settle, ramp_time=ramp, tone_grid=1)
+        )
         try:
             trial.tones(objective)
         except ConfigError:
@@ -305,46 +444,3 @@ def _stream_timing(objective: Objective, theta: FloatArray) -> tuple[float, floa
     ramp = math.ceil(max(ramp, spec.ramp_time, dt) / dt) * dt
     settle = math.ceil(max(spec.settle_time, 2 * dt) / dt) * dt
     return settle, ramp
-
-
-def _central(objective: Objective, theta: FloatArray, steps: FloatArray) -> FloatArray:
-    """Central differences with a step per coordinate (inside the bounds)."""
-    out = np.zeros(objective.dim)
-    for i in range(objective.dim):
-        e = np.zeros(objective.dim)
-        e[i] = steps[i]
-        plus, minus = objective.project(theta + e), objective.project(theta - e)
-        width = float(plus[i] - minus[i])
-        if width > 0:
-            out[i] = (objective(plus) - objective(minus)) / width
-    return out
-
-
-def _predict_fd(
-    sigma: float,
-    third: FloatArray,
-    half: FloatArray,
-    budget: float,
-    per_eval: float,
-    max_repeats: int,
-) -> Prediction | None:
-    """The cheapest (h, repeats) of central differences inside the error budget; of equally
-    cheap ones, the most accurate."""
-    d = third.size
-    best: Prediction | None = None
-    best_error = math.inf
-    scale = float(np.min(half))
-    for step in STEP_GRID:
-        h = step * scale
-        bias = third * h**2 / 6.0
-        room = budget - float(np.sum(bias**2))
-        if room <= 0:
-            continue
-        repeats = max(1, math.ceil(d * sigma**2 / (2 * h**2) / room))
-        if repeats > max_repeats:
-            continue
-        seconds = (2 * d * repeats + 1) * per_eval
-        error = d * sigma**2 / (2 * h**2 * repeats) + float(np.sum(bias**2))
-        if best is None or (seconds, error) < (best.seconds, best_error):
-            best, best_error = Prediction("central-difference", seconds, [h], None, repeats), error
-    return best

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hil.core import (
     DeviceBase,
@@ -223,6 +223,24 @@ class SampledDevice(DeviceBase):
     def plateaus(self) -> int:
         """Plateaus measured so far."""
         return self._plateaus
+
+    @property
+    def plateau_samples(self) -> int:
+        """Samples each measured plateau averages (`timing.samples_per_plateau`)."""
+        return self._timing.samples_per_plateau
+
+    def set_plateau_samples(self, samples: int) -> None:
+        """Average `samples` per plateau from the next `measure` on (the `Averaging` capability);
+        a count the timing cannot hold raises ValueError and changes nothing."""
+        self._check_open()
+        if isinstance(samples, bool) or int(samples) != samples:
+            raise ValueError(f"plateau samples must be a whole number, got {samples!r}")
+        update = self._timing.model_dump() | {"samples_per_plateau": int(samples)}
+        try:
+            self._timing = Timing.model_validate(update)
+        except ValidationError as exc:
+            raise ValueError(f"plateau samples {samples}: {exc.errors()[0]['msg']}") from None
+        self._spec = self._spec.model_copy(update={"plateau_samples": int(samples)})
 
     def set_controls(self, values: FloatArray) -> None:
         """Set the DC controls; out-of-range values are refused by the instrument, not clamped."""

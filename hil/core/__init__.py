@@ -5,6 +5,7 @@ here.
 """
 
 from hil.core.capabilities import (
+    Averaging,
     Closing,
     Converting,
     Demodulating,
@@ -38,6 +39,7 @@ from hil.core.procedure import Procedure
 from hil.core.types import FloatArray, IntArray, JSONDict, SeedLike, seed_sequence
 
 __all__ = [
+    "Averaging",
     "CapabilityError",
     "Channel",
     "Clock",

@@ -65,6 +65,25 @@ class Streaming(Protocol):
 
 
 @runtime_checkable
+class Averaging(Protocol):
+    """A device whose plateau averaging a protocol may set (a DAQ's samples per point).
+
+    More samples cost device time and average white noise down, but not drift; an estimator that
+    models both (`estimator: auto`) chooses how many.
+    """
+
+    @property
+    def plateau_samples(self) -> int:
+        """Samples one measured plateau averages now."""
+        ...
+
+    def set_plateau_samples(self, samples: int) -> None:
+        """Average `samples` samples per plateau from the next `measure` on; ValueError (and
+        nothing changed) when the instrument cannot."""
+        ...
+
+
+@runtime_checkable
 class ProgrammableState(Protocol):
     """Non-volatile weights that change only through (noisy, bounded) pulses."""
 

@@ -16,6 +16,7 @@ from hil.safety.guard import SafetyGuard
 from hil.safety.limits import ChannelLimit, SafetyLimits, stricter_limits
 from hil.safety.signals import Terminated, sigterm_raises
 from hil.safety.variants import (
+    AveragingSafetyGuard,
     DemodulatingSafetyGuard,
     NodeSafetyGuard,
     PulsingSafetyGuard,
@@ -23,6 +24,7 @@ from hil.safety.variants import (
 )
 
 __all__ = [
+    "AveragingSafetyGuard",
     "ChannelLimit",
     "DemodulatingSafetyGuard",
     "NodeSafetyGuard",

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import numpy as np
 
 from hil.core.capabilities import (
+    Averaging,
     Converting,
     Demodulating,
     Device,
@@ -94,6 +95,7 @@ class SafetyGuard(GuardChecks, DeviceBase):
                 isinstance(device, NodePerturbable),
                 isinstance(device, Reconnecting),
                 isinstance(device, Demodulating),
+                isinstance(device, Averaging),
             )
             from hil.safety.variants import guard_class  # the variants subclass this one
 
@@ -539,4 +541,6 @@ _CAPABILITY_OF: dict[str, type] = {
     "max_dithers": Demodulating,
     "demodulated_output": Demodulating,
     "demodulate": Demodulating,
+    "plateau_samples": Averaging,
+    "set_plateau_samples": Averaging,
 }

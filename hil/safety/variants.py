@@ -1,5 +1,5 @@
 """Guards for the capabilities a device may have: streaming, programmable state, node offsets,
-reconnection, demodulation.
+reconnection, demodulation, settable averaging.
 
 `SafetyGuard(device, limits)` picks the class that offers exactly the device's capabilities.
 """
@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from hil.core.capabilities import (
+    Averaging,
     Demodulating,
     NodePerturbable,
     ProgrammableState,
@@ -328,9 +329,31 @@ class DemodulatingSafetyGuard(SafetyGuard):
         return checked
 
 
+class AveragingSafetyGuard(SafetyGuard):
+    """A guard around a device whose plateau averaging may be set. The count moves no channel,
+    so it passes through; the guard's spec follows it (plateau time is planned from it)."""
+
+    @property
+    def plateau_samples(self) -> int:
+        device = self._device
+        assert isinstance(device, Averaging)  # guaranteed by SafetyGuard.__new__
+        return int(device.plateau_samples)
+
+    def set_plateau_samples(self, samples: int) -> None:
+        device = self._device
+        assert isinstance(device, Averaging)  # guaranteed by SafetyGuard.__new__
+        device.set_plateau_samples(samples)
+        self._spec = self._spec.model_copy(update={"plateau_samples": device.plateau_samples})
+
+
 @functools.cache
 def guard_class(
-    streams: bool, pulses: bool, nodes: bool, reconnects: bool, demodulates: bool = False
+    streams: bool,
+    pulses: bool,
+    nodes: bool,
+    reconnects: bool,
+    demodulates: bool = False,
+    averages: bool = False,
 ) -> type[SafetyGuard]:
     """The guard class that offers exactly the capabilities of the device behind it."""
     bases = [
@@ -341,6 +364,7 @@ def guard_class(
             (NodeSafetyGuard, nodes),
             (ReconnectingSafetyGuard, reconnects),
             (DemodulatingSafetyGuard, demodulates),
+            (AveragingSafetyGuard, averages),
         )
         if has
     ]
