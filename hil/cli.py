@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
@@ -59,6 +59,9 @@ from hil.runner import RunOutcome, resume_run, start_run
 from hil.safety import Terminated
 from hil.traces import TRACES_FILE
 from hil.virtual import serve_station
+
+if TYPE_CHECKING:
+    from hil.gradcompare import CandidateResult
 from hil.yamlfile import load_yaml
 
 app = typer.Typer(
@@ -425,8 +428,16 @@ def gradcheck(
         "runs/gradcheck"
     ),
     seed: Annotated[int, typer.Option(help="Root seed of the build.")] = 0,
+    compare: Annotated[
+        bool,
+        typer.Option(
+            "--compare", help="Also run every estimator auto could pick, at its predicted settings."
+        ),
+    ] = False,
+    target: Annotated[float, typer.Option(help="Target cosine of --compare.")] = 0.99,
 ) -> None:
-    """Compare the experiment's gradient estimator with a reference; table + scatter plot."""
+    """Compare the experiment's gradient estimator with a reference; table + scatter plot.
+    With --compare: which estimator is fastest here, predicted and measured."""
     from hil.gradcheck import gradcheck as check
 
     if reference not in ("auto", "oracle", "average"):
@@ -440,6 +451,8 @@ def gradcheck(
             reference_repeats=reference_repeats,
             out=out,
             seed=seed,
+            compare=compare,
+            target=target,
         )
         q = result.quality
         ref = q.reference
@@ -458,7 +471,41 @@ def gradcheck(
         for key, value in q.summary().items():
             summary.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
         stdout.print(summary)
+        if result.comparison:
+            stdout.print(_comparison_table(result.comparison, target))
         stdout.print(f"written to {result.directory}", highlight=False, soft_wrap=True)
+
+
+def _comparison_table(results: list[CandidateResult], target: float) -> Table:
+    """--compare: each candidate's predicted settings and seconds beside what it achieved."""
+    table = Table(
+        "estimator",
+        "settings",
+        "predicted s/estimate",
+        "measured s/estimate",
+        f"median cosine (target {target:g})",
+        title="which estimator is fastest here",
+    )
+    for c in results:
+        p = c.prediction
+        steps = p["steps"]
+        assert isinstance(steps, list)
+        size = f"{float(steps[0]):.3g}"
+        parts = [f"step {size}"]
+        if p.get("window") is not None:
+            parts.append(f"window {p['window']:.3g} s")
+        else:
+            parts.append(f"×{p['repeats']}")
+        if p.get("samples"):
+            parts.append(f"{p['samples']} samples/plateau")
+        table.add_row(
+            str(p["candidate"]),
+            ", ".join(parts),
+            f"{float(p['seconds']):.4g}",
+            f"{c.seconds:.4g}",
+            f"{c.cosine_median:.4f}" + ("" if c.reached else " (missed)"),
+        )
+    return table
 
 
 @app.command()

@@ -4,6 +4,8 @@ Builds the experiment as `hil run` would (device behind its guard, task, estimat
 gradient `repeats` times at the procedure's starting parameters and compares with a reference:
 exact when the device is a simulator that knows its gradient, else a long average of central
 differences. Writes gradcheck.json and a scatter plot; the device is made safe on every exit.
+With `compare`, every estimator `auto` could choose is also run with the settings it predicts
+for a target cosine (`hil.gradcompare`), predicted seconds beside achieved.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from hil.build import build_run
 from hil.config import resolve_experiment
 from hil.core import ConfigError, JSONDict
+from hil.gradcompare import CandidateResult, compare_estimators
 from hil.yamlfile import load_yaml
 from protocols.base import GradientEstimator, Objective
 from protocols.calibration import narrowest_range
@@ -44,6 +47,7 @@ class GradcheckResult:
     names: list[str]
     directory: Path
     record: JSONDict
+    comparison: list[CandidateResult]
 
 
 def gradcheck(
@@ -55,10 +59,14 @@ def gradcheck(
     reference_step: float | None = None,
     out: Path = Path("runs/gradcheck"),
     seed: int = 0,
+    compare: bool = False,
+    target: float = 0.99,
 ) -> GradcheckResult:
     """Run the check; raises ConfigError for an experiment whose procedure has no estimator."""
     if repeats < 1:
         raise ConfigError(f"--repeats must be at least 1, got {repeats}")
+    if not 0 < target < 1:
+        raise ConfigError(f"--target is a cosine between 0 and 1 (exclusive), got {target}")
     experiment = resolve_experiment(load_yaml(config))
     built = build_run(experiment, entropy=seed)
     with built.guard:
@@ -100,13 +108,24 @@ def gradcheck(
             "cosine": quality.cosine.tolist(),
             "snr": [v if math.isfinite(v) else None for v in quality.snr.tolist()],
         }
+        comparison: list[CandidateResult] = []
+        if compare:
+            comparison, measured = compare_estimators(
+                objective, theta, ref, target=target, repeats=repeats
+            )
+            measured.pop("predictions", None)
+            record["compare"] = {
+                "target_cosine": target,
+                "measured": measured,
+                "candidates": [c.as_dict() for c in comparison],
+            }
     directory = out / f"{experiment.config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "gradcheck.json").write_text(json.dumps(record, indent=2) + "\n")
     _scatter(
         quality, directory / "scatter.png", title=f"{experiment.config.name}: {record['estimator']}"
     )
-    return GradcheckResult(quality=quality, names=names, directory=directory, record=record)
+    return GradcheckResult(quality, names, directory, record, comparison)
 
 
 def _reference(

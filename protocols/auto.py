@@ -56,7 +56,6 @@ WINDOW_GRID = np.geomspace(0.05, 20.0, 40)  # s
 MARGIN = 0.8  # chosen on the equal-time benchmark's tuning seeds (100…114), not its scored ones
 LADDER = (0.0625, 0.125, 0.25, 0.5)  # curvature sweeps' steps, × a control's half range
 SLEW_MARGIN = 1.5  # a stream's ramp takes this much longer than the slew limit allows
-RECHECK_RATIO = 4.0  # re-measure early when an estimate's variance is this much above prediction
 Delegate = CentralDifference | SPSA | Homodyne
 
 
@@ -75,6 +74,12 @@ class AutoEstimator:
         pilot_window: float = Field(default=0.5, gt=0, le=60, description="s, homodyne pilot")
         recheck_every: int = Field(
             default=50, ge=1, le=1_000_000, description="estimates between re-measurements"
+        )
+        recheck_ratio: float | None = Field(
+            default=4.0,
+            gt=1,
+            description="measure again at the next estimate when an estimate's variance is this "
+            "many times the predicted (None: only every recheck_every)",
         )
         max_repeats: int = Field(default=1000, ge=1, le=100_000)
         margin: float = Field(
@@ -188,7 +193,8 @@ class AutoEstimator:
         if stderr is None or choice.noise <= 0 or choice.candidate == "hadamard-spsa":
             return None
         ratio = float(np.mean(np.asarray(stderr) ** 2)) / choice.noise
-        if ratio > RECHECK_RATIO and not self._recheck:
+        limit = self.settings.recheck_ratio
+        if limit is not None and ratio > limit and not self._recheck:
             log.warning(
                 "auto: the estimate's variance is %.3g× the predicted; measuring the device again",
                 ratio,
@@ -220,6 +226,7 @@ class AutoEstimator:
                 settle_time=choice.settle,
                 ramp_time=max(choice.ramp, 1e-6),
                 measure_loss=s.measure_loss,
+                mode="auto",
             )
         )
 
@@ -323,22 +330,20 @@ class AutoEstimator:
         reference: tuple[FloatArray, float],
         budget: float,
     ) -> Prediction | None:
-        """The cheapest (amplitude, window) of a parallel homodyne estimate, scaled from a pilot
-        stream at amplitudes a₀·half. Its bias at amplitudes a·half is a²·B: B is measured as
-        (pilot − reference gradient)/a₀² (a tone plan free of 3rd-order products leaves only
-        the pure and mixed third derivatives, not a Hadamard cycle's aliased ones), and never
-        taken below `pure` (Σ B² from the pure third derivatives the ladder saw). Its bound is
-        one SE, not two: the pilot is noisier than the ladder, and `pure` holds the floor."""
+        """The cheapest (amplitude, window) of a homodyne estimate in mode 'auto' (the fewest
+        streams whose tones fit the window), scaled from a pilot at amplitudes a₀·half. Its
+        bias at amplitudes a·half is a²·B: B is measured as (pilot − reference gradient)/a₀²
+        (a tone plan free of 3rd-order products leaves only the pure and mixed third
+        derivatives, not a Hadamard cycle's aliased ones), and never taken below `pure` (Σ B²
+        from the pure third derivatives the ladder saw). Its bound is one SE, not two: the
+        pilot is noisier than the ladder, and `pure` holds the floor."""
         s = self.settings
         a0 = LADDER[2]
         settle, ramp = _stream_timing(objective, theta)
-        rate = float(objective.device.spec.sample_rate or 1.0)
-        shortest = _shortest_window(objective, settle, ramp)
-        if shortest is None:
+        groups = _stream_groups(objective, settle, ramp)
+        if not groups:
             return None
-        # twice the shortest window, so the pilot's tones fit the 2/T grid and its SEs are
-        # honest under 1/f noise (what every prediction below is scaled from)
-        pilot_window = math.ceil(max(s.pilot_window, 2.0 * shortest) * rate - 1e-9) / rate
+        pilot_window = next((w for w in groups if w >= s.pilot_window), max(groups))
         pilot = Homodyne(
             Homodyne.Settings(
                 window=pilot_window,
@@ -346,6 +351,7 @@ class AutoEstimator:
                 settle_time=settle,
                 ramp_time=ramp,
                 measure_loss=s.measure_loss,
+                mode="auto",
             )
         )
         start = objective.device_time()
@@ -358,13 +364,13 @@ class AutoEstimator:
         if est.stderr is None:
             return None
         streams = max(int(est.extras.get("streams", 1)), 1)
+        cases = streams / groups[pilot_window]
         overhead = max(0.0, spent / streams - pilot_window)
         se2 = np.asarray(est.stderr, dtype=float) ** 2
         noise0 = float(np.sum(se2)) * pilot_window
         gradient, var_g = reference
         difference, spread = (est.gradient - gradient) / a0**2, (se2 + var_g) / a0**4
-        measured = upper_sum_of_squares(difference, spread, sigmas=1.0)
-        bias = max(measured, pure)
+        bias = max(upper_sum_of_squares(difference, spread, sigmas=1.0), pure)
         best: Prediction | None = None
         for a in STEP_GRID:
             bias2 = bias * a**4
@@ -372,15 +378,14 @@ class AutoEstimator:
             if room <= 0:
                 continue
             needed = noise0 * (a0 / a) ** 2 / room
-            window = float(next((w for w in WINDOW_GRID if w >= max(needed, shortest)), math.inf))
-            if not math.isfinite(window):
+            costs = {w: cases * n * (w + overhead) for w, n in groups.items() if w >= needed}
+            if not costs:
                 continue
-            window = math.ceil(window * rate - 1e-9) / rate
-            seconds = streams * (window + overhead)
+            window = min(costs, key=lambda w: (costs[w], w))
             noise = noise0 / window * (a0 / a) ** 2
             pred = Prediction(
                 "homodyne",
-                seconds,
+                costs[window],
                 (a * half).tolist(),
                 window,
                 1,
@@ -390,7 +395,7 @@ class AutoEstimator:
                 settle,
                 ramp,
             )
-            if best is None or (seconds, pred.error) < (best.seconds, best.error):
+            if best is None or (pred.seconds, pred.error) < (best.seconds, best.error):
                 best = pred
         return best
 
@@ -416,20 +421,22 @@ def _cycle(objective: Objective, theta: FloatArray, c: float, rows: int) -> Floa
     return spsa.estimate(objective, theta).gradient
 
 
-def _shortest_window(objective: Objective, settle: float, ramp: float) -> float | None:
-    """The shortest window of the grid whose tone plan fits this device (None: none does)."""
+def _stream_groups(objective: Objective, settle: float, ramp: float) -> dict[float, int]:
+    """Per window of the grid (whole samples) whose tones fit this device: the streams per case
+    that mode 'auto' plays there."""
     rate = float(objective.device.spec.sample_rate or 1.0)
+    out: dict[float, int] = {}
     for grid_window in WINDOW_GRID:
         window = math.ceil(float(grid_window) * rate - 1e-9) / rate
         trial = Homodyne(
-            Homodyne.Settings(window=window, settle_time=settle, ramp_time=ramp, tone_grid=1)
+            Homodyne.Settings(window=window, settle_time=settle, ramp_time=ramp, mode="auto")
         )
         try:
             trial.tones(objective)
         except ConfigError:
             continue
-        return window
-    return None
+        out[window] = len(trial.groups(objective))
+    return out
 
 
 def _stream_timing(objective: Objective, theta: FloatArray) -> tuple[float, float]:

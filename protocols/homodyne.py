@@ -15,7 +15,8 @@ with ∂L/∂y from the task; its standard error includes the noise of the outpu
 at (see `Homodyne.estimate`).
 
 Modes: `parallel` dithers all controls in one stream per case (the default), `sequential` one
-control per stream (the others held at DC), `grouped` `group_size` controls per stream. Tones are
+control per stream (the others held at DC), `grouped` `group_size` controls per stream, `auto`
+the fewest streams whose tones fit the window (groups as even as the count allows). Tones are
 planned per group, so fewer tones fit lower frequencies; the device time grows with the streams.
 
 `Homodyne.calibrate_amplitudes` sweeps the tone amplitudes and picks them per control, by the
@@ -28,7 +29,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import combinations_with_replacement
+from itertools import combinations_with_replacement, pairwise
 from typing import Annotated, Literal
 
 import numpy as np
@@ -52,7 +53,7 @@ _NEAREST_BINS = 4  # noise bins nearest a tone that give the noise density S at 
 _EXPONENT_BOUND = 4.0  # |b| at most, for the power law S ∝ f^b fitted to the noise bins
 _RESOLVE_SLOPE = float(chi2.isf(1e-3, 1))  # likelihood-ratio statistic for b ≠ 0 (p = 0.001)
 
-Mode = Literal["parallel", "sequential", "grouped"]
+Mode = Literal["parallel", "sequential", "grouped", "auto"]
 Method = Literal["harmonic", "optimal"]
 
 
@@ -481,7 +482,8 @@ class Homodyne:
             default="parallel",
             description="'parallel': all controls dithered in one stream per case; "
             "'sequential': one control per stream, the others at DC; 'grouped': "
-            "`group_size` controls per stream. Tones are planned per group",
+            "`group_size` controls per stream; 'auto': the fewest streams whose tones fit the "
+            "window. Tones are planned per group",
         )
         group_size: int = Field(
             default=2, ge=1, le=1000, description="controls per stream in 'grouped' mode"
@@ -536,10 +538,48 @@ class Homodyne:
         return None if self._amplitudes is None else np.array(self._amplitudes)
 
     def groups(self, objective: Objective) -> list[list[int]]:
-        """The controls dithered together in one stream, by the mode."""
+        """The controls dithered together in one stream, by the mode ('auto': the fewest
+        streams whose tones fit the window, split evenly)."""
         s, d = self.settings, objective.dim
-        size = {"parallel": d, "sequential": 1, "grouped": s.group_size}[s.mode]
-        return [list(range(i, min(i + size, d))) for i in range(0, d, size)]
+        if s.mode != "auto":
+            size = {"parallel": d, "sequential": 1, "grouped": s.group_size}[s.mode]
+            return [list(range(i, min(i + size, d))) for i in range(0, d, size)]
+        count = math.ceil(d / self._largest_group(objective))
+        edges = np.cumsum([0] + [d // count + (i < d % count) for i in range(count)])
+        return [list(range(int(a), int(b))) for a, b in pairwise(edges)]
+
+    def _largest_group(self, objective: Objective) -> int:
+        """Mode 'auto': the most controls whose tones fit one window, on the `tone_grid` grid
+        if any do (honest SEs under 1/f), else on the 1/T grid; 1 if none fit (the plan then
+        says why). Found by bisection over the size, as a group's plan needs a longer window the
+        more tones it holds; plans (and failed searches) are cached."""
+        s, d = self.settings, objective.dim
+        rate = self._sample_rate(objective)
+        for grid in dict.fromkeys((s.tone_grid, 1)):
+            window = s.window / grid
+
+            def fits(n: int, window: float = window) -> bool:
+                try:
+                    plan_tones(
+                        n,
+                        window=window,
+                        sample_rate=rate,
+                        bandwidth=s.bandwidth,
+                        mains=s.mains,
+                        f_min=s.f_min,
+                    )
+                except ValueError:
+                    return False
+                return True
+
+            if not fits(1):
+                continue
+            low, high = 1, d
+            while low < high:
+                middle = (low + high + 1) // 2
+                low, high = (middle, high) if fits(middle) else (low, middle - 1)
+            return low
+        return 1
 
     def tones(self, objective: Objective) -> list[float]:
         """The tone per control: the explicit list, or a plan per group for this device."""

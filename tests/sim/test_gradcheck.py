@@ -60,3 +60,27 @@ def test_gradcheck_refuses_an_unknown_reference(tmp_path: Path) -> None:
     result = runner.invoke(app, ["gradcheck", str(QUICKSTART), "--reference", "magic"])
     assert result.exit_code == 2
     assert "auto, oracle or average" in result.output
+
+
+def test_gradcheck_compare_runs_every_candidate_at_its_predicted_settings(tmp_path: Path) -> None:
+    """The quickstart device streams and its averaging can be set: all three candidates are
+    predicted and run; each one's measured seconds per estimate is its prediction (the same
+    plateaus or stream, ±5 %), and the cheapest predicted reaches the target. The device's
+    averaging is left as the station set it."""
+    result = runner.invoke(
+        app,
+        ["gradcheck", str(QUICKSTART), "--repeats", "6", "--out", str(tmp_path), "--compare"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "which estimator is fastest here" in result.output
+    (directory,) = tmp_path.iterdir()
+    record = json.loads((directory / "gradcheck.json").read_text())
+    compare = record["compare"]
+    assert compare["target_cosine"] == 0.99
+    candidates = compare["candidates"]
+    names = {c["prediction"]["candidate"] for c in candidates}
+    assert names == {"central-difference", "hadamard-spsa", "homodyne"}
+    for c in candidates:
+        assert abs(c["seconds"] / c["prediction"]["seconds"] - 1) < 0.05, c
+    fastest = min(candidates, key=lambda c: c["prediction"]["seconds"])
+    assert fastest["reached"], fastest

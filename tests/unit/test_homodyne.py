@@ -24,7 +24,7 @@ from protocols.homodyne import (
     synthesize,
 )
 from protocols.tasks import RegressionTask
-from protocols.tones import check_plan, near_mains
+from protocols.tones import check_plan, near_mains, plan_tones
 from simulators.analytic import AnalyticDevice
 
 N_CASES = 4
@@ -577,3 +577,26 @@ def test_explicit_tones_must_be_one_per_control_and_coherent() -> None:
     explicit = make_estimator(tones=tones).estimate(objective, THETA)
     planned = planned_estimator.estimate(objective, THETA)
     np.testing.assert_allclose(explicit.gradient, planned.gradient, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("window", [0.1, 0.2, 0.5, 2.0])
+def test_auto_mode_takes_the_fewest_streams_whose_tones_fit_the_window(window: float) -> None:
+    """Mode 'auto' on 5 controls: the groups are as even as their count allows, each group's
+    plan fits the window on the 2/T grid, and with one stream fewer a group would not fit. It
+    estimates the same gradient as parallel dithering would."""
+    device = make_device()
+    objective = Objective(device, make_task(device))
+    estimator = make_estimator(mode="auto", window=window)
+    groups = estimator.groups(objective)
+    sizes = [len(g) for g in groups]
+    assert sorted(itertools.chain.from_iterable(groups)) == list(range(5))
+    assert max(sizes) - min(sizes) <= 1
+    plan_tones(max(sizes), window=window / 2, sample_rate=FS, bandwidth=100.0)  # else raises
+    if len(groups) > 1:  # one stream fewer would put more tones in a group than fit
+        with pytest.raises(ValueError, match="tones"):
+            plan_tones(
+                math.ceil(5 / (len(groups) - 1)), window=window / 2, sample_rate=FS, bandwidth=100.0
+            )
+    est = estimator.estimate(objective, THETA)
+    expected = true_loss_gradient(device, make_task(device), THETA)
+    np.testing.assert_allclose(est.gradient, expected, rtol=0, atol=2e-3 * np.abs(expected).max())
