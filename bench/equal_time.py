@@ -32,8 +32,9 @@ Per seed, every method meets the same operating point and the same device. `auto
 item 2) gets no tuning: asked for each target, it measures the device and picks its estimator
 and settings; its column is the steady device time of its second estimate per seed (the first
 also pays its measurements, reported apart), and whether the median cosine made the target.
-It cannot choose the rig's samples per plateau, so it runs on the default rig (10) and on the
-shortest plateau (1).
+It starts on the default rig (10 samples per plateau) and sets the samples per plateau itself
+(`Averaging`, powers of two 1–256, where the tuned methods choose among 1, 10 and 100); like
+the others it does not spend an evaluation on the unperturbed loss.
 
 Regimes: the DNPU (7 controls, the default device, noise of `simulators.dnpu` unless stated) with
 low and high white noise, 1/f-dominated noise, drift, slow settling (100 ms), strong
@@ -43,9 +44,8 @@ controls (white noise) for the scaling in d.
     .venv/bin/python -m bench.equal_time [--quick] [--seeds N] [--tune-seeds N] [--regimes a,b]
 
 Prints the tables and writes bench/results/equal_time.json (--out: elsewhere). Wall time on 2
-shared cores (load ~2): 11 min for the DNPU regimes and d ≤ 20, d = 50 alone 5.5 min
-(`auto` on 1-sample plateaus averages ~36 s of device time per estimate there); --quick (2
-tuning, 3 scored seeds) is a smoke run, not a result.
+shared cores: ~11 min for all regimes (d = 50 ~4.5 min of it); --quick (2 tuning, 3 scored
+seeds) is a smoke run, not a result.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ SCREEN = 2.0  # tuning: settings this much slower than the method's best on one 
 SCORING_CUTOFF = 10.0  # scoring stops a ladder at this multiple of the fastest tuned method
 METHODS = ("homodyne", "central FD", "SPSA rademacher", "SPSA hadamard", "antithetic ES")
 SHORT = dict(zip(METHODS, ("HGE", "FD", "SPSA-R", "SPSA-H", "ES"), strict=True))
-AUTO_SAMPLES = (10,)  # plateau samples of the rig `auto` starts from (it sets its own)
+AUTO_RIG = 10  # plateau samples of the rig `auto` starts from (it sets its own)
 AUTO_PICKS = dict(enumerate(("central FD", "SPSA hadamard", "homodyne")))
 
 
@@ -477,14 +477,13 @@ def run_regime(
         entry = ranking[str(target)]
         winner, methods = entry["winner"], entry["methods"]
         assert isinstance(methods, dict)
-        for samples in AUTO_SAMPLES:
-            auto = run_auto(regime, seeds, target, samples)
-            if isinstance(winner, str):
-                best, seconds = methods[winner]["seconds"], auto["seconds"]
-                assert isinstance(best, float)
-                assert isinstance(seconds, float)
-                auto["ratio"] = seconds / best
-            entry[f"auto {samples}"] = auto
+        auto = run_auto(regime, seeds, target, AUTO_RIG)
+        if isinstance(winner, str):
+            best, seconds = methods[winner]["seconds"], auto["seconds"]
+            assert isinstance(best, float)
+            assert isinstance(seconds, float)
+            auto["ratio"] = seconds / best
+        entry["auto"] = auto
     return {
         "regime": regime.name,
         "note": regime.note,
@@ -514,9 +513,7 @@ def run_auto(
         objective = Objective(device, MinimizeOutputTask())
         theta = regime.point(seed, objective)
         truth = oracle_gradient(objective, theta, device).gradient
-        estimator = AutoEstimator(
-            AutoEstimator.Settings(target_cosine=target, measure_loss=False)
-        )
+        estimator = AutoEstimator(AutoEstimator.Settings(target_cosine=target, measure_loss=False))
         measuring = estimator.estimate(objective, theta)
         steady = estimator.estimate(objective, theta)
         g = steady.gradient
@@ -576,8 +573,8 @@ def _cell(entry: dict[str, object]) -> str:
     return f"{seconds:.3g} s{spread} {ratio:.2g}×"
 
 
-def _auto_cell(entry: dict[str, object], samples: int) -> str:
-    auto = entry.get(f"auto {samples}")
+def _auto_cell(entry: dict[str, object]) -> str:
+    auto = entry.get("auto")
     if not isinstance(auto, dict):
         return "—"
     ratio = auto.get("ratio")
@@ -592,7 +589,7 @@ def print_tables(results: list[dict[str, object]], console: Console) -> None:
             "regime",
             *(SHORT[m] for m in METHODS),
             "winner",
-            *(f"auto ({n}/plateau)" for n in AUTO_SAMPLES),
+            "auto",
             title=f"device s per estimate to median cosine {target}: median [seed IQR] "
             "ratio to the winner",
         )
@@ -602,9 +599,8 @@ def print_tables(results: list[dict[str, object]], console: Console) -> None:
             entry = ranking[str(target)]
             methods = entry["methods"]
             cells = [_cell(methods[m]) if m in methods else "—" for m in METHODS]
-            autos = [_auto_cell(entry, n) for n in AUTO_SAMPLES]
             winner = SHORT.get(str(entry["winner"]), "—")
-            table.add_row(str(result["regime"]), *cells, winner, *autos)
+            table.add_row(str(result["regime"]), *cells, winner, _auto_cell(entry))
         console.print(table)
 
 
@@ -651,8 +647,8 @@ def write(
         "rungs": list(RUNGS),
         "tuning_cutoff": TUNING_CUTOFF,
         "scoring_cutoff": SCORING_CUTOFF,
-        "auto": "untuned, target_cosine = each target, on rigs of "
-        f"{' and '.join(map(str, AUTO_SAMPLES))} samples/plateau (it cannot choose them)",
+        "auto": "untuned, target_cosine = each target, measure_loss off; starts on the rig of "
+        f"{AUTO_RIG} samples/plateau and sets its own (1–256)",
         "regimes": results,
         "machine_load": {"before": load_before, "after": os.getloadavg(), "cpus": os.cpu_count()},
         "environment": environment(),
