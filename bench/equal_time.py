@@ -34,7 +34,8 @@ and settings; its column is the steady device time of its second estimate per se
 also pays its measurements, reported apart), and whether the median cosine made the target.
 It starts on the default rig (10 samples per plateau) and sets the samples per plateau itself
 (`Averaging`, powers of two 1–256, where the tuned methods choose among 1, 10 and 100); like
-the others it does not spend an evaluation on the unperturbed loss.
+the others it does not spend an evaluation on the unperturbed loss, and its homodyne gets the
+grid's bandwidth (fs/4; the planner keeps tones below fs/8).
 
 Regimes: the DNPU (7 controls, the default device, noise of `simulators.dnpu` unless stated) with
 low and high white noise, 1/f-dominated noise, drift, slow settling (100 ms), strong
@@ -513,7 +514,8 @@ def run_auto(
         objective = Objective(device, MinimizeOutputTask())
         theta = regime.point(seed, objective)
         truth = oracle_gradient(objective, theta, device).gradient
-        estimator = AutoEstimator(AutoEstimator.Settings(target_cosine=target, measure_loss=False))
+        settings = {"target_cosine": target, "measure_loss": False, "homodyne_bandwidth": FS / 4}
+        estimator = AutoEstimator(AutoEstimator.Settings.model_validate(settings))
         measuring = estimator.estimate(objective, theta)
         steady = estimator.estimate(objective, theta)
         g = steady.gradient

@@ -49,10 +49,11 @@ from protocols.auto_models import (
 from protocols.base import GradientEstimate, Objective
 from protocols.estimators import SPSA, CentralDifference, hadamard_directions
 from protocols.homodyne import Homodyne
+from protocols.tones import plan_tones
 
 log = logging.getLogger(__name__)
 
-WINDOW_GRID = np.geomspace(0.05, 20.0, 40)  # s
+WINDOW_GRID = np.geomspace(0.05, 20.0, 80)  # s, 8 % apart
 MARGIN = 0.8  # chosen on the equal-time benchmark's tuning seeds (100…114), not its scored ones
 LADDER = (0.0625, 0.125, 0.25, 0.5)  # curvature sweeps' steps, × a control's half range
 SLEW_MARGIN = 1.5  # a stream's ramp takes this much longer than the slew limit allows
@@ -93,6 +94,13 @@ class AutoEstimator:
             ge=1,
             le=1_000_000,
             description="most samples per plateau to set where the device's averaging can be set",
+        )
+        homodyne_bandwidth: float | None = Field(
+            default=None,
+            gt=0,
+            le=1e9,
+            description="Hz, highest homodyne tone (default: the homodyne default); set it to "
+            "the output chain's bandwidth (the station calibration's plan measures it)",
         )
         measure_loss: bool = Field(
             default=True,
@@ -227,6 +235,7 @@ class AutoEstimator:
                 ramp_time=max(choice.ramp, 1e-6),
                 measure_loss=s.measure_loss,
                 mode="auto",
+                **_band(s.homodyne_bandwidth),
             )
         )
 
@@ -340,7 +349,7 @@ class AutoEstimator:
         s = self.settings
         a0 = LADDER[2]
         settle, ramp = _stream_timing(objective, theta)
-        groups = _stream_groups(objective, settle, ramp)
+        groups = _stream_groups(objective, settle, ramp, s.homodyne_bandwidth)
         if not groups:
             return None
         pilot_window = next((w for w in groups if w >= s.pilot_window), max(groups))
@@ -352,6 +361,7 @@ class AutoEstimator:
                 ramp_time=ramp,
                 measure_loss=s.measure_loss,
                 mode="auto",
+                **_band(s.homodyne_bandwidth),
             )
         )
         start = objective.device_time()
@@ -365,7 +375,8 @@ class AutoEstimator:
             return None
         streams = max(int(est.extras.get("streams", 1)), 1)
         cases = streams / groups[pilot_window]
-        overhead = max(0.0, spent / streams - pilot_window)
+        per_stream = 2 * ramp + settle  # around each window; the rest is once per estimate
+        fixed = max(0.0, spent - streams * (pilot_window + per_stream))
         se2 = np.asarray(est.stderr, dtype=float) ** 2
         noise0 = float(np.sum(se2)) * pilot_window
         gradient, var_g = reference
@@ -378,7 +389,9 @@ class AutoEstimator:
             if room <= 0:
                 continue
             needed = noise0 * (a0 / a) ** 2 / room
-            costs = {w: cases * n * (w + overhead) for w, n in groups.items() if w >= needed}
+            costs = {
+                w: fixed + cases * n * (w + per_stream) for w, n in groups.items() if w >= needed
+            }
             if not costs:
                 continue
             window = min(costs, key=lambda w: (costs[w], w))
@@ -421,19 +434,38 @@ def _cycle(objective: Objective, theta: FloatArray, c: float, rows: int) -> Floa
     return spsa.estimate(objective, theta).gradient
 
 
-def _stream_groups(objective: Objective, settle: float, ramp: float) -> dict[float, int]:
-    """Per window of the grid (whole samples) whose tones fit this device: the streams per case
-    that mode 'auto' plays there."""
+def _band(bandwidth: float | None) -> dict[str, float]:
+    """The homodyne `bandwidth` setting, if one is given (else the estimator's default)."""
+    return {} if bandwidth is None else {"bandwidth": bandwidth}
+
+
+def _stream_groups(
+    objective: Objective, settle: float, ramp: float, bandwidth: float | None
+) -> dict[float, int]:
+    """Per window of the grid (whole samples) where a tone fits the 2/T grid (so the standard
+    errors every prediction scales hold under 1/f noise): the streams per case that mode
+    'auto' plays there."""
     rate = float(objective.device.spec.sample_rate or 1.0)
     out: dict[float, int] = {}
     for grid_window in WINDOW_GRID:
         window = math.ceil(float(grid_window) * rate - 1e-9) / rate
         trial = Homodyne(
-            Homodyne.Settings(window=window, settle_time=settle, ramp_time=ramp, mode="auto")
+            Homodyne.Settings(
+                window=window, settle_time=settle, ramp_time=ramp, mode="auto", **_band(bandwidth)
+            )
         )
+        s = trial.settings
         try:
+            plan_tones(
+                1,
+                window=window / s.tone_grid,
+                sample_rate=rate,
+                bandwidth=s.bandwidth,
+                mains=s.mains,
+                f_min=s.f_min,
+            )
             trial.tones(objective)
-        except ConfigError:
+        except (ConfigError, ValueError):
             continue
         out[window] = len(trial.groups(objective))
     return out

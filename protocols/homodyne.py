@@ -40,7 +40,7 @@ from scipy.stats import chi2, norm
 
 from hil.core import ConfigError, FloatArray, JSONDict, Parking, Streaming
 from protocols.base import GradientEstimate, Objective, Task
-from protocols.tones import check_plan, near_mains, plan_tones
+from protocols.tones import check_plan, near_mains, plan_tones, shortest_window
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ _NEAREST_BINS = 4  # noise bins nearest a tone that give the noise density S at 
 _EXPONENT_BOUND = 4.0  # |b| at most, for the power law S ∝ f^b fitted to the noise bins
 _RESOLVE_SLOPE = float(chi2.isf(1e-3, 1))  # likelihood-ratio statistic for b ≠ 0 (p = 0.001)
 
+FULL_SEARCH_TONES = 8  # mode 'auto' runs the full plan search (slow to fail) up to this size
 Mode = Literal["parallel", "sequential", "grouped", "auto"]
 Method = Literal["harmonic", "optimal"]
 
@@ -552,13 +553,33 @@ class Homodyne:
         """Mode 'auto': the most controls whose tones fit one window, on the `tone_grid` grid
         if any do (honest SEs under 1/f), else on the 1/T grid; 1 if none fit (the plan then
         says why). Found by bisection over the size, as a group's plan needs a longer window the
-        more tones it holds; plans (and failed searches) are cached."""
+        more tones it holds. A size counts when the plan search finds a plan; sizes beyond what
+        a product-free set can span (n(n−1)/2 bins) are ruled out at once, and above
+        FULL_SEARCH_TONES only when the fast greedy planner (`shortest_window`) also fits, as a
+        failed full search then takes seconds.
+        """
         s, d = self.settings, objective.dim
         rate = self._sample_rate(objective)
         for grid in dict.fromkeys((s.tone_grid, 1)):
             window = s.window / grid
 
             def fits(n: int, window: float = window) -> bool:
+                top = min(s.bandwidth, rate / 8) * window  # highest usable bin, nyquist_fraction
+                if n * (n - 1) / 2 > top:  # a Sidon set's n(n−1)/2 differences are distinct
+                    return False
+                try:
+                    greedy = shortest_window(
+                        n,
+                        sample_rate=rate,
+                        bandwidth=s.bandwidth,
+                        mains=s.mains,
+                        f_min=s.f_min,
+                        longest=window,
+                    )
+                except ValueError:
+                    greedy = math.inf
+                if greedy > window and n > FULL_SEARCH_TONES:
+                    return False
                 try:
                     plan_tones(
                         n,
