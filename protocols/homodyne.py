@@ -40,6 +40,7 @@ from scipy.stats import chi2, norm
 
 from hil.core import ConfigError, FloatArray, JSONDict, Parking, Streaming
 from protocols.base import GradientEstimate, Objective, Task
+from protocols.tone_windows import ProductSizes
 from protocols.tones import check_plan, near_mains, plan_tones, shortest_window
 
 log = logging.getLogger(__name__)
@@ -448,6 +449,39 @@ class CalibrationSettings(BaseModel):
     )
 
 
+class ProductRule(BaseModel):
+    """Plan against only the harmonic and intermodulation products predicted to stand out of
+    the noise (`tone_windows.ProductSizes`): at small amplitudes most are far below it, and a
+    plan that ignores them fits a window that grows ~d instead of ~d^2.5 (`bench/tone_plans.py`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    noise_density: float = Field(
+        gt=0, le=1e30, description="output units²/Hz, the lowest one-sided noise density in band"
+    )
+    second: float = Field(
+        ge=0, le=1e30, description="bound on |∂²y/∂θ_i∂θ_j|, output units per control unit²"
+    )
+    third: float = Field(
+        ge=0, le=1e30, description="bound on |∂³y/∂θ_i∂θ_j∂θ_k|, output units per control unit³"
+    )
+    fraction: float = Field(
+        default=0.1, gt=0, le=10, description="a product counts above this × the noise in a bin"
+    )
+
+    def sizes(self, amplitudes: Sequence[float], plan_window: float, window: float) -> ProductSizes:
+        """The rule for tones of these physical amplitudes, planned on the grid of `plan_window`
+        and demodulated over `window` (the bar is the noise of the demodulation window)."""
+        return ProductSizes(
+            amplitudes=tuple(float(a) for a in amplitudes),
+            noise_density=self.noise_density * plan_window / window,
+            second=self.second,
+            third=self.third,
+            fraction=self.fraction,
+        )
+
+
 class Homodyne:
     """Gradient from tone-modulated streams, one per input case and tone group (needs Streaming).
 
@@ -500,6 +534,11 @@ class Homodyne:
         )
         mains: float | None = Field(
             default=50.0, ge=0, le=1e6, description="Hz, avoided; None: off"
+        )
+        products: ProductRule | None = Field(
+            default=None,
+            description="avoid only products predicted above the noise (None: every product to "
+            "3rd order)",
         )
         settle_time: float = Field(
             default=0.1, ge=0, le=3600, description="s discarded before window"
@@ -560,12 +599,14 @@ class Homodyne:
         """
         s, d = self.settings, objective.dim
         rate = self._sample_rate(objective)
+        largest = [float(np.max(self.amplitudes(objective)))]  # the same for every group
         for grid in dict.fromkeys((s.tone_grid, 1)):
             window = s.window / grid
+            rule = None if s.products is None else s.products.sizes(largest, window, s.window)
 
-            def fits(n: int, window: float = window) -> bool:
+            def fits(n: int, window: float = window, rule: ProductSizes | None = rule) -> bool:
                 top = min(s.bandwidth, rate / 8) * window  # highest usable bin, nyquist_fraction
-                if n * (n - 1) / 2 > top:  # a Sidon set's n(n−1)/2 differences are distinct
+                if rule is None and n * (n - 1) / 2 > top:  # a Sidon set's differences differ
                     return False
                 try:
                     greedy = shortest_window(
@@ -575,6 +616,7 @@ class Homodyne:
                         mains=s.mains,
                         f_min=s.f_min,
                         longest=window,
+                        products=rule,
                     )
                 except ValueError:
                     greedy = math.inf
@@ -588,6 +630,7 @@ class Homodyne:
                         bandwidth=s.bandwidth,
                         mains=s.mains,
                         f_min=s.f_min,
+                        products=rule,
                     )
                 except ValueError:
                     return False
@@ -647,16 +690,23 @@ class Homodyne:
     def _planned(
         self, objective: Objective, window: float, harmonics: tuple[int, ...]
     ) -> list[float]:
-        """A plan per group (one search per group size), as one tone per control."""
+        """A plan per group (one search per group size and product rule), as one tone per
+        control."""
         s = self.settings
         rate = self._sample_rate(objective)
-        plans: dict[int, list[float]] = {}
+        plans: dict[tuple[int, ProductSizes | None], list[float]] = {}
         tones = [0.0] * objective.dim
+        amplitudes = self.amplitudes(objective) if s.products is not None else None
         for group in self.groups(objective):
             n = len(group)
-            if n not in plans:
+            rule = (
+                None
+                if s.products is None or amplitudes is None
+                else s.products.sizes(amplitudes[group].tolist(), window, s.window)
+            )
+            if (n, rule) not in plans:
                 try:
-                    plans[n] = plan_tones(
+                    plans[n, rule] = plan_tones(
                         n,
                         window=window,
                         sample_rate=rate,
@@ -664,6 +714,7 @@ class Homodyne:
                         mains=s.mains,
                         f_min=s.f_min,
                         harmonics=harmonics,
+                        products=rule,
                     )
                 except ValueError as exc:
                     hint = "" if s.mode == "sequential" else " (or mode 'sequential'/'grouped')"
@@ -673,7 +724,7 @@ class Homodyne:
                             "longer calibration.window" + hint
                         )
                     raise ConfigError(f"homodyne: {exc}{hint}") from None
-            for i, f in zip(group, plans[n], strict=True):
+            for i, f in zip(group, plans[n, rule], strict=True):
                 tones[i] = f
         return tones
 
