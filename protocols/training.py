@@ -257,6 +257,9 @@ class TrainingProcedure(Stepped):
             "controls": self.objective.physical(theta).tolist(),
             "gradient": estimate.gradient.tolist(),  # in the optimizer's parameter space
             "gradient_stderr": _finite_or_none(estimate.stderr),  # where the estimator knows it
+            "estimator_extras": {  # what it reports of itself (auto: its choice and prediction)
+                k: float(v) for k, v in estimate.extras.items() if math.isfinite(v)
+            },
             **outcome.record(),
             **extra,
         }
