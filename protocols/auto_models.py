@@ -8,7 +8,8 @@ predicted error fits the budget ε² = 2(1 − target cosine)·‖g‖² in the 
   K_F·h⁴ (K_F = Σ (F'''_i/6)²), 2dr evaluations;
 - SPSA on Hadamard rows, size c, r rows: noise d·σ²(n)/(2c²r) (every row informs every
   coordinate), bias K_H·c⁴, cross-talk X(r) = mean over cycle offsets of ‖(M_r − I)g‖² with
-  M_r = (1/r)·Σ Δ_k Δ_kᵀ over r consecutive rows (0 for whole cycles), 2r evaluations.
+  M_r = (1/r)·Σ Δ_k Δ_kᵀ over r consecutive rows (0 for whole cycles, diluted by them past one:
+  X(km + s) = (s/(km + s))²·X(s)), 2r evaluations.
 
 σ²(n) is the variance one evaluation shows in a difference of two plateaus, modelled as white
 w/n plus a part c that averaging does not reduce (drift, 1/f between plateaus).
@@ -195,29 +196,30 @@ def predict_hadamard(
     max_repeats: int,
 ) -> Prediction | None:
     """The cheapest (n, c, r) of SPSA on Hadamard rows inside the budget. `cross` is X(r) for
-    r = 1 … m (`cross_talk`); beyond one cycle only whole cycles are considered."""
+    r = 1 … m (`cross_talk`); past whole cycles the leftover rows' cross-talk is diluted by the
+    cycles: X(km + s) = (s/(km + s))²·X(s)."""
     m = cross.size
+    r = np.arange(1, max_repeats + 1)
+    part = r % m  # rows past the last whole cycle: (M_r − I) = (part/r)·(M_part − I)
+    talk = np.where(part > 0, (part / r) ** 2 * cross[np.maximum(part, 1) - 1], 0.0)
     best: Prediction | None = None
     for n in costs.counts:
         var, per = costs.variance(n), costs.seconds(n)
         for fraction in STEP_GRID:
             c = float(fraction * scale)
             bias2 = curvature * c**4
-            room = budget - bias2
-            if room <= 0:
+            if bias2 >= budget:
                 continue
-            repeats = next(
-                (r for r in range(1, m) if dim * var / (2 * c**2 * r) + cross[r - 1] <= room),
-                m * max(1, math.ceil(dim * var / (2 * c**2 * m) / room)),
-            )
-            if repeats > max_repeats:
+            error = dim * var / (2 * c**2 * r) + talk
+            fit = np.flatnonzero(error + bias2 <= budget)
+            if fit.size == 0:
                 continue
+            repeats = int(r[fit[0]])
             noise = var / (2 * c**2 * repeats)
-            talk = float(cross[repeats - 1]) if repeats < m else 0.0
             seconds = (2 * repeats + extra_evaluations) * per
-            error = dim * noise + bias2 + talk
-            pred = Prediction("hadamard-spsa", seconds, [c], None, repeats, n, error, noise)
-            if best is None or (seconds, error) < (best.seconds, best.error):
+            total = float(error[fit[0]]) + bias2
+            pred = Prediction("hadamard-spsa", seconds, [c], None, repeats, n, total, noise)
+            if best is None or (seconds, total) < (best.seconds, best.error):
                 best = pred
     return best
 
