@@ -38,6 +38,7 @@ from protocols.auto_models import (
     Candidate,
     PlateauCosts,
     Prediction,
+    cheapest,
     cross_talk,
     ladder_curvature,
     predict_fd,
@@ -49,7 +50,6 @@ from protocols.auto_models import (
 from protocols.base import GradientEstimate, Objective
 from protocols.estimators import SPSA, CentralDifference, hadamard_directions
 from protocols.homodyne import Homodyne
-from protocols.tones import plan_tones
 
 log = logging.getLogger(__name__)
 
@@ -319,7 +319,8 @@ class AutoEstimator:
             predictions.append(
                 Prediction("central-difference", total, [0.08 * scale], None, s.max_repeats, most)
             )
-        choice = min(predictions, key=lambda p: (p.seconds, p.error))
+        choice = cheapest(predictions)
+        assert choice is not None  # there is at least the fallback
         if choice.samples is None:
             _set_samples(objective, original)
         self._choice, self._delegate = choice, self._build(choice)
@@ -386,7 +387,7 @@ class AutoEstimator:
         gradient, var_g = reference
         difference, spread = (est.gradient - gradient) / a0**2, (se2 + var_g) / a0**4
         bias = max(upper_sum_of_squares(difference, spread, sigmas=1.0), pure)
-        best: Prediction | None = None
+        found = []
         for a in STEP_GRID:
             bias2 = bias * a**4
             room = budget - bias2
@@ -400,21 +401,21 @@ class AutoEstimator:
                 continue
             window = min(costs, key=lambda w: (costs[w], w))
             noise = noise0 / window * (a0 / a) ** 2
-            pred = Prediction(
-                "homodyne",
-                costs[window],
-                (a * half).tolist(),
-                window,
-                1,
-                None,
-                noise + bias2,
-                noise / objective.dim,
-                settle,
-                ramp,
+            found.append(
+                Prediction(
+                    "homodyne",
+                    costs[window],
+                    (a * half).tolist(),
+                    window,
+                    1,
+                    None,
+                    noise + bias2,
+                    noise / objective.dim,
+                    settle,
+                    ramp,
+                )
             )
-            if best is None or (pred.seconds, pred.error) < (best.seconds, best.error):
-                best = pred
-        return best
+        return cheapest(found)
 
 
 def _set_samples(objective: Objective, samples: int | None) -> None:
@@ -458,16 +459,8 @@ def _stream_groups(
                 window=window, settle_time=settle, ramp_time=ramp, mode="auto", **_band(bandwidth)
             )
         )
-        s = trial.settings
         try:
-            plan_tones(
-                1,
-                window=window / s.tone_grid,
-                sample_rate=rate,
-                bandwidth=s.bandwidth,
-                mains=s.mains,
-                f_min=s.f_min,
-            )
+            trial.plan(objective, 1, window / trial.settings.tone_grid)
             trial.tones(objective)
         except (ConfigError, ValueError):
             continue

@@ -18,7 +18,7 @@ w/n plus a part c that averaging does not reduce (drift, 1/f between plateaus).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -153,6 +153,20 @@ def cross_talk(rows: FloatArray, gradient: FloatArray, noise: float) -> FloatArr
     return out
 
 
+def cheapest(predictions: Iterable[Prediction]) -> Prediction | None:
+    """The fastest prediction; of equally fast ones, the most accurate (None if none)."""
+    return min(predictions, key=lambda p: (p.seconds, p.error), default=None)
+
+
+def _plateau_grid(costs: PlateauCosts, scale: float) -> Iterator[tuple[int, float, float, float]]:
+    """Every (samples per plateau, σ², seconds per evaluation, step) a plateau candidate tries;
+    the step is a fraction of `STEP_GRID` times a control's half range `scale`."""
+    for n in costs.counts:
+        var, per = costs.variance(n), costs.seconds(n)
+        for fraction in STEP_GRID:
+            yield n, var, per, float(fraction * scale)
+
+
 def predict_fd(
     costs: PlateauCosts,
     curvature: float,
@@ -164,25 +178,20 @@ def predict_fd(
 ) -> Prediction | None:
     """The cheapest (n, h, r) of central differences inside the budget; of equally cheap, the
     most accurate. `curvature` is K_F, `scale` a control's half range (h = fraction × scale)."""
-    best: Prediction | None = None
-    for n in costs.counts:
-        var, per = costs.variance(n), costs.seconds(n)
-        for fraction in STEP_GRID:
-            h = float(fraction * scale)
-            bias2 = curvature * h**4
-            room = budget - bias2
-            if room <= 0:
-                continue
-            repeats = max(1, math.ceil(dim * var / (2 * h**2) / room))
-            if repeats > max_repeats:
-                continue
-            noise = var / (2 * h**2 * repeats)
-            seconds = (2 * dim * repeats + extra_evaluations) * per
-            error = dim * noise + bias2
-            pred = Prediction("central-difference", seconds, [h], None, repeats, n, error, noise)
-            if best is None or (seconds, error) < (best.seconds, best.error):
-                best = pred
-    return best
+    found = []
+    for n, var, per, h in _plateau_grid(costs, scale):
+        bias2 = curvature * h**4
+        room = budget - bias2
+        if room <= 0:
+            continue
+        repeats = max(1, math.ceil(dim * var / (2 * h**2) / room))
+        if repeats > max_repeats:
+            continue
+        noise = var / (2 * h**2 * repeats)
+        seconds = (2 * dim * repeats + extra_evaluations) * per
+        error = dim * noise + bias2
+        found.append(Prediction("central-difference", seconds, [h], None, repeats, n, error, noise))
+    return cheapest(found)
 
 
 def predict_hadamard(
@@ -202,26 +211,21 @@ def predict_hadamard(
     r = np.arange(1, max_repeats + 1)
     part = r % m  # rows past the last whole cycle: (M_r − I) = (part/r)·(M_part − I)
     talk = np.where(part > 0, (part / r) ** 2 * cross[np.maximum(part, 1) - 1], 0.0)
-    best: Prediction | None = None
-    for n in costs.counts:
-        var, per = costs.variance(n), costs.seconds(n)
-        for fraction in STEP_GRID:
-            c = float(fraction * scale)
-            bias2 = curvature * c**4
-            if bias2 >= budget:
-                continue
-            error = dim * var / (2 * c**2 * r) + talk
-            fit = np.flatnonzero(error + bias2 <= budget)
-            if fit.size == 0:
-                continue
-            repeats = int(r[fit[0]])
-            noise = var / (2 * c**2 * repeats)
-            seconds = (2 * repeats + extra_evaluations) * per
-            total = float(error[fit[0]]) + bias2
-            pred = Prediction("hadamard-spsa", seconds, [c], None, repeats, n, total, noise)
-            if best is None or (seconds, total) < (best.seconds, best.error):
-                best = pred
-    return best
+    found = []
+    for n, var, per, c in _plateau_grid(costs, scale):
+        bias2 = curvature * c**4
+        if bias2 >= budget:
+            continue
+        error = dim * var / (2 * c**2 * r) + talk
+        fit = np.flatnonzero(error + bias2 <= budget)
+        if fit.size == 0:
+            continue
+        repeats = int(r[fit[0]])
+        noise = var / (2 * c**2 * repeats)
+        seconds = (2 * repeats + extra_evaluations) * per
+        total = float(error[fit[0]]) + bias2
+        found.append(Prediction("hadamard-spsa", seconds, [c], None, repeats, n, total, noise))
+    return cheapest(found)
 
 
 def sample_counts(largest: int, current: int, settable: bool) -> tuple[int, ...]:

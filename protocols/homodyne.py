@@ -623,15 +623,7 @@ class Homodyne:
                 if greedy > window and n > FULL_SEARCH_TONES:
                     return False
                 try:
-                    plan_tones(
-                        n,
-                        window=window,
-                        sample_rate=rate,
-                        bandwidth=s.bandwidth,
-                        mains=s.mains,
-                        f_min=s.f_min,
-                        products=rule,
-                    )
+                    self.plan(objective, n, window, products=rule)
                 except ValueError:
                     return False
                 return True
@@ -687,13 +679,35 @@ class Homodyne:
                 )
             return self._planned(objective, s.window, ())
 
+    def plan(
+        self,
+        objective: Objective,
+        n: int,
+        window: float,
+        *,
+        harmonics: tuple[int, ...] = (),
+        products: ProductSizes | None = None,
+    ) -> list[float]:
+        """`plan_tones` for n tones on the 1/`window` grid within this estimator's band, mains
+        and lowest tone on this device (cached); ValueError, saying why, when none fits."""
+        s = self.settings
+        return plan_tones(
+            n,
+            window=window,
+            sample_rate=self._sample_rate(objective),
+            bandwidth=s.bandwidth,
+            mains=s.mains,
+            f_min=s.f_min,
+            harmonics=harmonics,
+            products=products,
+        )
+
     def _planned(
         self, objective: Objective, window: float, harmonics: tuple[int, ...]
     ) -> list[float]:
         """A plan per group (one search per group size and product rule), as one tone per
         control."""
         s = self.settings
-        rate = self._sample_rate(objective)
         plans: dict[tuple[int, ProductSizes | None], list[float]] = {}
         tones = [0.0] * objective.dim
         amplitudes = self.amplitudes(objective) if s.products is not None else None
@@ -706,15 +720,8 @@ class Homodyne:
             )
             if (n, rule) not in plans:
                 try:
-                    plans[n, rule] = plan_tones(
-                        n,
-                        window=window,
-                        sample_rate=rate,
-                        bandwidth=s.bandwidth,
-                        mains=s.mains,
-                        f_min=s.f_min,
-                        harmonics=harmonics,
-                        products=rule,
+                    plans[n, rule] = self.plan(
+                        objective, n, window, harmonics=harmonics, products=rule
                     )
                 except ValueError as exc:
                     hint = "" if s.mode == "sequential" else " (or mode 'sequential'/'grouped')"
