@@ -90,6 +90,7 @@ EXIT_CODES = {
     RunStatus.FAILED: 1,
     RunStatus.PAUSED: 3,
     RunStatus.ABORTED: 4,
+    RunStatus.MISSED: 5,
 }
 
 
@@ -217,6 +218,8 @@ def _finish(outcome: RunOutcome, signals: Signals) -> None:
     if outcome.status is RunStatus.COMPLETED:
         _publish_calibration(outcome)
         _write_report(outcome, signals)
+    elif outcome.status is RunStatus.MISSED:
+        _write_report(outcome, signals)
     elif (outcome.path / RUN_FILE).is_file():
         stderr.print(f"continue with: hil resume {outcome.path}", highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_CODES[outcome.status])
@@ -339,7 +342,14 @@ def _serve_live_report(run_dir: Path, port: int, interval: float) -> None:
         stderr.print(f"stopped by {stopped_by}", highlight=False)
 
 
-WATCH_EXIT_CODES = {"completed": 0, "failed": 1, "gone": 1, "paused": 3, "aborted": 4}
+WATCH_EXIT_CODES = {
+    "completed": 0,
+    "failed": 1,
+    "gone": 1,
+    "paused": 3,
+    "aborted": 4,
+    "missed": 5,
+}
 
 
 @app.command()
@@ -353,7 +363,8 @@ def watch(
     """Follow a run in the terminal (step, loss, best, device time, ETA) until it ends.
 
     Reads only: the run is not locked or changed. Exits with the run's exit code when it ends
-    (0 completed, 3 paused, 4 aborted, 1 failed or killed); Ctrl-C stops watching (exit 0).
+    (0 completed, 3 paused, 4 aborted, 5 target missed, 1 failed or killed); Ctrl-C stops
+    watching (exit 0).
     """
     from hil.watch import follow
 

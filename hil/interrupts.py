@@ -21,6 +21,7 @@ log = logging.getLogger("hil.runner")
 
 class RunStatus(StrEnum):
     COMPLETED = "completed"
+    MISSED = "missed"  # ran to its end without reaching the task's target
     PAUSED = "paused"
     ABORTED = "aborted"
     FAILED = "failed"

@@ -69,6 +69,8 @@ BUILTIN: dict[Kind, dict[str, str]] = {
     Kind.TASK: {
         "regression": "protocols.tasks:RegressionTask",
         "minimize-output": "protocols.tasks:MinimizeOutputTask",
+        "gate": "protocols.classify:GateTask",
+        "classification": "protocols.classify:ClassificationTask",
     },
     Kind.PROCEDURE: {
         "train": "protocols.training:TrainingProcedure",

@@ -34,7 +34,7 @@ from hil.config import (
     load_station,
     resolve_experiment,
 )
-from hil.core import HilError, JSONDict, RunError, SafetyViolation
+from hil.core import HilError, JSONDict, RunError, SafetyViolation, Targeted
 from hil.interrupts import Phase, Signals, signal_handling, signal_name
 from hil.interrupts import RunStatus as RunStatus  # re-exported: callers read outcomes here
 from hil.provenance import environment
@@ -229,6 +229,13 @@ def _loop(
         )
         traces.write_step()
         result.status, result.reason = RunStatus.COMPLETED, f"all {procedure.steps_done} steps done"
+        judged = procedure.outcome() if isinstance(procedure, Targeted) else None
+        if judged is not None:
+            reached, line = judged
+            result.status, result.reason = (
+                (RunStatus.COMPLETED if reached else RunStatus.MISSED),
+                line,
+            )
 
 
 def _steps_done(built: BuiltRun) -> int | None:
@@ -564,6 +571,11 @@ def _resume_locked(rundir: RunDirectory, signals: Signals, console: Console | No
     summary = rundir.summary()
     if summary is not None and summary.get("status") == RunStatus.COMPLETED:
         raise RunError(f"{rundir.path}: the run already completed; start a new one with `hil run`")
+    if summary is not None and summary.get("status") == RunStatus.MISSED:
+        raise RunError(
+            f"{rundir.path}: the run ended without reaching its target; start a new one with "
+            "`hil run` (more steps, another start, another estimator)"
+        )
     resolved, entropy = resolved_from_run(rundir, verified.info)
     resolved, notes = _limits_at_resume(resolved, verified.info)
     built = build_run(resolved, entropy)

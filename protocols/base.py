@@ -8,7 +8,7 @@ from typing import Literal, Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from hil.core import ConfigError, Device, DeviceSpec, FloatArray, JSONDict, Role
+from hil.core import ConfigError, Device, DeviceSpec, FloatArray, IntArray, JSONDict, Role
 
 MAX_STEPS = 1_000_000
 """Most steps of a procedure (and the bound of step-count settings such as delays)."""
@@ -74,6 +74,50 @@ class Task(Protocol):
 
     def output_gradient(self, outputs: FloatArray) -> FloatArray:
         """∂loss/∂outputs, n_cases × n_outputs (for chain-rule estimators)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a task's target is met by re-measured, unperturbed outputs, and by how much."""
+
+    reached: bool
+    score: float  # the figure the target is about (gate: margin in noise units; accuracy)
+    threshold: float  # the decision threshold used (fitted on the outputs unless given)
+    metrics: dict[str, float]
+    detail: str  # one line for the log and the summary
+
+
+@runtime_checkable
+class JudgedTask(Task, Protocol):
+    """A task with a success criterion (a gate realised, an accuracy reached), judged on
+    outputs measured without perturbation; procedures stop on it and report it."""
+
+    def judge(self, outputs: FloatArray, noise: float, threshold: float | None = None) -> Verdict:
+        """The verdict on `outputs` (n_cases × n_outputs, a mean of repeats), whose per-case
+        noise (standard deviation) is `noise`; `threshold`: use this decision threshold
+        instead of fitting one (validation data are judged with the training threshold)."""
+        ...
+
+    @property
+    def labels(self) -> IntArray:
+        """The class (0 or 1; class 1 the high output) of each case."""
+        ...
+
+    @property
+    def validation(self) -> JudgedTask | None:
+        """The held-out cases as a task of their own, or None (nothing is held out)."""
+        ...
+
+    @property
+    def scale(self) -> float | None:
+        """The loss's margin scale in output units (None: not yet set)."""
+        ...
+
+    def use_noise(self, noise: float) -> None:
+        """Set the loss's margin scale from the measured per-case output noise (standard
+        deviation of one unperturbed measurement), if the settings leave it to the noise;
+        procedures call it once, before the first step, and again after a resume."""
         ...
 
 

@@ -9,6 +9,12 @@ Optional, configured in the procedure's settings:
 - `blocking:` after each step measure the proposed point and take the step back when the loss
   rose by more than an allowed increase (a number, or a multiple of the measured σ).
 - `recommend:` the point measured at the end: the last iterate or the Polyak average.
+- `target:` on a task with a target (`gate`, `classification`), the measured stopping rule of
+  `protocols.target`: the first step measures the start point (the noise sets the loss's
+  margin scale), checks re-measure the iterate at an interval that keeps them to a share of
+  the device time, the run ends when the target is reached, and the end measures both the
+  recommended point and the best point checked and keeps the better. `false`: no checks
+  between the start and the end.
 
 The optimizer's schedule horizon is `steps`. Every step record carries the learning rate used
 and whether the step was rejected; every evaluation (calibration and blocking included) is
@@ -17,6 +23,7 @@ counted in the step's `evaluations`.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Literal
 
@@ -29,6 +36,7 @@ from protocols.base import (
     MAX_REPEATS,
     MAX_STEPS,
     GradientEstimator,
+    JudgedTask,
     Objective,
     Optimizer,
     Preflight,
@@ -43,6 +51,9 @@ from protocols.calibration import (
 from protocols.minimize import BlockingSettings, blocking_threshold, optimization_step
 from protocols.optimizers import Recommendation, TunableOptimizer, as_tunable
 from protocols.progress import Stepped, StepProgress
+from protocols.target import Judgement, TargetCheck, TargetSettings
+
+log = logging.getLogger(__name__)
 
 
 class TrainingProcedure(Stepped):
@@ -81,8 +92,13 @@ class TrainingProcedure(Stepped):
             default_factory=Recommendation,
             description="the point measured at the end: 'last' or 'average' (Polyak–Ruppert)",
         )
+        target: TargetSettings | None = Field(
+            default_factory=TargetSettings,
+            description="tasks with a target (gate, classification): measured checks and the "
+            "stop on reaching it (false: judge only the start and the end)",
+        )
 
-        @field_validator("calibration", "blocking", mode="before")
+        @field_validator("calibration", "blocking", "target", mode="before")
         @classmethod
         def _false_means_off(cls, value: Any) -> Any:
             return None if value is False else value
@@ -145,6 +161,22 @@ class TrainingProcedure(Stepped):
         self._rejections = 0
         self._progress = StepProgress(settings.steps)
         self._best_controls = self.objective.physical(theta0).tolist()
+        self._check = self._target_check(device, task)
+        self._reached_at: int | None = None  # the step whose check reached the target
+        self._final: Judgement | None = None
+
+    def _target_check(self, device: Device, task: Task) -> TargetCheck | None:
+        """The target check of a judged task (None for a task without a target)."""
+        target = self.settings.target
+        if not isinstance(task, JudgedTask):
+            if target is not None and target != TargetSettings():  # defaults: nothing asked
+                raise ConfigError(
+                    f"procedure.target: task {type(task).__name__} has no target to check; "
+                    "use a task with one (gate, classification) or drop `target`",
+                    key=("procedure", "target"),
+                )
+            return None
+        return TargetCheck(self.objective, task, target or TargetSettings(stop=False), device)
 
     def _tunable(self, optimizer: Optimizer) -> TunableOptimizer | None:
         """The optimizer as a TunableOptimizer, or None; refuses settings that need one."""
@@ -211,6 +243,8 @@ class TrainingProcedure(Stepped):
         s = self.settings
         extra: JSONDict = {}
         theta = self.optimizer.ask()
+        if self._check is not None:  # first: the loss's scale may come from this noise
+            extra["target_start"] = self._check.check(theta, 0).as_dict()
         if s.calibration is not None:
             report = calibrate(
                 self.objective,
@@ -232,8 +266,67 @@ class TrainingProcedure(Stepped):
         self._prepared = True
         return extra
 
+    @property
+    def done(self) -> bool:
+        return self._progress.done or self._reached_at is not None
+
+    def _evaluations(self) -> int:
+        """Evaluations so far, the held-out cases' checks included."""
+        held = self._check.evaluations if self._check is not None else 0
+        return self.objective.evaluations + held
+
+    def _check_target(self, training_seconds: float) -> JSONDict:
+        """After a step: check the target when a check is due (see `protocols.target`)."""
+        check, target = self._check, self.settings.target
+        if check is None or target is None:
+            return {}
+        check.spent(training_seconds)
+        if not check.due:
+            return {}
+        start = self.objective.device_time()
+        judgement = check.check(self._recommended(), self._progress.steps_done)
+        if judgement.reached and target.stop:
+            self._reached_at = self._progress.steps_done
+        seconds = self.objective.device_time() - start
+        record: JSONDict = {"target": {**judgement.as_dict(), "device_seconds": seconds}}
+        reason = check.stalled(judgement)
+        if reason is not None:
+            record["restart"] = self._restart(check, reason)
+        return record
+
+    def _restart(self, check: TargetCheck, reason: str) -> JSONDict:
+        """Start the optimizer again from a uniformly random point of the control box."""
+        lower, upper = self.objective.lower, self.objective.upper
+        theta = self._rng.uniform(lower, upper)
+        self.optimizer.start(theta, lower, upper)
+        check.restarted()
+        log.info("restart %d: %s; new start %s", check.restarts, reason, np.round(theta, 4))
+        return {
+            "number": check.restarts,
+            "reason": reason,
+            "controls": self.objective.physical(theta).tolist(),
+        }
+
+    def _recommended(self) -> FloatArray:
+        return self.optimizer.ask() if self.tunable is None else self.tunable.recommend()
+
+    def outcome(self) -> tuple[bool, str] | None:
+        """Whether the final measurement reached the task's target (None: no target, or not
+        measured yet)."""
+        final = self._final
+        if final is None:
+            return None
+        where = "the best point checked" if final.step != self._progress.steps_done else "the end"
+        when = (
+            f"stopped at step {self._reached_at} of {self._progress.total}"
+            if self._reached_at is not None
+            else f"{self._progress.steps_done} steps"
+        )
+        verb = "target reached" if final.reached else "target NOT reached"
+        return final.reached, f"{verb} at {where} ({when}): {final.detail}"
+
     def step(self) -> JSONDict:
-        e0, t0 = self.objective.evaluations, self.objective.device_time()
+        e0, t0 = self._evaluations(), self.objective.device_time()
         extra = {} if self._prepared else self._prepare()
         outcome = optimization_step(
             self.objective,
@@ -246,12 +339,13 @@ class TrainingProcedure(Stepped):
         self._rejections += outcome.rejected
         if self._progress.record(estimate.loss):
             self._best_controls = self.objective.physical(theta).tolist()
+        extra.update(self._check_target(self.objective.device_time() - t0))
         return {
             "step": self._progress.steps_done,
             "loss": estimate.loss,
             "best_loss": self._progress.best_loss,
             "grad_norm": float(np.linalg.norm(estimate.gradient)),
-            "evaluations": self.objective.evaluations - e0,  # calibration, blocking included
+            "evaluations": self._evaluations() - e0,  # calibration, blocking, checks included
             "device_seconds": self.objective.device_time() - t0,
             "device_time": self.objective.device_time(),
             "controls": self.objective.physical(theta).tolist(),
@@ -265,8 +359,12 @@ class TrainingProcedure(Stepped):
         }
 
     def finish(self) -> JSONDict:
-        """Measure the recommended controls unperturbed (counted like every other evaluation)."""
-        theta = self.optimizer.ask() if self.tunable is None else self.tunable.recommend()
+        """Measure the recommended controls unperturbed (counted like every other evaluation);
+        with a target, also the best point checked, and keep the better."""
+        theta = self._recommended()
+        target: JSONDict = {}
+        if self._check is not None:
+            theta, target = self._final_judgement(self._check, theta)
         outputs = np.mean(
             [self.objective.outputs(theta) for _ in range(self.settings.final_repeats)], axis=0
         )
@@ -274,11 +372,29 @@ class TrainingProcedure(Stepped):
         return {
             "final_loss": self.objective.task.loss(outputs),
             "metrics": metrics,
+            **target,
             "final_controls": dict(
                 zip(self.control_names, self.objective.physical(theta).tolist(), strict=True)
             ),
             "recommend": self.settings.recommend.policy,
             **self.progress(),
+        }
+
+    def _final_judgement(
+        self, check: TargetCheck, theta: FloatArray
+    ) -> tuple[FloatArray, JSONDict]:
+        """Judge the recommended point and the best point checked (each measured again) and
+        keep the better: its θ and the summary's `target` entry with its per-case outputs."""
+        steps = self._progress.steps_done
+        best = check.best
+        final = check.check(theta, steps)
+        if best is not None and not np.array_equal(best.theta, theta):
+            again = check.check(best.theta, best.step)
+            if (again.reached, again.score) > (final.reached, final.score):
+                final = again
+        self._final = final
+        return final.theta, {
+            "target": {**final.as_dict(), "checks": check.checks, "restarts": check.restarts}
         }
 
     def progress(self) -> JSONDict:
@@ -287,13 +403,29 @@ class TrainingProcedure(Stepped):
             **self._progress.summary(),
             "best_controls": dict(zip(self.control_names, self._best_controls, strict=True)),
             "controls": self.controls(),
-            "evaluations": self.objective.evaluations,
+            "evaluations": self._evaluations(),
             "device_time": self.objective.device_time(),
+            **self._target_progress(),
             "learning_rate": None if self.tunable is None else self.tunable.learning_rate,
             "rejected_steps": self._rejections,
             "calibration": self._calibration,
             "noise_sigma": self._sigma,
             "allowed_increase": self._allowed_increase,
+        }
+
+    def _target_progress(self) -> JSONDict:
+        """The target checks so far: how many, the best, and whether it was reached."""
+        check = self._check
+        if check is None:
+            return {}
+        best = check.best
+        return {
+            "target_checks": check.checks,
+            "restarts": check.restarts,
+            "target_reached_at": self._reached_at,
+            "target_best": None
+            if best is None
+            else {"step": best.step, "reached": best.reached, "detail": best.detail},
         }
 
     def state_dict(self) -> JSONDict:
@@ -309,6 +441,8 @@ class TrainingProcedure(Stepped):
             "sigma": self._sigma,
             "rejected_steps": self._rejections,
             "rng": generator_state(self._rng),
+            "target": None if self._check is None else self._check.state_dict(),
+            "reached_at": self._reached_at,
         }
 
     def load_state_dict(self, state: JSONDict) -> None:
@@ -325,6 +459,9 @@ class TrainingProcedure(Stepped):
         self._rejections = int(state.get("rejected_steps", 0))
         if "rng" in state:
             restore_generator(self._rng, state["rng"])
+        if self._check is not None and state.get("target") is not None:
+            self._check.load_state_dict(state["target"])
+        self._reached_at = state.get("reached_at")
         calibrated = self._calibration
         if calibrated is not None and calibrated.get("c") is not None:
             set_perturbation(self.estimator, float(calibrated["c"]))  # settings are not state

@@ -35,7 +35,7 @@ from hil.core.errors import (
     RunError,
     SafetyViolation,
 )
-from hil.core.procedure import Procedure
+from hil.core.procedure import Procedure, Targeted
 from hil.core.types import FloatArray, IntArray, JSONDict, SeedLike, seed_sequence
 
 __all__ = [
@@ -73,6 +73,7 @@ __all__ = [
     "Serving",
     "Stateful",
     "Streaming",
+    "Targeted",
     "VirtualClock",
     "WallClock",
     "seed_sequence",

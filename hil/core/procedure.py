@@ -44,3 +44,13 @@ class Procedure(Protocol):
         ...
 
     def load_state_dict(self, state: JSONDict) -> None: ...
+
+
+@runtime_checkable
+class Targeted(Protocol):
+    """A procedure with a target (a gate realised, an accuracy reached): it may end before its
+    last step on reaching it, and after `finish` it says whether the run did."""
+
+    def outcome(self) -> tuple[bool, str] | None:
+        """(target reached, one line saying so) once judged; None when there is no target."""
+        ...

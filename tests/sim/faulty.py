@@ -22,6 +22,7 @@ from hil.core import (
     SeedLike,
 )
 from simulators.analytic import AnalyticDevice
+from simulators.dnpu import DNPUDevice
 
 
 class FlakyAnalytic(AnalyticDevice):
@@ -163,3 +164,14 @@ class ReconnectingAnalytic(TransientAnalytic):
             )
         self._note("reconnect")
         self.link_up = True
+
+
+class FlakyDNPU(DNPUDevice):
+    """The simulated DNPU, raising InstrumentTimeout when the plateau counter reaches `fail_at`."""
+
+    fail_at: ClassVar[int | None] = None
+
+    def measure(self, inputs: FloatArray) -> FloatArray:
+        if self.fail_at is not None and self.plateaus + len(inputs) > self.fail_at:
+            raise InstrumentTimeout(f"{self.spec.name}: no answer within 2 s (injected fault)")
+        return super().measure(inputs)
