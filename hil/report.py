@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 from hil.core import JSONDict, RunError
 from hil.report_calibration import calibration_report, measurements
 from hil.report_html import Figure, png, pyplot, render_html
+from hil.report_target import target_figures
 from hil.rundir import REPORT_DIR, RunDirectory, file_error
 
 FloatArray = NDArray[np.float64]
@@ -91,7 +92,9 @@ def _plot(records: list[JSONDict], names: list[str], title: str) -> bytes:
     return png(fig)
 
 
-def _figures(records: list[JSONDict], names: list[str], title: str) -> list[Figure]:
+def _figures(
+    records: list[JSONDict], summary: JSONDict | None, names: list[str], title: str
+) -> list[Figure]:
     """The report page's figures, one per quantity, each only where the journal has it."""
     plt = pyplot()
     fig, ax = plt.subplots(1, 1, figsize=(8, 3.6))
@@ -108,7 +111,7 @@ def _figures(records: list[JSONDict], names: list[str], title: str) -> list[Figu
         _draw_gradient(ax, records)
         caption = "Gradient estimate per step (norm; standard error where the estimator gives one)"
         figures.append(Figure("Gradient quality", caption, png(fig)))
-    return figures
+    return figures + target_figures(records, summary)
 
 
 def _markdown(info: JSONDict, summary: JSONDict | None, records: list[JSONDict]) -> str:
@@ -130,6 +133,9 @@ def _markdown(info: JSONDict, summary: JSONDict | None, records: list[JSONDict])
             f"- status: **{summary['status']}** ({summary['reason']})",
             f"- steps: {summary['steps_done']} of {summary['total_steps']}",
         ]
+        target = summary.get("target")
+        if isinstance(target, dict):
+            lines.append(f"- target: {target.get('detail')} (step {target.get('step')})")
         if "final_loss" in summary:
             lines.append(f"- final loss (unperturbed): {summary['final_loss']:.6g}")
         if summary.get("best_loss") is not None:
@@ -223,7 +229,9 @@ def _page(info: JSONDict, summary: JSONDict | None, records: list[JSONDict], tit
     """report.html's page: one builder, so the written report and the live view agree."""
     if _is_calibration(info, records):
         return _calibration_page(info, summary, records)[0]
-    return render_html(info, summary, records, _figures(records, _control_names(info), title))
+    return render_html(
+        info, summary, records, _figures(records, summary, _control_names(info), title)
+    )
 
 
 def _png_name(index: int, fig: Figure) -> str:

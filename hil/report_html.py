@@ -32,7 +32,7 @@ th { font-weight: 600; }
 td.num { font-variant-numeric: tabular-nums; }
 .wide { overflow-x: auto; }
 .status-completed { color: #17612a; } .status-paused, .status-running { color: #8a5a00; }
-.status-aborted, .status-failed { color: #a11; }
+.status-aborted, .status-failed, .status-missed { color: #a11; }
 figure { margin: 0.8rem 0; } figure img { max-width: 100%; height: auto; }
 figcaption { font-size: 0.9rem; color: #555; }
 pre { background: #f6f6f6; padding: 0.6rem; overflow-x: auto; font-size: 0.85rem; }
@@ -217,6 +217,16 @@ def _outcome(summary: JSONDict | None, records: list[JSONDict]) -> str:
         ("learning rate", summary.get("learning_rate")),
         ("final controls", f"the {summary.get('recommend', 'last')} of the iterates"),
     ]
+    target = summary.get("target")
+    if isinstance(target, dict):
+        rows.insert(
+            1,
+            (
+                "target",
+                f"{target.get('detail')} (step {target.get('step')}; "
+                f"{target.get('checks')} checks, {target.get('restarts')} restarts)",
+            ),
+        )
     parts = [_status(summary, records), _table(rows)]
     if summary.get("metrics"):
         parts += ["<h3>Metrics</h3>", _table(summary["metrics"].items(), ("metric", "value"))]

@@ -272,8 +272,10 @@ class GateTask(_BinaryTask):
         return None
 
     def _decide(self, metrics: dict[str, float]) -> tuple[bool, float, str]:
-        """Realised iff separation ≥ margin × noise; the score is the separation in noise units."""
+        """Realised iff separation ≥ margin × noise; the score is the separation in noise units
+        (the margin asked joins the metrics as `margin_sigma`)."""
         sigmas, margin = metrics["separation_sigma"], self.settings.margin
+        metrics["margin_sigma"] = margin
         if sigmas >= margin:
             return (
                 True,

@@ -12,9 +12,9 @@ Optional, configured in the procedure's settings:
 - `target:` on a task with a target (`gate`, `classification`), the measured stopping rule of
   `protocols.target`: the first step measures the start point (the noise sets the loss's
   margin scale), checks re-measure the iterate at an interval that keeps them to a share of
-  the device time, the run ends when the target is reached, and the end measures both the
-  recommended point and the best point checked and keeps the better. `false`: no checks
-  between the start and the end.
+  the device time, the run ends when a check and a fresh confirmation of it both reach the
+  target, and the end measures both the recommended point and the best point checked and keeps
+  the better. `false`: no checks between the start and the end.
 
 The optimizer's schedule horizon is `steps`. Every step record carries the learning rate used
 and whether the step was rejected; every evaluation (calibration and blocking included) is
@@ -284,11 +284,17 @@ class TrainingProcedure(Stepped):
         if not check.due:
             return {}
         start = self.objective.device_time()
-        judgement = check.check(self._recommended(), self._progress.steps_done)
+        theta, steps = self._recommended(), self._progress.steps_done
+        judgement = check.check(theta, steps)
+        record: JSONDict = {}
         if judgement.reached and target.stop:
-            self._reached_at = self._progress.steps_done
+            # a check that reached is the luckiest of many: stop only if a fresh one agrees
+            confirmation = check.check(theta, steps)
+            record["target_confirmation"] = confirmation.as_dict()
+            if confirmation.reached:
+                self._reached_at = steps
         seconds = self.objective.device_time() - start
-        record: JSONDict = {"target": {**judgement.as_dict(), "device_seconds": seconds}}
+        record["target"] = {**judgement.as_dict(), "device_seconds": seconds}
         reason = check.stalled(judgement)
         if reason is not None:
             record["restart"] = self._restart(check, reason)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from hil.core import ConfigError, RunError
+from hil.report import write_report
 from hil.runner import RunStatus, resume_run, start_run
 
 from experiments import ROOT, journal_steps
@@ -80,13 +81,21 @@ def test_a_gate_run_stops_when_a_measured_check_realises_it(tmp_path: Path) -> N
     checks = _checks(outcome.path)
     assert checks[-1]["reached"]
     assert _realised(checks[-1])
-    assert not any(c["reached"] for c in checks[:-1])  # it stopped at the first success
+    steps = journal_steps(outcome.path)
+    confirmations = {
+        s["step"]: s["target_confirmation"] for s in steps if "target_confirmation" in s
+    }
+    assert confirmations[steps[-1]["step"]]["reached"]  # a fresh measurement agreed, so it stopped
+    for c in checks[:-1]:  # earlier: not reached, or not confirmed
+        assert not c["reached"] or not confirmations[c["step"]]["reached"]
     assert all(_realised(c) == c["reached"] for c in checks)
     # checks are spaced to take at most a tenth of the device time (plus the one that is due)
-    steps = journal_steps(outcome.path)
     spent = sum(c["device_seconds"] for c in checks)
     total = sum(s["device_seconds"] for s in steps)
     assert spent <= 0.1 * (total - spent) + max(c["device_seconds"] for c in checks)
+    page = (write_report(outcome.path) / "report.html").read_text()
+    assert "Outputs per case at the final point" in page  # the gate plot
+    assert "Score of each measured check" in page
     start = steps[0]["target_start"]
     assert start["step"] == 0
     assert start["noise"] > 0
