@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
@@ -39,6 +40,11 @@ class ChannelMapping(BaseModel):
     )
     output_channels: list[str] | None = Field(
         default=None, description="device outputs the task scores; default: the first ones"
+    )
+    held_inputs: dict[str, float] | None = Field(
+        default=None,
+        description="device inputs no data column drives, held at these values (channel units, "
+        "inside the channel's range) instead of 0: a bias input, a gate electrode's level",
     )
     input_scaling: Literal["volts", "range"] = Field(
         default="volts",
@@ -284,6 +290,29 @@ def _device_inputs(device: Device, task: Task) -> FloatArray:
         )
     full = np.zeros((data.shape[0], len(names)))
     full[:, columns] = data
+    for name, value in (mapping.held_inputs or {}).items():
+        key = ("task", "held_inputs", name)
+        if name not in names:
+            raise ConfigError(
+                f"task.held_inputs: device {spec.name!r} has no input {name!r}; its inputs are "
+                f"{names}",
+                key=key,
+            )
+        index = names.index(name)
+        channel = channels[index]
+        if index in columns:
+            raise ConfigError(
+                f"task.held_inputs.{name}: a data column already drives input {name!r}; hold "
+                "only inputs that no column drives",
+                key=key,
+            )
+        if not (math.isfinite(value) and channel.min <= value <= channel.max):
+            raise ConfigError(
+                f"task.held_inputs.{name}: {value:g} is outside the input's allowed range "
+                f"[{channel.min:g}, {channel.max:g}] (device range within the station limits)",
+                key=key,
+            )
+        full[:, index] = value
     return full
 
 

@@ -170,3 +170,13 @@ def test_classification_is_judged_on_held_out_cases(tmp_path: Path) -> None:
     assert (validation["score"] >= 0.6) == validation["reached"]
     expected = RunStatus.COMPLETED if validation["reached"] else RunStatus.MISSED
     assert outcome.status is expected, outcome.reason
+
+
+@pytest.mark.parametrize(
+    "config", ["dnpu-gate.yaml", "dnpu-ring.yaml", "analog-mlp-classification.yaml"]
+)
+def test_shipped_configs_reach_their_targets(tmp_path: Path, config: str) -> None:
+    outcome = start_run(ROOT / "configs" / config, tmp_path / "runs")
+    assert outcome.status is RunStatus.COMPLETED, outcome.reason
+    assert outcome.summary["target"]["reached"]
+    assert outcome.summary["steps_done"] < outcome.summary["total_steps"]

@@ -62,6 +62,28 @@ def test_bad_mappings_are_config_errors(mapping: dict[str, Any], message: str) -
         Objective(device(), task([[0.1, 2.0]], **mapping))
 
 
+def test_held_inputs_sit_at_their_values_for_every_case() -> None:
+    dev = device(input_min=-1.2, input_max=0.6)
+    Objective(dev, task([[0.1], [0.2]], held_inputs={"in2": 0.5, "in3": -1.0}))(np.zeros(5))
+    np.testing.assert_array_equal(dev.last_inputs, [[0.1, 0, 0.5, -1.0], [0.2, 0, 0.5, -1.0]])
+
+
+@pytest.mark.parametrize(
+    ("held", "message"),
+    [
+        ({"in0": 0.1}, "a data column already drives input 'in0'"),
+        ({"in7": 0.1}, "has no input 'in7'"),
+        ({"in2": 0.9}, r"0.9 is outside the input's allowed range \[-1.2, 0.6\]"),
+        ({"in2": float("nan")}, "outside the input's allowed range"),
+    ],
+)
+def test_bad_held_inputs_are_config_errors(held: dict[str, float], message: str) -> None:
+    dev = device(input_min=-1.2, input_max=0.6)
+    with pytest.raises(ConfigError, match=message) as caught:
+        Objective(dev, task([[0.1]], held_inputs=held))
+    assert caught.value.key == ("task", "held_inputs", next(iter(held)))
+
+
 def test_more_columns_than_device_inputs_is_an_error() -> None:
     with pytest.raises(ConfigError, match="has only 4 inputs"):
         Objective(device(), task([[0.0] * 5]))
