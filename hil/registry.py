@@ -76,6 +76,7 @@ BUILTIN: dict[Kind, dict[str, str]] = {
         "train": "protocols.training:TrainingProcedure",
         "pulse-train": "protocols.pulsed:PulseTrainingProcedure",
         "calibrate": "protocols.bringup:CalibrationProcedure",
+        "population": "protocols.population:PopulationProcedure",
     },
 }
 

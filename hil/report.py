@@ -122,8 +122,12 @@ def _markdown(info: JSONDict, summary: JSONDict | None, records: list[JSONDict])
         f"- created: {info.get('created', '?')}",
         f"- config: `{info.get('config_file', '?')}`",
         f"- station: `{config['station']['name']}`, device `{config['station']['device']['type']}`",
-        f"- task `{config['task']['type']}`, estimator `{config['estimator']['type']}`, "
-        f"optimizer `{config['optimizer']['type']}`",
+        "- "
+        + ", ".join(
+            f"{key} `{config[key]['type']}`"
+            for key in ("task", "estimator", "optimizer", "procedure")
+            if config.get(key) is not None
+        ),
         f"- seed entropy: `{info['seed_entropy']}`",
     ]
     if summary is None:

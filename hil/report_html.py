@@ -239,12 +239,12 @@ def _outcome(summary: JSONDict | None, records: list[JSONDict]) -> str:
 def _estimator(info: JSONDict, summary: JSONDict | None) -> str:
     """The estimator's and optimizer's settings, and what calibration and blocking found."""
     config = info["config"]
-    parts = [
-        "<h3>Estimator</h3>",
-        _table(_flat(config["estimator"])),
-        "<h3>Optimizer</h3>",
-        _table(_flat(config["optimizer"])),
-    ]
+    parts = []
+    for key, title in (("estimator", "Estimator"), ("optimizer", "Optimizer")):
+        if config.get(key) is not None:  # a population procedure has neither
+            parts += [f"<h3>{title}</h3>", _table(_flat(config[key]))]
+    if config.get("estimator") is None and config.get("procedure") is not None:
+        parts += ["<h3>Procedure</h3>", _table(_flat(config["procedure"]))]
     if summary is not None:
         calibration = summary.get("calibration")
         if calibration:

@@ -15,15 +15,29 @@ function declared noisy. The recommendation is not measured (that would cost an 
 Both libraries are untyped optional dependencies (the `bench` extra). They are imported when an
 adapter is built, through `importlib`, so `protocols` imports without them and every value
 crossing the boundary is converted to a float array here. pycma (and its `NoiseHandler`) draw from
-numpy's global random state, which pycma seeds from its `seed` option: runs are reproducible as
-long as nothing else draws from the global state in between.
+numpy's global random state, which pycma seeds from its `seed` option, and so do some nevergrad
+optimizers. Each adapter keeps a global state of its own and swaps it in around every call into
+its library (`_NumpyGlobal`), so its run is reproducible whatever else draws from the global state.
+
+Checkpoints (`checkpoint()` / `restore()`): the libraries' optimizer objects are not JSON, so the
+adapters save them pickled, base64 in the JSON state, with the sha256 of the pickle bytes and the
+library's version; `restore` verifies both before it unpickles (a mismatch is a ValueError saying
+the run cannot resume exactly). The digest detects damage, not forgery: unpickling runs code, so
+restore only checkpoints of your own runs. The pickle holds the adapter's numpy global state too,
+so a resumed run is bit-identical to one that was never interrupted.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import importlib
+import io
 import math
-from collections.abc import Callable, Sequence
+import pickle
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
 
@@ -52,6 +66,92 @@ def _import_optional(name: str) -> ModuleType:
 def _int_seed(seed: SeedLike) -> int:
     """A positive 31-bit integer seed (pycma treats 0 and None as 'seed from the time')."""
     return int(seed_sequence(seed).generate_state(1)[0]) % (2**31 - 2) + 1
+
+
+def _start_seed(seed: int, starts: int) -> int:
+    """The library seed of start number `starts` (0: the adapter's seed; a restart gets its own,
+    so it does not replay the first start's random stream)."""
+    return seed if starts == 0 else _int_seed(np.random.SeedSequence([seed, starts]))
+
+
+class _NumpyGlobal:
+    """numpy's global random state as one library left it, swapped in around its calls."""
+
+    def __init__(self, seed: int) -> None:
+        self.state: Any = np.random.RandomState(seed).get_state()
+
+    @contextmanager
+    def swapped(self) -> Iterator[None]:
+        """Run the block on this state; afterwards keep what it left and put the outside back."""
+        outside = np.random.get_state()
+        np.random.set_state(self.state)
+        try:
+            yield
+        finally:
+            self.state = np.random.get_state()
+            np.random.set_state(outside)
+
+
+_GLOBAL_RANDOM = "numpy.random.mtrand._rand"
+
+
+def _global_random() -> Any:
+    """The RandomState behind numpy's global functions (np.random.randn, ...)."""
+    return np.random.mtrand._rand
+
+
+class _Pickler(pickle.Pickler):
+    """Pickles numpy's global RandomState by reference: pycma holds `np.random.randn` (a bound
+    method of it), and a copy would cut the restored strategy off the global stream."""
+
+    def persistent_id(self, obj: Any) -> str | None:
+        return _GLOBAL_RANDOM if obj is _global_random() else None
+
+
+class _Unpickler(pickle.Unpickler):
+    def persistent_load(self, pid: Any) -> Any:
+        if pid == _GLOBAL_RANDOM:
+            return _global_random()
+        raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
+
+
+def pickled(payload: object, library: str) -> JSONDict:
+    """`payload` pickled for a JSON checkpoint: base64 text, the sha256 of the pickle bytes and
+    the version of the library whose objects it holds."""
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(payload)
+    data = buffer.getvalue()
+    return {
+        "encoding": "pickle+base64",
+        "library": library,
+        "version": str(getattr(_import_optional(library), "__version__", "unknown")),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "pickle": base64.b64encode(data).decode("ascii"),
+    }
+
+
+def unpickled(state: JSONDict, library: str, what: str) -> Any:
+    """The payload of `pickled`, once its digest and library version are verified."""
+    damaged = (
+        f"{what}: the checkpoint's optimizer state is damaged (its pickle does not match the "
+        "recorded sha256); the run cannot resume exactly — restore checkpoint.json from a backup "
+        "or start a new run"
+    )
+    try:
+        data = base64.b64decode(str(state["pickle"]).encode("ascii"), validate=True)
+        recorded = str(state["sha256"])
+    except (KeyError, TypeError, UnicodeEncodeError, binascii.Error):
+        raise ValueError(damaged) from None
+    if hashlib.sha256(data).hexdigest() != recorded:
+        raise ValueError(damaged)
+    installed = str(getattr(_import_optional(library), "__version__", "unknown"))
+    if state.get("version") != installed:
+        raise ValueError(
+            f"{what}: the checkpoint's optimizer state was saved with {library} "
+            f"{state.get('version')}, {installed} is installed; the run cannot resume exactly — "
+            f"install {library}=={state.get('version')} or start a new run"
+        )
+    return _Unpickler(io.BytesIO(data)).load()  # verified above; checkpoints of one's own runs
 
 
 def _vector(value: Any, n: int, what: str) -> FloatArray:
@@ -97,7 +197,24 @@ class PopulationOptimizer(Protocol):
         ...
 
 
-def _check_box(x0: FloatArray, lower: FloatArray, upper: FloatArray) -> tuple[FloatArray, ...]:
+@runtime_checkable
+class ResumablePopulationOptimizer(PopulationOptimizer, Protocol):
+    """A population optimizer whose state a run checkpoints and restores exactly.
+
+    (Not `state_dict`/`load_state_dict`: these optimizers are not gradient `Optimizer`s.)
+    """
+
+    def checkpoint(self) -> JSONDict:
+        """Everything needed to continue exactly, as JSON (between a tell and the next ask)."""
+        ...
+
+    def restore(self, state: JSONDict) -> None:
+        """Continue from a `checkpoint` of an optimizer built with the same settings."""
+        ...
+
+
+def check_box(x0: FloatArray, lower: FloatArray, upper: FloatArray) -> tuple[FloatArray, ...]:
+    """x0, lower and upper as float vectors of one length; the box finite, x0 inside it."""
     x = np.array(x0, dtype=float)
     lo = np.array(lower, dtype=float)
     hi = np.array(upper, dtype=float)
@@ -168,6 +285,8 @@ class CMAAdapter:
         self.settings = settings if settings is not None else self.Settings()
         self._cma = _import_optional("cma")
         self._seed = _int_seed(seed)
+        self._starts = 0
+        self._global = _NumpyGlobal(self._seed)
         self._es: Any = None
         self._nh: Any = None
         self._lower: FloatArray = np.zeros(0)
@@ -183,25 +302,27 @@ class CMAAdapter:
         self._sigma_factors: list[float] = []
 
     def start(self, x0: FloatArray, lower: FloatArray, upper: FloatArray) -> None:
-        x, lo, hi = _check_box(x0, lower, upper)
+        x, lo, hi = check_box(x0, lower, upper)
         s = self.settings
         sigma0 = s.sigma0 if s.sigma0 is not None else 0.1 * float(np.min(hi - lo))
         options: dict[str, Any] = {
             **s.options,
             "bounds": [lo.tolist(), hi.tolist()],
-            "seed": self._seed,
+            "seed": _start_seed(self._seed, self._starts),
             "verbose": -9,
             "verb_disp": 0,
             "verb_log": 0,
         }
         if s.popsize is not None:
             options["popsize"] = s.popsize
-        self._es = self._cma.CMAEvolutionStrategy(x.tolist(), sigma0, options)
-        self._nh = (
-            self._cma.NoiseHandler(x.size, maxevals=list(s.noise_maxevals))
-            if s.noise_handler
-            else None
-        )
+        with self._global.swapped():  # pycma seeds the global state from `seed` here
+            self._es = self._cma.CMAEvolutionStrategy(x.tolist(), sigma0, options)
+            self._nh = (
+                self._cma.NoiseHandler(x.size, maxevals=list(s.noise_maxevals))
+                if s.noise_handler
+                else None
+            )
+        self._starts += 1
         self._lower, self._upper = lo, hi
         self._phase, self._points, self._sigma_factors = "generation", [], []
 
@@ -220,15 +341,20 @@ class CMAAdapter:
     def ask(self) -> list[FloatArray]:
         es = self._require()
         if self._phase == "generation":
-            self._solutions = list(es.ask())
+            with self._global.swapped():
+                self._solutions = list(es.ask())
             repeats = self._evaluations_per_candidate()
             self._owner = [i for i in range(len(self._solutions)) for _ in range(repeats)]
             self._points = [self._feasible(self._solutions[i]) for i in self._owner]
         return [p.copy() for p in self._points]
 
     def tell(self, candidates: Sequence[FloatArray], losses: Sequence[float]) -> None:
-        es = self._require()
         values = self._check_tell(candidates, losses)
+        with self._global.swapped():
+            self._tell(values)
+
+    def _tell(self, values: FloatArray) -> None:
+        es = self._require()
         per_owner = self._aggregate(values)
         if self._phase == "generation":
             self._fit = [per_owner[i] for i in range(len(self._solutions))]
@@ -250,6 +376,11 @@ class CMAAdapter:
         es.sigma *= factor
         self._sigma_factors.append(factor)
         self._phase, self._points = "generation", []
+
+    @property
+    def generation_complete(self) -> bool:
+        """False while the NoiseHandler's re-evaluations of the last generation are to be asked."""
+        return self._phase == "generation"
 
     def recommend(self) -> FloatArray:
         """The distribution mean (`es.result.xfavorite`), clipped to the box."""
@@ -275,6 +406,36 @@ class CMAAdapter:
                 self._sigma_factors[-1] if self._sigma_factors else None
             )
         return report
+
+    _SAVED = (
+        "_es",
+        "_nh",
+        "_starts",
+        "_lower",
+        "_upper",
+        "_phase",
+        "_solutions",
+        "_points",
+        "_owner",
+        "_fit",
+        "_reeval",
+        "_sigma_factors",
+    )
+
+    def checkpoint(self) -> JSONDict:
+        """The strategy, NoiseHandler, pending batch and numpy global state, pickled."""
+        self._require()
+        payload = {name: getattr(self, name) for name in self._SAVED}
+        payload["numpy_global"] = self._global.state
+        return pickled(payload, "cma")
+
+    def restore(self, state: JSONDict) -> None:
+        payload = unpickled(state, "cma", "CMAAdapter")
+        if not isinstance(payload, dict) or set(payload) != {*self._SAVED, "numpy_global"}:
+            raise ValueError("CMAAdapter: the checkpoint holds no CMAAdapter state")
+        for name in self._SAVED:
+            setattr(self, name, payload[name])
+        self._global.state = payload["numpy_global"]
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -355,6 +516,11 @@ class NevergradAdapter:
         noisy: bool = Field(
             default=True, description="declare the function non-deterministic to nevergrad"
         )
+        sigma: float | None = Field(
+            default=None,
+            gt=0,
+            description="initial mutation scale in θ units; None: nevergrad's default (1)",
+        )
 
     def __init__(self, settings: Settings | None = None, *, seed: SeedLike = None) -> None:
         self.settings = settings if settings is not None else self.Settings()
@@ -362,20 +528,29 @@ class NevergradAdapter:
         if self.settings.optimizer not in self._ng.optimizers.registry:
             raise ValueError(f"nevergrad has no optimizer {self.settings.optimizer!r}")
         self._seed = _int_seed(seed)
+        self._starts = 0
+        self._global = _NumpyGlobal(self._seed)
         self._opt: Any = None
         self._lower: FloatArray = np.zeros(0)
         self._upper: FloatArray = np.zeros(0)
         self._pending: list[tuple[Any, FloatArray]] = []
 
     def start(self, x0: FloatArray, lower: FloatArray, upper: FloatArray) -> None:
-        x, lo, hi = _check_box(x0, lower, upper)
+        x, lo, hi = check_box(x0, lower, upper)
         ng, s = self._ng, self.settings
-        parametrization = ng.p.Array(init=x).set_bounds(lo, hi)
-        parametrization.random_state = np.random.RandomState(self._seed)
+        seed = _start_seed(self._seed, self._starts)
+        self._global = _NumpyGlobal(seed)
+        parametrization = ng.p.Array(init=x)
+        if s.sigma is not None:  # before the bounds, which check it against the box
+            parametrization.set_mutation(sigma=s.sigma)
+        parametrization.set_bounds(lo, hi)
+        parametrization.random_state = np.random.RandomState(seed)
         if s.noisy:
             parametrization.function.deterministic = False
         factory = ng.optimizers.registry[s.optimizer]
-        self._opt = factory(parametrization=parametrization, budget=s.budget, num_workers=1)
+        with self._global.swapped():
+            self._opt = factory(parametrization=parametrization, budget=s.budget, num_workers=1)
+        self._starts += 1
         self._lower, self._upper, self._pending = lo, hi, []
 
     @property
@@ -390,7 +565,8 @@ class NevergradAdapter:
         opt = self._require()
         if self._pending:
             raise RuntimeError("NevergradAdapter: tell the last candidate before asking again")
-        candidate = opt.ask()
+        with self._global.swapped():
+            candidate = opt.ask()
         x = _vector(candidate.value, self._lower.size, "nevergrad candidate")
         point: FloatArray = np.clip(x, self._lower, self._upper)
         self._pending = [(candidate, point)]
@@ -408,13 +584,16 @@ class NevergradAdapter:
                 raise ValueError("NevergradAdapter: the candidates told are not the ones asked")
             if not math.isfinite(loss):
                 raise ValueError("NevergradAdapter: losses must be finite")
-            opt.tell(candidate, float(loss))
+            with self._global.swapped():
+                opt.tell(candidate, float(loss))
         self._pending = []
 
     def recommend(self) -> FloatArray:
         """nevergrad's `recommend()`, clipped to the box."""
         opt = self._require()
-        x = _vector(opt.recommend().value, self._lower.size, "nevergrad recommendation")
+        with self._global.swapped():
+            recommended = opt.recommend()
+        x = _vector(recommended.value, self._lower.size, "nevergrad recommendation")
         inside: FloatArray = np.clip(x, self._lower, self._upper)
         return inside
 
@@ -427,6 +606,30 @@ class NevergradAdapter:
             "num_ask": int(opt.num_ask),
             "num_tell": int(opt.num_tell),
         }
+
+    def checkpoint(self) -> JSONDict:
+        """The nevergrad optimizer (with its parametrization's random state) and the numpy
+        global state, pickled; nothing may be pending (tell every candidate asked first)."""
+        opt = self._require()
+        if self._pending:
+            raise RuntimeError("NevergradAdapter: tell the last candidate before a checkpoint")
+        payload = {
+            "opt": opt,
+            "starts": self._starts,
+            "lower": self._lower,
+            "upper": self._upper,
+            "numpy_global": self._global.state,
+        }
+        return pickled(payload, "nevergrad")
+
+    def restore(self, state: JSONDict) -> None:
+        payload = unpickled(state, "nevergrad", "NevergradAdapter")
+        if not isinstance(payload, dict) or "opt" not in payload:
+            raise ValueError("NevergradAdapter: the checkpoint holds no NevergradAdapter state")
+        self._opt, self._starts = payload["opt"], int(payload["starts"])
+        self._lower, self._upper = payload["lower"], payload["upper"]
+        self._global.state = payload["numpy_global"]
+        self._pending = []
 
     def _require(self) -> Any:
         if self._opt is None:
