@@ -45,6 +45,7 @@ from protocols.external import (
 )
 from protocols.genetic import GeneticAdapter
 from protocols.progress import Stepped, StepProgress
+from protocols.starts import initial_controls
 from protocols.target import Judgement, TargetCheck, TargetSettings
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ class PopulationProcedure(Stepped):
         self._cma: CMAAdapter | None = None
         self.adapter = self._adapter(adapter_seed)
         theta0 = self.objective.parameters(
-            _initial_controls(settings.initial_controls, self.control_names, self.objective)
+            initial_controls(settings.initial_controls, self.control_names, self.objective)
         )
         try:
             self.adapter.start(theta0, self.objective.lower, self.objective.upper)
@@ -470,37 +471,3 @@ class PopulationProcedure(Stepped):
         self._library_restarts = int(state["library_restarts"])
         self._stopped = state["stopped"]
         self._projections = int(state["projections"])
-
-
-def _initial_controls(
-    given: list[float] | dict[str, float] | None, names: list[str], objective: Objective
-) -> FloatArray:
-    """The start's control values from the settings, checked against the allowed ranges."""
-    n = len(names)
-    if given is None:
-        theta = np.zeros(n)
-    elif isinstance(given, dict):
-        unknown = sorted(set(given) - set(names))
-        if unknown:
-            raise ConfigError(
-                f"procedure.initial_controls: unknown control channel(s) {unknown}; "
-                f"the controls are {names}"
-            )
-        theta = np.array([given.get(name, 0.0) for name in names])
-    else:
-        if len(given) != n:
-            raise ConfigError(
-                f"procedure.initial_controls: {len(given)} values given, the device has "
-                f"{n} controls {names}"
-            )
-        theta = np.asarray(given, dtype=float)
-    lower, upper = objective.control_lower, objective.control_upper
-    for i, name in enumerate(names):
-        if not lower[i] <= theta[i] <= upper[i]:
-            raise ConfigError(
-                f"procedure.initial_controls.{name}: {theta[i]} is outside the allowed range "
-                f"[{lower[i]}, {upper[i]}] (device range within the station limits); "
-                "choose a start value inside it",
-                key=("procedure", "initial_controls", name if isinstance(given, dict) else i),
-            )
-    return theta

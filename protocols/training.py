@@ -51,6 +51,7 @@ from protocols.calibration import (
 from protocols.minimize import BlockingSettings, blocking_threshold, optimization_step
 from protocols.optimizers import Recommendation, TunableOptimizer, as_tunable
 from protocols.progress import Stepped, StepProgress
+from protocols.starts import initial_controls
 from protocols.target import Judgement, TargetCheck, TargetSettings
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,9 @@ class TrainingProcedure(Stepped):
         if self.tunable is not None:
             self.tunable.horizon = settings.steps
             self.tunable.set_recommendation(settings.recommend)
-        theta0 = self.objective.parameters(self._initial_controls())
+        theta0 = self.objective.parameters(
+            initial_controls(settings.initial_controls, self.control_names, self.objective)
+        )
         try:
             optimizer.start(theta0, self.objective.lower, self.objective.upper)
         except ValueError as exc:
@@ -200,38 +203,6 @@ class TrainingProcedure(Stepped):
                 key=("procedure", wanted[0]),
             )
         return None
-
-    def _initial_controls(self) -> FloatArray:
-        """θ0 from the settings, checked against the (guarded) control ranges."""
-        given = self.settings.initial_controls
-        n = len(self.control_names)
-        if given is None:
-            theta = np.zeros(n)
-        elif isinstance(given, dict):
-            unknown = sorted(set(given) - set(self.control_names))
-            if unknown:
-                raise ConfigError(
-                    f"procedure.initial_controls: unknown control channel(s) {unknown}; "
-                    f"the controls are {self.control_names}"
-                )
-            theta = np.array([given.get(name, 0.0) for name in self.control_names])
-        else:
-            if len(given) != n:
-                raise ConfigError(
-                    f"procedure.initial_controls: {len(given)} values given, the device has "
-                    f"{n} controls {self.control_names}"
-                )
-            theta = np.asarray(given, dtype=float)
-        lower, upper = self.objective.control_lower, self.objective.control_upper
-        for i, name in enumerate(self.control_names):
-            if not lower[i] <= theta[i] <= upper[i]:
-                raise ConfigError(
-                    f"procedure.initial_controls.{name}: {theta[i]} is outside the allowed range "
-                    f"[{lower[i]}, {upper[i]}] (device range within the station limits); "
-                    "choose a start value inside it",
-                    key=("procedure", "initial_controls", name if isinstance(given, dict) else i),
-                )
-        return theta
 
     def controls(self) -> dict[str, float]:
         """The current control values by channel name."""
