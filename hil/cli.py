@@ -555,6 +555,57 @@ def serve(
         stderr.print(f"stopped by {stopped_by}: servers and simulator closed", highlight=False)
 
 
+@app.command("surrogate-convert")
+def surrogate_convert(
+    checkpoint: Annotated[Path, typer.Argument(help="PyTorch checkpoint of the surrogate.")],
+    out: Annotated[Path, typer.Argument(help="The .npz to write (the DNPU's weights_file).")],
+    amplification: Annotated[
+        float | None,
+        typer.Option(
+            "--amplification",
+            help="nA per network unit: the amplification the training data was divided by "
+            "(default: the one recorded in the checkpoint's info dict, if any).",
+        ),
+    ] = None,
+    bake: Annotated[
+        bool,
+        typer.Option("--bake", help="Multiply the amplification into the last layer."),
+    ] = False,
+) -> None:
+    """Convert a DNPU surrogate network (a PyTorch state dict: SkyNEt, brains-py, nn.Sequential
+    of nn.Linear) into the .npz the DNPU simulator loads; print what the station file needs.
+
+    The weights are written as trained; the amplification goes into the station file as
+    weights_scale, unless --bake multiplies it into the weights (weights_scale 1)."""
+    from hil import surrogates
+
+    with _errors():
+        done = surrogates.convert(checkpoint, out, amplification=amplification, bake=bake)
+        widths = " → ".join(map(str, [done.shapes[0][1], *(o for o, _ in done.shapes)]))
+        shapes = ", ".join(f"weight_{j} {o}×{i}" for j, (o, i) in enumerate(done.shapes))
+        lines = [
+            f"wrote {done.out}: {widths} ({shapes})",
+            "in the station file, under device: (type: dnpu; activation relu unless set):",
+            f"  weights_file: {done.out.resolve()}   # or a path relative to the station file",
+        ]
+        if done.baked:
+            lines.append(f"  weights_scale: 1.0   # amplification {done.amplification:g} baked in")
+        elif done.amplification is not None:
+            lines.append(
+                f"  weights_scale: {done.amplification:g}   # nA per network unit: the "
+                f"amplification (from {done.origin})"
+            )
+        stdout.print("\n".join(lines), highlight=False, soft_wrap=True, markup=False)
+        if done.weights_scale is None:
+            stderr.print(
+                "no amplification recorded or given: set weights_scale to the amplification of "
+                "the setup the network was trained on (nA per network unit), or rerun with "
+                "--amplification",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+
 def _until_stopped() -> str:
     """Sleep until Ctrl-C or SIGTERM; which one it was."""
     try:

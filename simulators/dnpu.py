@@ -25,6 +25,16 @@ from simulators.sampled import Chain, Noise, SampledDevice, SampledSettings, Tim
 
 Activation = Literal["tanh", "softplus", "relu"]
 N_ELECTRODES = 7
+RANDOM_CORE_ONLY = {
+    "device_seed": "draws the random core only; a weights_file network is fixed",
+    "hidden": "sets the random core's layer widths only; a weights_file network has the widths "
+    "of its arrays",
+    "output_scale": "scales the random core only; a weights_file network is scaled by "
+    "weights_scale (nA per network unit)",
+    "curvature": "sharpens the random core only; a weights_file network has the curvature of "
+    "the device it was fitted to",
+}
+"""Settings of the random core that a weights_file network refuses unless at their default."""
 
 
 class MLPCore:
@@ -119,9 +129,14 @@ class DNPUDevice(SampledDevice):
         )
         weights_file: ConfigPath | None = Field(
             default=None,
-            description=".npz surrogate network (relative to the config file; at most 64 MiB)",
+            description=".npz surrogate network (relative to the config file; at most 64 MiB); "
+            "`hil surrogate-convert` writes one from a PyTorch checkpoint",
         )
-        weights_scale: float = Field(default=1.0, description="nA per unit of the file network")
+        weights_scale: float = Field(
+            default=1.0,
+            description="nA per unit of the file network's output: for a network trained on "
+            "amplifier-scaled outputs (SkyNEt, brains-py) its recorded amplification",
+        )
         amplification: float = Field(default=28.5, gt=0, description="nA per ADC volt")
         adc_full_scale: float = Field(default=4.0, gt=0, description="V, the ADC clips here")
         inverted_output: bool = Field(default=False, description="inverting amplifier")
@@ -162,11 +177,24 @@ class DNPUDevice(SampledDevice):
                 raise ValueError("input_electrodes: leave at least one electrode as a control")
             if any(not 1 <= w <= 4096 for w in self.hidden):
                 raise ValueError(f"hidden: layer widths must lie in 1…4096, got {self.hidden}")
-            if self.weights_file is not None and self.curvature != 1.0:
-                raise ValueError(
-                    "curvature: applies to the random core only; a surrogate's curvature is that "
-                    "of the device it was fitted to (remove curvature or weights_file)"
-                )
+            return self
+
+        @model_validator(mode="after")
+        def _one_core(self) -> DNPUDevice.Settings:
+            """A setting of the core not in use is a mistake, not a no-op: refuse it. Compared
+            with the default, not `model_fields_set`: a resumed run re-validates a resolved
+            config that spells out every default."""
+            fields = type(self).model_fields
+            if self.weights_file is None:
+                if self.weights_scale != fields["weights_scale"].default:
+                    raise ValueError(
+                        "weights_scale scales a weights_file network only; the random core's "
+                        "range is output_scale: remove weights_scale or give a weights_file"
+                    )
+                return self
+            for name, reason in RANDOM_CORE_ONLY.items():
+                if getattr(self, name) != fields[name].get_default(call_default_factory=True):
+                    raise ValueError(f"{name} {reason}: remove {name} or weights_file")
             return self
 
     def __init__(self, settings: Settings | None = None, *, seed: SeedLike = None) -> None:

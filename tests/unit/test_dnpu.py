@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +12,9 @@ import numpy as np
 import pytest
 
 from hil.build import build_device
-from hil.config import load_station
+from hil.config import load_station, resolve_station
 from hil.core import Role
+from hil.yamlfile import YamlDocument
 from simulators.dnpu import DNPUDevice
 
 SHARED_SURROGATE = (
@@ -308,3 +311,91 @@ def test_published_surrogate_bias_at_30_mv_is_the_documented_one() -> None:
     # docs: median 0.065, 90th percentile 0.22 (a ReLU network: kinks, not a smooth F‴)
     assert 0.05 < np.median(error) < 0.08
     assert 0.17 < np.percentile(error, 90) < 0.27
+
+
+# -- one core at a time: settings of the core not in use are refused ------------------------------
+
+
+def tiny_network(path: Path) -> Path:
+    """A 7 → 3 → 1 network in the weights_file layout."""
+    rng = np.random.default_rng(13)
+    w0, b0, w1, b1 = (rng.normal(size=shape) for shape in [(3, 7), (3,), (1, 3), (1,)])
+    np.savez(path, weight_0=w0, bias_0=b0, weight_1=w1, bias_1=b1)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (
+            {"device_seed": 3},
+            "device_seed draws the random core only; a weights_file network is fixed: remove "
+            "device_seed or weights_file",
+        ),
+        (
+            {"hidden": [16, 16]},
+            "hidden sets the random core's layer widths only; a weights_file network has the "
+            "widths of its arrays: remove hidden or weights_file",
+        ),
+        (
+            {"output_scale": 50.0},
+            "output_scale scales the random core only; a weights_file network is scaled by "
+            "weights_scale (nA per network unit): remove output_scale or weights_file",
+        ),
+        (
+            {"curvature": 2.0},
+            "curvature sharpens the random core only; a weights_file network has the curvature "
+            "of the device it was fitted to: remove curvature or weights_file",
+        ),
+    ],
+)
+def test_random_core_settings_are_refused_with_a_weights_file(
+    tmp_path: Path, setting: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make(weights_file=tiny_network(tmp_path / "net.npz"), **setting)
+
+
+def test_weights_scale_without_a_weights_file_is_refused() -> None:
+    message = (
+        "weights_scale scales a weights_file network only; the random core's range is "
+        "output_scale: remove weights_scale or give a weights_file"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make(weights_scale=20.0)
+    make(weights_scale=1.0)  # the default, spelled out
+
+
+def test_a_resolved_station_that_spells_out_every_default_still_loads(tmp_path: Path) -> None:
+    """A resumed run re-validates the resolved station (run.json: every default listed), so
+    defaults are not contradictions, whichever core is in use."""
+    path = tiny_network(tmp_path / "net.npz")
+    for device in ({"weights_file": str(path), "weights_scale": 2.0}, {"device_seed": 4}):
+        written = tmp_path / "station.yaml"
+        limits = {"max_abs_voltage": 1.6}
+        station = {"name": "s", "device": {"type": "dnpu", **device}, "limits": limits}
+        written.write_text(json.dumps(station))
+        first = load_station(written)
+        resolved = json.loads(json.dumps(first.as_dict()))  # as run.json holds it
+        assert {"device_seed", "hidden", "output_scale", "weights_scale"} <= set(resolved["device"])
+        again = resolve_station(YamlDocument(tmp_path / "run.json", resolved), resolved)
+        a, b = first.device.settings, again.device.settings
+        assert isinstance(a, DNPUDevice.Settings)
+        assert isinstance(b, DNPUDevice.Settings)
+        np.testing.assert_array_equal(
+            DNPUDevice(a).true_output(THETA, X), DNPUDevice(b).true_output(THETA, X)
+        )
+
+
+@pytest.mark.skipif(not SHARED_SURROGATE.exists(), reason="shared/data is not beside the clone")
+def test_the_shared_surrogate_loads_with_the_random_core_defaults_spelled_out() -> None:
+    device = make(
+        weights_file=SHARED_SURROGATE,
+        weights_scale=20.0,
+        device_seed=0,
+        hidden=[32, 32, 32],
+        output_scale=100.0,
+        curvature=1.0,
+    )
+    reference = make(weights_file=SHARED_SURROGATE, weights_scale=20.0)
+    np.testing.assert_array_equal(device.true_output(THETA, X), reference.true_output(THETA, X))
