@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from hil.core import ConfigError, Device, FloatArray, JSONDict, SeedLike, seed_sequence
 from hil.core.types import generator_state, restore_generator
-from protocols.base import MAX_REPEATS, MAX_STEPS, JudgedTask, Objective, Task
+from protocols.base import MAX_REPEATS, MAX_STEPS, Objective, Task
 from protocols.external import (
     CMAAdapter,
     NevergradAdapter,
@@ -46,7 +46,7 @@ from protocols.external import (
 from protocols.genetic import GeneticAdapter
 from protocols.progress import Stepped, StepProgress
 from protocols.starts import initial_controls
-from protocols.target import Judgement, TargetCheck, TargetSettings
+from protocols.target import Judgement, TargetSettings, outcome_line, target_check
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ class PopulationProcedure(Stepped):
         self._prepared = False
         self._progress = StepProgress(settings.generations)
         self._best_controls = self.objective.physical(theta0).tolist()
-        self._check = self._target_check(device, task)
+        self._check = target_check(self.objective, task, settings.target, device)
         self._reached_at: int | None = None
         self._final: Judgement | None = None
         self._restarts = 0  # every new start
@@ -200,19 +200,6 @@ class PopulationProcedure(Stepped):
                     key=("procedure", "nevergrad", "optimizer"),
                 ) from None
         return GeneticAdapter(s.genetic, seed=seed)
-
-    def _target_check(self, device: Device, task: Task) -> TargetCheck | None:
-        """The target check of a judged task (None for a task without a target)."""
-        target = self.settings.target
-        if not isinstance(task, JudgedTask):
-            if target is not None and target != TargetSettings():
-                raise ConfigError(
-                    f"procedure.target: task {type(task).__name__} has no target to check; "
-                    "use a task with one (gate, classification) or drop `target`",
-                    key=("procedure", "target"),
-                )
-            return None
-        return TargetCheck(self.objective, task, target or TargetSettings(stop=False), device)
 
     # -- Procedure -----------------------------------------------------------------------------
 
@@ -293,27 +280,14 @@ class PopulationProcedure(Stepped):
 
     def _check_target(self, seconds: float) -> JSONDict:
         """After a generation: check the recommendation when a check is due."""
-        check, target = self._check, self.settings.target
-        if check is None or target is None:
+        check = self._check
+        if check is None or self.settings.target is None:
             return {}
-        check.spent(seconds)
-        if not check.due:
-            return {}
-        start = self.objective.device_time()
-        theta, steps = self.adapter.recommend(), self._progress.steps_done
-        judgement = check.check(theta, steps)
-        record: JSONDict = {}
-        if judgement.reached and target.stop:
-            # a check that reached is the luckiest of many: stop only if a fresh one agrees
-            confirmation = check.check(theta, steps)
-            record["target_confirmation"] = confirmation.as_dict()
-            if confirmation.reached:
-                self._reached_at = steps
-        record["target"] = {
-            **judgement.as_dict(),
-            "device_seconds": self.objective.device_time() - start,
-        }
-        reason = check.stalled(judgement)
+        steps = self._progress.steps_done
+        record, stop, judgement = check.after_step(self.adapter.recommend(), steps, seconds)
+        if stop:
+            self._reached_at = steps
+        reason = None if judgement is None else check.stalled(judgement)
         if reason is not None:
             record["restart"] = self._restart(reason, grow=False)
         return record
@@ -358,14 +332,8 @@ class PopulationProcedure(Stepped):
         final = self._final
         if final is None:
             return None
-        where = "the best point checked" if final.step != self._progress.steps_done else "the end"
-        when = (
-            f"stopped at generation {self._reached_at} of {self._progress.total}"
-            if self._reached_at is not None
-            else f"{self._progress.steps_done} generations"
-        )
-        verb = "target reached" if final.reached else "target NOT reached"
-        return final.reached, f"{verb} at {where} ({when}): {final.detail}"
+        steps, total = self._progress.steps_done, self._progress.total
+        return final.reached, outcome_line(final, steps, total, self._reached_at, "generation")
 
     def finish(self) -> JSONDict:
         """Measure the recommendation unperturbed (counted like every other evaluation); with a
@@ -373,7 +341,8 @@ class PopulationProcedure(Stepped):
         theta = self.adapter.recommend()
         target: JSONDict = {}
         if self._check is not None:
-            theta, target = self._final_judgement(self._check, theta)
+            self._final = self._check.final(theta, self._progress.steps_done)
+            theta, target = self._final.theta, {"target": self._check.summary(self._final)}
         outputs = np.mean(
             [self.objective.outputs(theta) for _ in range(self.settings.final_repeats)], axis=0
         )
@@ -387,22 +356,6 @@ class PopulationProcedure(Stepped):
             **self.progress(),
         }
 
-    def _final_judgement(
-        self, check: TargetCheck, theta: FloatArray
-    ) -> tuple[FloatArray, JSONDict]:
-        """Judge the recommendation and the best point checked (each measured again) and keep
-        the better: its θ and the summary's `target` entry."""
-        best = check.best
-        final = check.check(theta, self._progress.steps_done)
-        if best is not None and not np.array_equal(best.theta, theta):
-            again = check.check(best.theta, best.step)
-            if (again.reached, again.score) > (final.reached, final.score):
-                final = again
-        self._final = final
-        return final.theta, {
-            "target": {**final.as_dict(), "checks": check.checks, "restarts": check.restarts}
-        }
-
     def progress(self) -> JSONDict:
         """Where the run stands, without measuring anything."""
         return {
@@ -412,24 +365,11 @@ class PopulationProcedure(Stepped):
             "controls": self.controls(),
             "evaluations": self._evaluations(),
             "device_time": self.objective.device_time(),
-            **self._target_progress(),
+            **({} if self._check is None else self._check.progress(self._reached_at)),
             "restarts": self._restarts,
             "stopped": self._stopped,
             "projections": self._projections,
             "optimizer": self.adapter.state(),
-        }
-
-    def _target_progress(self) -> JSONDict:
-        check = self._check
-        if check is None:
-            return {}
-        best = check.best
-        return {
-            "target_checks": check.checks,
-            "target_reached_at": self._reached_at,
-            "target_best": None
-            if best is None
-            else {"step": best.step, "reached": best.reached, "detail": best.detail},
         }
 
     def state_dict(self) -> JSONDict:

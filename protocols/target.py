@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from hil.core import Device, FloatArray, IntArray, JSONDict
-from protocols.base import MAX_REPEATS, JudgedTask, Objective, Verdict
+from hil.core import ConfigError, Device, FloatArray, IntArray, JSONDict
+from protocols.base import MAX_REPEATS, JudgedTask, Objective, Task, Verdict
 
 
 class RestartSettings(BaseModel):
@@ -241,6 +241,53 @@ class TargetCheck:
         self.restarts += 1
         self._start_best, self._stale = -math.inf, 0
 
+    def after_step(
+        self, theta: FloatArray, step: int, seconds: float
+    ) -> tuple[JSONDict, bool, Judgement | None]:
+        """Count `seconds` of training and check θ when a check is due: (the record's fields,
+        whether the run should stop, the judgement or None). A check that reached the target
+        is the luckiest of many, so the run stops only if a fresh one agrees."""
+        self.spent(seconds)
+        if not self.due:
+            return {}, False, None
+        start = self.objective.device_time()
+        judgement = self.check(theta, step)
+        record: JSONDict = {}
+        stop = False
+        if judgement.reached and self.settings.stop:
+            confirmation = self.check(theta, step)
+            record["target_confirmation"] = confirmation.as_dict()
+            stop = confirmation.reached
+        seconds_checking = self.objective.device_time() - start
+        record["target"] = {**judgement.as_dict(), "device_seconds": seconds_checking}
+        return record, stop, judgement
+
+    def final(self, theta: FloatArray, step: int) -> Judgement:
+        """The end: judge θ and the best point checked (each measured again), keep the better."""
+        best = self.best
+        final = self.check(theta, step)
+        if best is not None and not np.array_equal(best.theta, theta):
+            again = self.check(best.theta, best.step)
+            if (again.reached, again.score) > (final.reached, final.score):
+                final = again
+        return final
+
+    def summary(self, final: Judgement) -> JSONDict:
+        """The summary's `target` entry."""
+        return {**final.as_dict(), "checks": self.checks, "restarts": self.restarts}
+
+    def progress(self, reached_at: int | None) -> JSONDict:
+        """The checks so far: how many, the best, and where the target was reached."""
+        best = self.best
+        return {
+            "target_checks": self.checks,
+            "restarts": self.restarts,
+            "target_reached_at": reached_at,
+            "target_best": None
+            if best is None
+            else {"step": best.step, "reached": best.reached, "detail": best.detail},
+        }
+
     def _pool(self, runs: FloatArray) -> None:
         """Add the repeats' spread around their per-case means to the pooled noise."""
         centred = runs - runs.mean(axis=0)
@@ -318,3 +365,34 @@ def _judgement_state(judgement: Judgement) -> JSONDict:
 
 def _finite(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
+
+
+def target_check(
+    objective: Objective, task: Task, target: TargetSettings | None, device: Device
+) -> TargetCheck | None:
+    """The target check of a procedure on `task` (None for a task without a target; a
+    `target:` other than the defaults on such a task is refused). `target` None: judge only
+    the start and the end."""
+    if not isinstance(task, JudgedTask):
+        if target is not None and target != TargetSettings():
+            raise ConfigError(
+                f"procedure.target: task {type(task).__name__} has no target to check; "
+                "use a task with one (gate, classification) or drop `target`",
+                key=("procedure", "target"),
+            )
+        return None
+    return TargetCheck(objective, task, target or TargetSettings(stop=False), device)
+
+
+def outcome_line(
+    final: Judgement, steps: int, total: int, reached_at: int | None, unit: str
+) -> str:
+    """The one line a run's outcome says: reached or not, where, when, the verdict."""
+    where = "the best point checked" if final.step != steps else "the end"
+    when = (
+        f"stopped at {unit} {reached_at} of {total}"
+        if reached_at is not None
+        else f"{steps} {unit}s"
+    )
+    verb = "target reached" if final.reached else "target NOT reached"
+    return f"{verb} at {where} ({when}): {final.detail}"

@@ -36,7 +36,6 @@ from protocols.base import (
     MAX_REPEATS,
     MAX_STEPS,
     GradientEstimator,
-    JudgedTask,
     Objective,
     Optimizer,
     Preflight,
@@ -52,7 +51,7 @@ from protocols.minimize import BlockingSettings, blocking_threshold, optimizatio
 from protocols.optimizers import Recommendation, TunableOptimizer, as_tunable
 from protocols.progress import Stepped, StepProgress
 from protocols.starts import initial_controls
-from protocols.target import Judgement, TargetCheck, TargetSettings
+from protocols.target import Judgement, TargetCheck, TargetSettings, outcome_line, target_check
 
 log = logging.getLogger(__name__)
 
@@ -164,22 +163,9 @@ class TrainingProcedure(Stepped):
         self._rejections = 0
         self._progress = StepProgress(settings.steps)
         self._best_controls = self.objective.physical(theta0).tolist()
-        self._check = self._target_check(device, task)
+        self._check = target_check(self.objective, task, settings.target, device)
         self._reached_at: int | None = None  # the step whose check reached the target
         self._final: Judgement | None = None
-
-    def _target_check(self, device: Device, task: Task) -> TargetCheck | None:
-        """The target check of a judged task (None for a task without a target)."""
-        target = self.settings.target
-        if not isinstance(task, JudgedTask):
-            if target is not None and target != TargetSettings():  # defaults: nothing asked
-                raise ConfigError(
-                    f"procedure.target: task {type(task).__name__} has no target to check; "
-                    "use a task with one (gate, classification) or drop `target`",
-                    key=("procedure", "target"),
-                )
-            return None
-        return TargetCheck(self.objective, task, target or TargetSettings(stop=False), device)
 
     def _tunable(self, optimizer: Optimizer) -> TunableOptimizer | None:
         """The optimizer as a TunableOptimizer, or None; refuses settings that need one."""
@@ -248,25 +234,14 @@ class TrainingProcedure(Stepped):
 
     def _check_target(self, training_seconds: float) -> JSONDict:
         """After a step: check the target when a check is due (see `protocols.target`)."""
-        check, target = self._check, self.settings.target
-        if check is None or target is None:
+        check = self._check
+        if check is None or self.settings.target is None:
             return {}
-        check.spent(training_seconds)
-        if not check.due:
-            return {}
-        start = self.objective.device_time()
-        theta, steps = self._recommended(), self._progress.steps_done
-        judgement = check.check(theta, steps)
-        record: JSONDict = {}
-        if judgement.reached and target.stop:
-            # a check that reached is the luckiest of many: stop only if a fresh one agrees
-            confirmation = check.check(theta, steps)
-            record["target_confirmation"] = confirmation.as_dict()
-            if confirmation.reached:
-                self._reached_at = steps
-        seconds = self.objective.device_time() - start
-        record["target"] = {**judgement.as_dict(), "device_seconds": seconds}
-        reason = check.stalled(judgement)
+        steps = self._progress.steps_done
+        record, stop, judgement = check.after_step(self._recommended(), steps, training_seconds)
+        if stop:
+            self._reached_at = steps
+        reason = None if judgement is None else check.stalled(judgement)
         if reason is not None:
             record["restart"] = self._restart(check, reason)
         return record
@@ -293,14 +268,8 @@ class TrainingProcedure(Stepped):
         final = self._final
         if final is None:
             return None
-        where = "the best point checked" if final.step != self._progress.steps_done else "the end"
-        when = (
-            f"stopped at step {self._reached_at} of {self._progress.total}"
-            if self._reached_at is not None
-            else f"{self._progress.steps_done} steps"
-        )
-        verb = "target reached" if final.reached else "target NOT reached"
-        return final.reached, f"{verb} at {where} ({when}): {final.detail}"
+        steps, total = self._progress.steps_done, self._progress.total
+        return final.reached, outcome_line(final, steps, total, self._reached_at, "step")
 
     def step(self) -> JSONDict:
         e0, t0 = self._evaluations(), self.objective.device_time()
@@ -341,7 +310,8 @@ class TrainingProcedure(Stepped):
         theta = self._recommended()
         target: JSONDict = {}
         if self._check is not None:
-            theta, target = self._final_judgement(self._check, theta)
+            self._final = self._check.final(theta, self._progress.steps_done)
+            theta, target = self._final.theta, {"target": self._check.summary(self._final)}
         outputs = np.mean(
             [self.objective.outputs(theta) for _ in range(self.settings.final_repeats)], axis=0
         )
@@ -357,23 +327,6 @@ class TrainingProcedure(Stepped):
             **self.progress(),
         }
 
-    def _final_judgement(
-        self, check: TargetCheck, theta: FloatArray
-    ) -> tuple[FloatArray, JSONDict]:
-        """Judge the recommended point and the best point checked (each measured again) and
-        keep the better: its θ and the summary's `target` entry with its per-case outputs."""
-        steps = self._progress.steps_done
-        best = check.best
-        final = check.check(theta, steps)
-        if best is not None and not np.array_equal(best.theta, theta):
-            again = check.check(best.theta, best.step)
-            if (again.reached, again.score) > (final.reached, final.score):
-                final = again
-        self._final = final
-        return final.theta, {
-            "target": {**final.as_dict(), "checks": check.checks, "restarts": check.restarts}
-        }
-
     def progress(self) -> JSONDict:
         """Where training stands, without measuring anything."""
         return {
@@ -382,27 +335,12 @@ class TrainingProcedure(Stepped):
             "controls": self.controls(),
             "evaluations": self._evaluations(),
             "device_time": self.objective.device_time(),
-            **self._target_progress(),
+            **({} if self._check is None else self._check.progress(self._reached_at)),
             "learning_rate": None if self.tunable is None else self.tunable.learning_rate,
             "rejected_steps": self._rejections,
             "calibration": self._calibration,
             "noise_sigma": self._sigma,
             "allowed_increase": self._allowed_increase,
-        }
-
-    def _target_progress(self) -> JSONDict:
-        """The target checks so far: how many, the best, and whether it was reached."""
-        check = self._check
-        if check is None:
-            return {}
-        best = check.best
-        return {
-            "target_checks": check.checks,
-            "restarts": check.restarts,
-            "target_reached_at": self._reached_at,
-            "target_best": None
-            if best is None
-            else {"step": best.step, "reached": best.reached, "detail": best.detail},
         }
 
     def state_dict(self) -> JSONDict:
