@@ -233,6 +233,29 @@ def check_box(x0: FloatArray, lower: FloatArray, upper: FloatArray) -> tuple[Flo
     return x, lo, hi
 
 
+def told_losses(
+    owner: str,
+    whole: str,
+    asked: Sequence[FloatArray],
+    candidates: Sequence[FloatArray],
+    losses: Sequence[float],
+) -> FloatArray:
+    """The finite losses of exactly the candidates asked (`whole` names them in the message,
+    e.g. "batch of 8 candidates"), as a float array."""
+    if len(candidates) != len(asked) or len(losses) != len(asked):
+        raise ValueError(
+            f"{owner}: tell the whole {whole}, got {len(candidates)} candidates and "
+            f"{len(losses)} losses"
+        )
+    for got, point in zip(candidates, asked, strict=True):
+        if not np.array_equal(np.asarray(got, dtype=float), point):
+            raise ValueError(f"{owner}: the candidates told are not the ones asked")
+    values = np.array(losses, dtype=float)
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{owner}: losses must be finite")
+    return values
+
+
 class CMAAdapter:
     """pycma's `CMAEvolutionStrategy` with the objective's box as bounds.
 
@@ -455,18 +478,8 @@ class CMAAdapter:
     def _check_tell(self, candidates: Sequence[FloatArray], losses: Sequence[float]) -> FloatArray:
         if not self._points:
             raise RuntimeError("CMAAdapter: tell without a pending ask")
-        if len(candidates) != len(self._points) or len(losses) != len(self._points):
-            raise ValueError(
-                f"CMAAdapter: tell the whole batch of {len(self._points)} candidates, got "
-                f"{len(candidates)} candidates and {len(losses)} losses"
-            )
-        for got, asked in zip(candidates, self._points, strict=True):
-            if not np.array_equal(np.asarray(got, dtype=float), asked):
-                raise ValueError("CMAAdapter: the candidates told are not the ones asked")
-        values = np.array(losses, dtype=float)
-        if not np.all(np.isfinite(values)):
-            raise ValueError("CMAAdapter: losses must be finite")
-        return values
+        whole = f"batch of {len(self._points)} candidates"
+        return told_losses("CMAAdapter", whole, self._points, candidates, losses)
 
     def _aggregate(self, values: FloatArray) -> dict[int, float]:
         """Median of the repeated measurements of each solution (pycma's aggregation)."""

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hil.core import FloatArray, IntArray, JSONDict, SeedLike, seed_sequence
 from hil.core.types import generator_state, restore_generator
-from protocols.external import check_box
+from protocols.external import check_box, told_losses
 
 
 class GeneticAdapter:
@@ -273,16 +273,5 @@ class GeneticAdapter:
             raise RuntimeError("GeneticAdapter: call start(x0, lower, upper) first")
 
     def _check_tell(self, candidates: Sequence[FloatArray], losses: Sequence[float]) -> FloatArray:
-        n = len(self._population)
-        if len(candidates) != n or len(losses) != n:
-            raise ValueError(
-                f"GeneticAdapter: tell the whole generation of {n} members, got "
-                f"{len(candidates)} candidates and {len(losses)} losses"
-            )
-        for got, asked in zip(candidates, self._population, strict=True):
-            if not np.array_equal(np.asarray(got, dtype=float), asked):
-                raise ValueError("GeneticAdapter: the candidates told are not the ones asked")
-        values = np.array(losses, dtype=float)
-        if not np.all(np.isfinite(values)):
-            raise ValueError("GeneticAdapter: losses must be finite")
-        return values
+        whole = f"generation of {len(self._population)} members"
+        return told_losses("GeneticAdapter", whole, list(self._population), candidates, losses)

@@ -284,10 +284,9 @@ class PopulationProcedure(Stepped):
         if check is None or self.settings.target is None:
             return {}
         steps = self._progress.steps_done
-        record, stop, judgement = check.after_step(self.adapter.recommend(), steps, seconds)
+        record, stop, reason = check.after_step(self.adapter.recommend(), steps, seconds)
         if stop:
             self._reached_at = steps
-        reason = None if judgement is None else check.stalled(judgement)
         if reason is not None:
             record["restart"] = self._restart(reason, grow=False)
         return record

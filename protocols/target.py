@@ -243,10 +243,11 @@ class TargetCheck:
 
     def after_step(
         self, theta: FloatArray, step: int, seconds: float
-    ) -> tuple[JSONDict, bool, Judgement | None]:
+    ) -> tuple[JSONDict, bool, str | None]:
         """Count `seconds` of training and check θ when a check is due: (the record's fields,
-        whether the run should stop, the judgement or None). A check that reached the target
-        is the luckiest of many, so the run stops only if a fresh one agrees."""
+        whether the run should stop, why this start should be abandoned or None — `stalled`).
+        A check that reached the target is the luckiest of many, so the run stops only if a
+        fresh one agrees."""
         self.spent(seconds)
         if not self.due:
             return {}, False, None
@@ -260,7 +261,7 @@ class TargetCheck:
             stop = confirmation.reached
         seconds_checking = self.objective.device_time() - start
         record["target"] = {**judgement.as_dict(), "device_seconds": seconds_checking}
-        return record, stop, judgement
+        return record, stop, self.stalled(judgement)
 
     def final(self, theta: FloatArray, step: int) -> Judgement:
         """The end: judge θ and the best point checked (each measured again), keep the better."""

@@ -238,10 +238,9 @@ class TrainingProcedure(Stepped):
         if check is None or self.settings.target is None:
             return {}
         steps = self._progress.steps_done
-        record, stop, judgement = check.after_step(self._recommended(), steps, training_seconds)
+        record, stop, reason = check.after_step(self._recommended(), steps, training_seconds)
         if stop:
             self._reached_at = steps
-        reason = None if judgement is None else check.stalled(judgement)
         if reason is not None:
             record["restart"] = self._restart(check, reason)
         return record

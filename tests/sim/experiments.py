@@ -70,6 +70,16 @@ optimizer:
 """
 
 
+def dnpu_station(tmp_path: Path, device: str = "dnpu") -> Path:
+    """configs/stations/sim-dnpu.yaml written to `tmp_path` with its device type replaced
+    (e.g. by a fault-injecting subclass such as `faulty:FlakyDNPU`)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    station = tmp_path / "station.yaml"
+    sim_dnpu = ROOT / "configs" / "stations" / "sim-dnpu.yaml"
+    station.write_text(sim_dnpu.read_text().replace("type: dnpu", f"type: {device}"))
+    return station
+
+
 def small_experiment(tmp_path: Path, **options: Any) -> Path:
     """`experiment_text(**options)` written to a file in `tmp_path`."""
     tmp_path.mkdir(parents=True, exist_ok=True)

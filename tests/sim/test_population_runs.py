@@ -20,10 +20,9 @@ from protocols.external import CMAAdapter, NevergradAdapter, ResumablePopulation
 from protocols.genetic import GeneticAdapter
 from simulators.dnpu import DNPUDevice
 
-from experiments import ROOT, journal_steps
+from experiments import ROOT, dnpu_station, journal_steps
 from faulty import FlakyDNPU
 
-STATION = ROOT / "configs" / "stations" / "sim-dnpu.yaml"
 UNREACHABLE = "{type: gate, gate: XNOR, margin: 1.0e9}"  # never reached: every check is judged
 
 # small populations keep the file fast; sizes are in normalized units
@@ -62,9 +61,7 @@ def _experiment(
     device: str = "dnpu",
 ) -> Path:
     """A population run of `method` on the simulated DNPU."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    station = tmp_path / "station.yaml"
-    station.write_text(STATION.read_text().replace("type: dnpu", f"type: {device}"))
+    station = dnpu_station(tmp_path, device)
     config = tmp_path / "experiment.yaml"
     config.write_text(
         f"""name: population

@@ -15,10 +15,8 @@ from hil.core import ConfigError, RunError
 from hil.report import write_report
 from hil.runner import RunStatus, resume_run, start_run
 
-from experiments import ROOT, journal_steps
+from experiments import ROOT, dnpu_station, journal_steps
 from faulty import FlakyDNPU
-
-STATION = ROOT / "configs" / "stations" / "sim-dnpu.yaml"
 
 
 def _experiment(
@@ -30,9 +28,7 @@ def _experiment(
     device: str = "dnpu",
 ) -> Path:
     """A gate (or other judged task) trained with SPSA + Adam on the simulated DNPU."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    station = tmp_path / "station.yaml"
-    station.write_text(STATION.read_text().replace("type: dnpu", f"type: {device}"))
+    station = dnpu_station(tmp_path, device)
     config = tmp_path / "experiment.yaml"
     config.write_text(
         f"""name: judged
