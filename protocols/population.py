@@ -46,7 +46,7 @@ from protocols.external import (
 from protocols.genetic import GeneticAdapter
 from protocols.progress import Stepped, StepProgress
 from protocols.starts import initial_controls
-from protocols.target import Judgement, TargetSettings, outcome_line, target_check
+from protocols.target import TargetSettings, target_check
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +176,6 @@ class PopulationProcedure(Stepped):
         self._progress = StepProgress(settings.generations)
         self._best_controls = self.objective.physical(theta0).tolist()
         self._check = target_check(self.objective, task, settings.target, device)
-        self._reached_at: int | None = None
-        self._final: Judgement | None = None
         self._restarts = 0  # every new start
         self._library_restarts = 0  # pycma's IPOP restarts
         self._stopped: str | None = None  # why the method ended the run early
@@ -205,7 +203,8 @@ class PopulationProcedure(Stepped):
 
     @property
     def done(self) -> bool:
-        return self._progress.done or self._reached_at is not None or self._stopped is not None
+        reached = self._check is not None and self._check.reached_at is not None
+        return self._progress.done or reached or self._stopped is not None
 
     def controls(self) -> dict[str, float]:
         """The recommended control values by channel name (nothing measured)."""
@@ -284,9 +283,7 @@ class PopulationProcedure(Stepped):
         if check is None or self.settings.target is None:
             return {}
         steps = self._progress.steps_done
-        record, stop, reason = check.after_step(self.adapter.recommend(), steps, seconds)
-        if stop:
-            self._reached_at = steps
+        record, reason = check.after_step(self.adapter.recommend(), steps, seconds)
         if reason is not None:
             record["restart"] = self._restart(reason, grow=False)
         return record
@@ -328,11 +325,9 @@ class PopulationProcedure(Stepped):
     def outcome(self) -> tuple[bool, str] | None:
         """Whether the final measurement reached the task's target (None: no target, or not
         measured yet)."""
-        final = self._final
-        if final is None:
+        if self._check is None:
             return None
-        steps, total = self._progress.steps_done, self._progress.total
-        return final.reached, outcome_line(final, steps, total, self._reached_at, "generation")
+        return self._check.outcome(self._progress.steps_done, self._progress.total, "generation")
 
     def finish(self) -> JSONDict:
         """Measure the recommendation unperturbed (counted like every other evaluation); with a
@@ -340,8 +335,8 @@ class PopulationProcedure(Stepped):
         theta = self.adapter.recommend()
         target: JSONDict = {}
         if self._check is not None:
-            self._final = self._check.final(theta, self._progress.steps_done)
-            theta, target = self._final.theta, {"target": self._check.summary(self._final)}
+            final = self._check.final(theta, self._progress.steps_done)
+            theta, target = final.theta, {"target": self._check.summary(final)}
         outputs = np.mean(
             [self.objective.outputs(theta) for _ in range(self.settings.final_repeats)], axis=0
         )
@@ -364,7 +359,7 @@ class PopulationProcedure(Stepped):
             "controls": self.controls(),
             "evaluations": self._evaluations(),
             "device_time": self.objective.device_time(),
-            **({} if self._check is None else self._check.progress(self._reached_at)),
+            **({} if self._check is None else self._check.progress()),
             "restarts": self._restarts,
             "stopped": self._stopped,
             "projections": self._projections,
@@ -382,7 +377,6 @@ class PopulationProcedure(Stepped):
             "prepared": self._prepared,
             "rng": generator_state(self._rng),
             "target": None if self._check is None else self._check.state_dict(),
-            "reached_at": self._reached_at,
             "restarts": self._restarts,
             "library_restarts": self._library_restarts,
             "stopped": self._stopped,
@@ -405,7 +399,6 @@ class PopulationProcedure(Stepped):
         restore_generator(self._rng, state["rng"])
         if self._check is not None and state["target"] is not None:
             self._check.load_state_dict(state["target"])
-        self._reached_at = state["reached_at"]
         self._restarts = int(state["restarts"])
         self._library_restarts = int(state["library_restarts"])
         self._stopped = state["stopped"]

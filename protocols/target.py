@@ -157,6 +157,8 @@ class TargetCheck:
         self.evaluations = 0  # of the held-out cases (the training objective counts its own)
         self.best: Judgement | None = None
         self.last: Judgement | None = None
+        self.reached_at: int | None = None  # the step whose check and confirmation reached it
+        self.concluded: Judgement | None = None  # the final measurement (`final`)
         self.restarts = 0
         self._start_best = -math.inf  # this start's best score, and checks since it improved
         self._stale = 0
@@ -243,25 +245,25 @@ class TargetCheck:
 
     def after_step(
         self, theta: FloatArray, step: int, seconds: float
-    ) -> tuple[JSONDict, bool, str | None]:
+    ) -> tuple[JSONDict, str | None]:
         """Count `seconds` of training and check θ when a check is due: (the record's fields,
-        whether the run should stop, why this start should be abandoned or None — `stalled`).
-        A check that reached the target is the luckiest of many, so the run stops only if a
-        fresh one agrees."""
+        why this start should be abandoned or None — `stalled`). A check that reached the
+        target is the luckiest of many, so `reached_at` is set (the run stops) only if a fresh
+        one agrees."""
         self.spent(seconds)
         if not self.due:
-            return {}, False, None
+            return {}, None
         start = self.objective.device_time()
         judgement = self.check(theta, step)
         record: JSONDict = {}
-        stop = False
         if judgement.reached and self.settings.stop:
             confirmation = self.check(theta, step)
             record["target_confirmation"] = confirmation.as_dict()
-            stop = confirmation.reached
+            if confirmation.reached:
+                self.reached_at = step
         seconds_checking = self.objective.device_time() - start
         record["target"] = {**judgement.as_dict(), "device_seconds": seconds_checking}
-        return record, stop, self.stalled(judgement)
+        return record, self.stalled(judgement)
 
     def final(self, theta: FloatArray, step: int) -> Judgement:
         """The end: judge θ and the best point checked (each measured again), keep the better."""
@@ -271,19 +273,35 @@ class TargetCheck:
             again = self.check(best.theta, best.step)
             if (again.reached, again.score) > (final.reached, final.score):
                 final = again
+        self.concluded = final
         return final
 
     def summary(self, final: Judgement) -> JSONDict:
         """The summary's `target` entry."""
         return {**final.as_dict(), "checks": self.checks, "restarts": self.restarts}
 
-    def progress(self, reached_at: int | None) -> JSONDict:
+    def outcome(self, steps: int, total: int, unit: str) -> tuple[bool, str] | None:
+        """(reached, the one line a run's outcome says: where, when, the verdict) once `final`
+        has measured; None before."""
+        final = self.concluded
+        if final is None:
+            return None
+        where = "the best point checked" if final.step != steps else "the end"
+        when = (
+            f"stopped at {unit} {self.reached_at} of {total}"
+            if self.reached_at is not None
+            else f"{steps} {unit}s"
+        )
+        verb = "target reached" if final.reached else "target NOT reached"
+        return final.reached, f"{verb} at {where} ({when}): {final.detail}"
+
+    def progress(self) -> JSONDict:
         """The checks so far: how many, the best, and where the target was reached."""
         best = self.best
         return {
             "target_checks": self.checks,
             "restarts": self.restarts,
-            "target_reached_at": reached_at,
+            "target_reached_at": self.reached_at,
             "target_best": None
             if best is None
             else {"step": best.step, "reached": best.reached, "detail": best.detail},
@@ -302,6 +320,7 @@ class TargetCheck:
             "since": self._since,
             "cost": self._cost,
             "checks": self.checks,
+            "reached_at": self.reached_at,
             "restarts": self.restarts,
             "start_best": self._start_best if math.isfinite(self._start_best) else None,
             "stale": self._stale,
@@ -317,6 +336,7 @@ class TargetCheck:
         self._since = float(state["since"])
         self._cost = float(state["cost"])
         self.checks = int(state["checks"])
+        self.reached_at = state["reached_at"]
         self.restarts = int(state["restarts"])
         self._start_best = -math.inf if state["start_best"] is None else state["start_best"]
         self._stale = int(state["stale"])
@@ -383,17 +403,3 @@ def target_check(
             )
         return None
     return TargetCheck(objective, task, target or TargetSettings(stop=False), device)
-
-
-def outcome_line(
-    final: Judgement, steps: int, total: int, reached_at: int | None, unit: str
-) -> str:
-    """The one line a run's outcome says: reached or not, where, when, the verdict."""
-    where = "the best point checked" if final.step != steps else "the end"
-    when = (
-        f"stopped at {unit} {reached_at} of {total}"
-        if reached_at is not None
-        else f"{steps} {unit}s"
-    )
-    verb = "target reached" if final.reached else "target NOT reached"
-    return f"{verb} at {where} ({when}): {final.detail}"

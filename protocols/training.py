@@ -51,7 +51,7 @@ from protocols.minimize import BlockingSettings, blocking_threshold, optimizatio
 from protocols.optimizers import Recommendation, TunableOptimizer, as_tunable
 from protocols.progress import Stepped, StepProgress
 from protocols.starts import initial_controls
-from protocols.target import Judgement, TargetCheck, TargetSettings, outcome_line, target_check
+from protocols.target import TargetCheck, TargetSettings, target_check
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +164,6 @@ class TrainingProcedure(Stepped):
         self._progress = StepProgress(settings.steps)
         self._best_controls = self.objective.physical(theta0).tolist()
         self._check = target_check(self.objective, task, settings.target, device)
-        self._reached_at: int | None = None  # the step whose check reached the target
-        self._final: Judgement | None = None
 
     def _tunable(self, optimizer: Optimizer) -> TunableOptimizer | None:
         """The optimizer as a TunableOptimizer, or None; refuses settings that need one."""
@@ -225,7 +223,8 @@ class TrainingProcedure(Stepped):
 
     @property
     def done(self) -> bool:
-        return self._progress.done or self._reached_at is not None
+        reached = self._check is not None and self._check.reached_at is not None
+        return self._progress.done or reached
 
     def _evaluations(self) -> int:
         """Evaluations so far, the held-out cases' checks included."""
@@ -238,9 +237,7 @@ class TrainingProcedure(Stepped):
         if check is None or self.settings.target is None:
             return {}
         steps = self._progress.steps_done
-        record, stop, reason = check.after_step(self._recommended(), steps, training_seconds)
-        if stop:
-            self._reached_at = steps
+        record, reason = check.after_step(self._recommended(), steps, training_seconds)
         if reason is not None:
             record["restart"] = self._restart(check, reason)
         return record
@@ -264,11 +261,9 @@ class TrainingProcedure(Stepped):
     def outcome(self) -> tuple[bool, str] | None:
         """Whether the final measurement reached the task's target (None: no target, or not
         measured yet)."""
-        final = self._final
-        if final is None:
+        if self._check is None:
             return None
-        steps, total = self._progress.steps_done, self._progress.total
-        return final.reached, outcome_line(final, steps, total, self._reached_at, "step")
+        return self._check.outcome(self._progress.steps_done, self._progress.total, "step")
 
     def step(self) -> JSONDict:
         e0, t0 = self._evaluations(), self.objective.device_time()
@@ -309,8 +304,8 @@ class TrainingProcedure(Stepped):
         theta = self._recommended()
         target: JSONDict = {}
         if self._check is not None:
-            self._final = self._check.final(theta, self._progress.steps_done)
-            theta, target = self._final.theta, {"target": self._check.summary(self._final)}
+            final = self._check.final(theta, self._progress.steps_done)
+            theta, target = final.theta, {"target": self._check.summary(final)}
         outputs = np.mean(
             [self.objective.outputs(theta) for _ in range(self.settings.final_repeats)], axis=0
         )
@@ -334,7 +329,7 @@ class TrainingProcedure(Stepped):
             "controls": self.controls(),
             "evaluations": self._evaluations(),
             "device_time": self.objective.device_time(),
-            **({} if self._check is None else self._check.progress(self._reached_at)),
+            **({} if self._check is None else self._check.progress()),
             "learning_rate": None if self.tunable is None else self.tunable.learning_rate,
             "rejected_steps": self._rejections,
             "calibration": self._calibration,
@@ -356,7 +351,6 @@ class TrainingProcedure(Stepped):
             "rejected_steps": self._rejections,
             "rng": generator_state(self._rng),
             "target": None if self._check is None else self._check.state_dict(),
-            "reached_at": self._reached_at,
         }
 
     def load_state_dict(self, state: JSONDict) -> None:
@@ -375,7 +369,6 @@ class TrainingProcedure(Stepped):
             restore_generator(self._rng, state["rng"])
         if self._check is not None and state.get("target") is not None:
             self._check.load_state_dict(state["target"])
-        self._reached_at = state.get("reached_at")
         calibrated = self._calibration
         if calibrated is not None and calibrated.get("c") is not None:
             set_perturbation(self.estimator, float(calibrated["c"]))  # settings are not state
